@@ -1,0 +1,1 @@
+"""Offline data jobs: corpus readers, tokenizers, MDLM wrapping, webdataset sharding, manifest, verification."""

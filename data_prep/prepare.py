@@ -1,0 +1,233 @@
+"""The preparation job: inputs -> tokenizer -> document split -> wrapped sequences -> tar shards + manifest.
+
+Restartable: documents are grouped into shard units by text size in one deterministic pass, so unit k is
+always the same documents; each finished shard gets a side file (``.parts/NAME.json``) written after the
+shard itself, and a rerun skips every shard whose side file and checksum agree. Workers tokenise and write
+units in parallel; the result does not depend on their number. ``manifest.json`` is written last.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tqdm import tqdm
+
+from data_prep.documents import ReadStats, content_split, iter_documents, list_input_files
+from data_prep.shards import sha256_file, write_shard
+from data_prep.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from data_prep.wrapping import wrap_documents
+from pipeline.atomic import atomic_write_bytes
+from pipeline.config import PrepareConfig, load_config, save_resolved, to_dict
+
+MANIFEST = "manifest.json"
+CONFIG_NAME = "prepare_config.yaml"
+FORMAT = "token-shards/1"
+SPLITS = ("train", "val")
+
+
+class PrepareError(ValueError):
+    """The job cannot produce a dataset from this input; the message says why."""
+
+
+@dataclasses.dataclass
+class Unit:
+    """The documents of one shard."""
+
+    split: str
+    index: int
+    docs: list[str]
+    text_bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}.tar"
+
+
+def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the whole job (or finish an interrupted one) and return the manifest."""
+    cfg = resolved(cfg)
+    out = Path(cfg.out)
+    files = list_input_files(cfg.inputs)
+    _claim_output_dir(out, cfg)
+    tok = _tokenizer(out, cfg, files, log)
+    (out / ".parts").mkdir(exist_ok=True)
+    stats = ReadStats()
+    results = []
+    units = _units(iter_documents(files, stats, cfg.min_doc_chars, cfg.jsonl_field, cfg.strict), cfg)
+    with tqdm(desc="shards", unit="shard", file=sys.stderr, disable=None) as bar:
+        for part in _run_units(units, out, cfg.seq_len, cfg.workers):
+            results.append(part)
+            bar.update(1)
+            bar.set_postfix(docs=stats.documents, seqs=sum(p["num_samples"] for p in results))
+    manifest = _manifest(cfg, tok, stats, results, len(files))
+    atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def resolved(cfg: PrepareConfig) -> PrepareConfig:
+    """The config with absolute input paths, as saved next to the output."""
+    cfg = dataclasses.replace(cfg, inputs=[str(Path(p).resolve()) for p in cfg.inputs])
+    if cfg.tokenizer.startswith("gpt2:"):
+        cfg.tokenizer = "gpt2:" + str(Path(cfg.tokenizer[5:]).resolve())
+    return cfg
+
+
+def _claim_output_dir(out: Path, cfg: PrepareConfig) -> None:
+    """Refuse a directory that holds something else; record this job's config in it."""
+    saved = out / CONFIG_NAME
+    if saved.exists():
+        old = to_dict(load_config(saved, cls=PrepareConfig))
+        new = to_dict(cfg)
+        diff = [k for k in new if k != "workers" and old.get(k) != new[k]]
+        if diff:
+            detail = "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} now" for k in diff)
+            raise PrepareError(f"{out} holds a different dataset ({detail}); use another --out or remove it")
+    elif out.exists() and any(out.iterdir()):
+        raise PrepareError(f"{out} is not empty and holds no {CONFIG_NAME}: choose an empty or new directory")
+    for stale in out.glob(".*.tmp*") if out.exists() else ():
+        stale.unlink()
+    save_resolved(cfg, out, CONFIG_NAME)
+
+
+def _tokenizer(out: Path, cfg: PrepareConfig, files: list[Path], log: Callable[[str], None]) -> Tokenizer:
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        return load_tokenizer(tok_dir)
+    if cfg.tokenizer.startswith("spm:"):
+        log(f"training SentencePiece ({cfg.spm_model_type}, {cfg.tokenizer[4:]} pieces) on the train split")
+    docs = iter_documents(files, ReadStats(), cfg.min_doc_chars, cfg.jsonl_field, cfg.strict)
+    lines = (line for doc in docs if content_split(doc, cfg.val_fraction) == "train"
+             for line in doc.split("\n") if line)
+    tok = build_tokenizer(cfg.tokenizer, lines, cfg.spm_model_type, cfg.spm_max_sentences)
+    tok.save(tok_dir)
+    return tok
+
+
+def _units(docs: Iterator[str], cfg: PrepareConfig) -> Iterator[Unit]:
+    """Group documents per split into units of about ``shard_mb``; a small last unit joins the one before."""
+    limit = int(cfg.shard_mb * 1e6)
+    current = {s: Unit(s, 0, []) for s in SPLITS}
+    pending: dict[str, Unit | None] = {s: None for s in SPLITS}
+    for doc in docs:
+        unit = current[content_split(doc, cfg.val_fraction)]
+        unit.docs.append(doc)
+        unit.text_bytes += len(doc.encode("utf-8"))
+        if unit.text_bytes >= limit:
+            if pending[unit.split]:
+                yield pending[unit.split]
+            pending[unit.split] = unit
+            current[unit.split] = Unit(unit.split, unit.index + 1, [])
+    for split in SPLITS:
+        last, tail = pending[split], current[split]
+        if last and tail.docs and tail.text_bytes < limit / 2:
+            last.docs += tail.docs
+            last.text_bytes += tail.text_bytes
+            tail = Unit(split, 0, [])
+        for unit in (last, tail):
+            if unit and unit.docs:
+                yield unit
+
+
+def _part_path(out: Path, name: str) -> Path:
+    return out / ".parts" / (name + ".json")
+
+
+def _finished(out: Path, name: str) -> dict | None:
+    """The side file of a shard that is complete and intact, else None."""
+    try:
+        part = json.loads(_part_path(out, name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if part["num_samples"] == 0 or ((out / name).exists() and sha256_file(out / name) == part["sha256"]):
+        return part
+    return None
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tok_dir: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(tok_dir)
+
+
+def _build_shard(unit: Unit, out: Path, seq_len: int) -> dict:
+    """Tokenise, wrap and write one unit; the side file is written after the shard."""
+    tok = _worker_tokenizer
+    token_docs = tok.encode_batch(unit.docs)
+    seqs = wrap_documents(token_docs, seq_len, tok.bos_id, tok.eos_id)
+    part = {
+        "name": unit.name, "split": unit.split, "num_samples": len(seqs), "num_documents": len(unit.docs),
+        "text_bytes": unit.text_bytes, "document_tokens": sum(len(d) + 1 for d in token_docs),
+        "sha256": None, "bytes": 0,
+    }
+    if len(seqs):
+        write_shard(out / unit.name, seqs)
+        part["sha256"], part["bytes"] = sha256_file(out / unit.name), (out / unit.name).stat().st_size
+    atomic_write_bytes(_part_path(out, unit.name), json.dumps(part).encode())
+    return part
+
+
+def _run_units(units: Iterator[Unit], out: Path, seq_len: int, workers: int) -> Iterator[dict]:
+    """Build every unfinished unit, ``workers`` at a time, yielding side files in unit order."""
+    tok_dir = str(out / "tokenizer")
+    if workers == 1:
+        _init_worker(tok_dir)
+        for unit in units:
+            yield _finished(out, unit.name) or _build_shard(unit, out, seq_len)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tok_dir,)) as pool:
+        in_flight: collections.deque = collections.deque()
+        for unit in units:
+            done = _finished(out, unit.name)
+            in_flight.append(done or pool.apply_async(_build_shard, (unit, out, seq_len)))
+            while len(in_flight) > 2 * workers:
+                yield _result(in_flight.popleft())
+        while in_flight:
+            yield _result(in_flight.popleft())
+
+
+def _result(item):
+    return item if isinstance(item, dict) else item.get()
+
+
+def _manifest(cfg: PrepareConfig, tok: Tokenizer, stats: ReadStats, parts: list[dict], n_files: int) -> dict:
+    if stats.documents == 0:
+        skipped = "; ".join(stats.skipped_files[:3])
+        raise PrepareError(f"no documents in the inputs ({n_files} files, {len(stats.skipped_files)} skipped"
+                           f"{': ' + skipped if skipped else ''})")
+    splits = {}
+    for split in SPLITS:
+        mine = [p for p in parts if p["split"] == split]
+        n = sum(p["num_samples"] for p in mine)
+        fraction = cfg.val_fraction if split == "val" else 1 - cfg.val_fraction
+        if n == 0 and fraction > 0:
+            tokens = sum(p["document_tokens"] for p in mine)
+            raise PrepareError(
+                f"the {split} split has no complete sequence: {sum(p['num_documents'] for p in mine)} documents, "
+                f"{tokens} tokens, fewer than seq_len - 2 = {cfg.seq_len - 2} per shard; add text, lower --seq-len"
+                + (" or raise --val-fraction" if split == "val" else ""))
+        splits[split] = {
+            "num_samples": n, "num_tokens": n * cfg.seq_len,
+            "num_documents": sum(p["num_documents"] for p in mine),
+            "document_tokens": sum(p["document_tokens"] for p in mine),
+            "text_bytes": sum(p["text_bytes"] for p in mine),
+            "shards": [{k: p[k] for k in ("name", "num_samples", "sha256", "bytes")} for p in mine if p["num_samples"]],
+        }
+    return {
+        "format": FORMAT, "seq_len": cfg.seq_len, "dtype": "int32",
+        "vocab_size": tok.vocab_size, "mask_id": tok.mask_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id, "tokenizer": {**tok.describe(), "dir": "tokenizer"},
+        "sources": {
+            "inputs": cfg.inputs, "files_read": stats.files, "documents": stats.documents, "chars": stats.chars,
+            "skipped_files": stats.skipped_files, "skipped_records": stats.skipped_records,
+            "first_skipped_record": stats.first_skipped_record,
+        },
+        "splits": splits,
+    }

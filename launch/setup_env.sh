@@ -1,0 +1,27 @@
+# Sourced by the launch scripts: create or reuse the project-local .venv with the pinned packages.
+# Reinstalls only when requirements.txt or constraints.txt change. TORCH_INDEX_URL, if set, is the index
+# torch is installed from first (e.g. PyTorch's CPU wheel index on a machine without a GPU).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "error: Python >= 3.10 is required ($PYTHON is $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2
+  exit 2
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+stamp="$VENV/.requirements.sha256"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setting up $VENV (pinned packages from requirements.txt) ..."
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" torch --index-url "$TORCH_INDEX_URL"
+  fi
+  # PIP_CONSTRAINT also reaches the isolated build environments of source distributions.
+  PIP_CONSTRAINT="$ROOT/constraints.txt" "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -r "$ROOT/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+cd "$ROOT"

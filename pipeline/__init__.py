@@ -1,0 +1,1 @@
+"""Stages and their machinery: config, data loading, engines, training stages, checkpoints, tracking."""

@@ -1,0 +1,266 @@
+"""Typed configuration for every stage: dataclasses loaded from YAML.
+
+Unknown keys, wrong types and impossible combinations fail at load time with a message that names the key
+and the file, never deep inside a run. ``--set a.b=value`` overrides are applied before validation, and the
+resolved config is printed and saved next to every output (``save_resolved``).
+
+``python -m pipeline.config FILE [--set a.b=v ...]`` validates a training config and prints it resolved.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from pipeline.atomic import atomic_write_bytes
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending key (and file) in the message."""
+
+
+# ----------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    name: str = "run"
+    out_dir: str = "runs/default"
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """The prepared dataset (output of ``python -m data_prep prepare``) and how it is batched."""
+
+    path: str = ""
+    batch_size: int = 8  # sequences per rank per micro-step
+    num_workers: int = 0  # DataLoader worker processes per rank
+    train_split: str = "train"
+    val_split: str = "val"
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path: required (a directory written by `python -m data_prep prepare`)")
+        _positive("data.batch_size", self.batch_size)
+        _non_negative("data.num_workers", self.num_workers)
+
+
+@dataclass
+class ModelConfig:
+    """What the model expects of its data; the loader refuses shards that disagree."""
+
+    seq_len: int = 1024
+    vocab_size: int = 50257  # real tokens V; [MASK] is id V
+    tokenizer_fingerprint: Optional[str] = None  # None: accept the dataset's tokenizer
+
+    def validate(self) -> None:
+        if self.seq_len < 3:
+            raise ConfigError(f"model.seq_len: {self.seq_len} is too small: a sequence is [BOS] + chunk + [EOS]")
+        _positive("model.vocab_size", self.vocab_size)
+
+
+@dataclass
+class Config:
+    """Top-level training config; each stage reads the sections it needs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass
+class PrepareConfig:
+    """Inputs of ``python -m data_prep prepare``; saved as ``prepare_config.yaml`` in the output directory."""
+
+    inputs: list[str] = field(default_factory=list)
+    out: str = ""
+    tokenizer: str = "spm:4000"  # spm:VOCAB | gpt2:RANKS_FILE | protein
+    spm_model_type: Literal["bpe", "unigram", "char"] = "bpe"
+    seq_len: int = 1024
+    val_fraction: float = 0.05
+    min_doc_chars: int = 2000  # text files: blocks between blank lines are merged up to this size
+    jsonl_field: str = "text"
+    shard_mb: float = 64.0  # text megabytes per shard (before tokenisation)
+    spm_max_sentences: int = 2_000_000  # sentences sampled for SentencePiece training
+    strict: bool = False  # fail on unreadable files and malformed records instead of skipping them
+    workers: int = 1
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise ConfigError("inputs: at least one input path is required")
+        if not self.out:
+            raise ConfigError("out: the output directory is required")
+        if self.seq_len < 3:
+            raise ConfigError(f"seq_len: {self.seq_len} is too small: a sequence is [BOS] + chunk + [EOS]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
+        _positive("min_doc_chars", self.min_doc_chars)
+        _positive("shard_mb", self.shard_mb)
+        _positive("workers", self.workers)
+        _positive("spm_max_sentences", self.spm_max_sentences)
+        kind, _, arg = self.tokenizer.partition(":")
+        if kind == "spm":
+            if not arg.isdigit() or int(arg) < 300:
+                raise ConfigError(f"tokenizer: '{self.tokenizer}' needs a vocabulary size >= 300, e.g. spm:4000")
+        elif kind == "gpt2":
+            if not arg or not Path(arg).is_file():
+                raise ConfigError(f"tokenizer: '{self.tokenizer}': no GPT-2 ranks file at '{arg}'")
+        elif not (kind == "protein" and not arg):
+            raise ConfigError(f"tokenizer: '{self.tokenizer}' is not one of spm:VOCAB, gpt2:RANKS_FILE, protein")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{name}: must be >= 0, got {value}")
+
+
+# ------------------------------------------------------------------------------------------- machinery
+
+
+def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, checking every key and type, then validate it."""
+    obj = _build(cls, data, source, prefix)
+    _validate_tree(obj, source)
+    return obj
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix or '<top>'}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else f" (known: {', '.join(fields)})"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {name: _coerce(hints[name], data[name], source, prefix + name) for name in fields if name in data}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, source, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise ConfigError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _validate_tree(obj: Any, source: str) -> None:
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            _validate_tree(child, source)
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str], cls: type) -> dict:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a raw config dict; keys must exist in ``cls``."""
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. data.batch_size=16")
+        keys = path.split(".")
+        node, schema = data, cls
+        for i, key in enumerate(keys):
+            names = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+            if key not in names:
+                raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(keys[: i + 1])}'")
+            if i == len(keys) - 1:
+                node[key] = yaml.safe_load(raw)
+            else:
+                schema = typing.get_type_hints(schema)[key]
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {item!r}: '{'.'.join(keys[: i + 1])}' is not a section")
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls: type = Config) -> Any:
+    """Load a YAML file into ``cls``, apply ``--set`` overrides, check keys, types and cross-field rules."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    apply_overrides(data, overrides or [], cls)
+    return from_dict(cls, data, source=str(path))
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_resolved(cfg: Any, directory: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to a stage's outputs (atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    atomic_write_bytes(target, to_yaml(cfg).encode())
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Training-side data: prepared token shards to per-rank batches, deterministic and exactly resumable.
+
+Each epoch is one permutation of the split, drawn from (seed, epoch). Global batch ``s`` is the slice
+``[s*W*B, (s+1)*W*B)`` of it and rank ``r`` takes rows ``[r*B, (r+1)*B)`` of that slice, so every rank gets
+the same number of batches (the remainder of the epoch, fewer than W*B sequences, is dropped) and a run on W
+ranks sees exactly the batches of a single process with batch W*B. Shards are read by random access: every
+sample of a shard written by ``data_prep`` has the same size, so its tar offset is arithmetic (checked
+against the tar headers). The position (epoch, batches consumed) is the whole state: resuming replays the
+rest of the epoch exactly, whatever the number of DataLoader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from data_prep.shards import MEMBER_SUFFIX, decode_tokens, encode_tokens
+from pipeline.config import Config, ModelConfig
+
+TAR_BLOCK = 512
+
+
+class DataError(ValueError):
+    """The prepared data cannot be used as configured; the message names the file and the mismatch."""
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: prepare the data first (python -m data_prep prepare ... --out "
+                        f"{directory})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from None
+
+
+def check_compatible(manifest: dict, model: ModelConfig, where: str) -> None:
+    """Refuse shards whose tokenizer, sequence length or vocabulary differ from what the model expects."""
+    have = manifest["tokenizer"]["fingerprint"]
+    if model.tokenizer_fingerprint is not None and model.tokenizer_fingerprint != have:
+        raise DataError(f"{where}: tokenizer fingerprint {have} differs from model.tokenizer_fingerprint "
+                        f"{model.tokenizer_fingerprint} (the data were tokenised with another tokenizer)")
+    if manifest["seq_len"] != model.seq_len:
+        raise DataError(f"{where}: seq_len {manifest['seq_len']} differs from model.seq_len {model.seq_len}")
+    if manifest["vocab_size"] != model.vocab_size:
+        raise DataError(f"{where}: vocab_size {manifest['vocab_size']} differs from model.vocab_size "
+                        f"{model.vocab_size}")
+
+
+class TokenShards(torch.utils.data.Dataset):
+    """Random access to the sequences of one split of a prepared dataset."""
+
+    def __init__(self, directory: str | os.PathLike, split: str):
+        self.directory = Path(directory)
+        manifest = read_manifest(directory)
+        if split not in manifest["splits"]:
+            raise DataError(f"{self.directory}: no split '{split}' (have {', '.join(manifest['splits'])})")
+        self.seq_len = manifest["seq_len"]
+        self.member_bytes = len(encode_tokens(np.zeros(self.seq_len, np.int32)))
+        self.stride = TAR_BLOCK + -(-self.member_bytes // TAR_BLOCK) * TAR_BLOCK
+        shards = manifest["splits"][split]["shards"]
+        self.paths = [self.directory / s["name"] for s in shards]
+        for path, shard in zip(self.paths, shards):
+            self._check_layout(path, shard["num_samples"])
+        counts = np.array([s["num_samples"] for s in shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def _check_layout(self, path: Path, count: int) -> None:
+        """The shard exists, has the size the manifest implies, and its first and last headers agree."""
+        if not path.exists():
+            raise DataError(f"shard missing: {path}")
+        expected = count * self.stride
+        size = path.stat().st_size
+        if size < expected + 2 * TAR_BLOCK:
+            raise DataError(f"{path}: {size} bytes, too short for {count} samples (truncated? run "
+                            f"`python -m data_prep verify {self.directory}`)")
+        with open(path, "rb") as f:
+            for i in (0, count - 1):
+                f.seek(i * self.stride)
+                try:
+                    info = tarfile.TarInfo.frombuf(f.read(TAR_BLOCK), "utf-8", "surrogateescape")
+                except tarfile.TarError as err:
+                    raise DataError(f"{path}: bad tar header for sample {i} ({err}); run data_prep verify") from None
+                if info.size != self.member_bytes or not info.name.endswith(f"-{i:07d}.{MEMBER_SUFFIX}"):
+                    raise DataError(f"{path}: sample {i} is not where the manifest layout puts it "
+                                    f"(found {info.name!r}); run data_prep verify")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _fd(self, shard: int) -> int:
+        if os.getpid() != self._pid:  # a forked DataLoader worker opens its own files
+            self._fds, self._pid = {}, os.getpid()
+        if shard not in self._fds:
+            self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return self._fds[shard]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offset = (index - self.starts[shard]) * self.stride + TAR_BLOCK
+        return decode_tokens(os.pread(self._fd(shard), self.member_bytes, int(offset)))
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The sample order of one epoch, a function of (seed, epoch) only."""
+    if not shuffle:
+        return np.arange(num_samples)
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def _collate(items: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
+    index = torch.tensor([i for i, _ in items], dtype=torch.long)
+    tokens = torch.from_numpy(np.stack([t for _, t in items]).astype(np.int64))
+    return {"input_ids": tokens, "index": index}
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, shards: TokenShards):
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
+        return index, self.shards[index]
+
+
+class TokenLoader:
+    """Per-rank batches ``{"input_ids": (B, L) long, "index": (B,) long}`` of one split (see module doc)."""
+
+    def __init__(self, directory: str | os.PathLike, split: str, batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, num_workers: int = 0, shuffle: bool = True,
+                 model: ModelConfig | None = None):
+        manifest = read_manifest(directory)
+        if model is not None:
+            check_compatible(manifest, model, f"{Path(directory) / 'manifest.json'}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.shards = TokenShards(directory, split)
+        self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
+        self.seed, self.num_workers, self.shuffle = seed, num_workers, shuffle
+        self.steps_per_epoch = len(self.shards) // (world_size * batch_size)
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{directory}: split '{split}' has {len(self.shards)} sequences, fewer than one "
+                            f"global batch ({world_size} ranks x {batch_size})")
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def rank_batches(self, epoch: int) -> np.ndarray:
+        """(steps_per_epoch, B) sample indices of this rank in ``epoch``."""
+        global_batch = self.world_size * self.batch_size
+        order = epoch_order(len(self.shards), self.seed, epoch, self.shuffle)
+        order = order[: self.steps_per_epoch * global_batch].reshape(self.steps_per_epoch, global_batch)
+        return order[:, self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch; the next iteration starts the next epoch."""
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        batches = self.rank_batches(self.epoch)[self.position:].tolist()
+        loader = torch.utils.data.DataLoader(
+            _Indexed(self.shards), batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate)
+        for batch in loader:
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "split": self.split,
+                "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": len(self.shards),
+                "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        changed = [k for k in ("seed", "split", "world_size", "batch_size", "num_samples", "shuffle")
+                   if state[k] != mine[k]]
+        if changed:
+            detail = ", ".join(f"{k} {state[k]} -> {mine[k]}" for k in changed)
+            raise DataError(f"cannot resume the data stream exactly: {detail} since the checkpoint")
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def loader_from_config(cfg: Config, split: str, rank: int, world_size: int, shuffle: bool = True) -> TokenLoader:
+    return TokenLoader(cfg.data.path, split, cfg.data.batch_size, rank, world_size, cfg.run.seed,
+                       cfg.data.num_workers, shuffle, cfg.model)
