@@ -83,7 +83,7 @@ def _claim_output_dir(out: Path, cfg: PrepareConfig) -> None:
     if saved.exists():
         old = to_dict(load_config(saved, cls=PrepareConfig))
         new = to_dict(cfg)
-        diff = [k for k in new if k != "workers" and old.get(k) != new[k]]
+        diff = [k for k in new if k not in ("out", "workers") and old.get(k) != new[k]]
         if diff:
             detail = "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} now" for k in diff)
             raise PrepareError(f"{out} holds a different dataset ({detail}); use another --out or remove it")
@@ -181,7 +181,8 @@ def _run_units(units: Iterator[Unit], out: Path, seq_len: int, workers: int) -> 
         for unit in units:
             yield _finished(out, unit.name) or _build_shard(unit, out, seq_len)
         return
-    ctx = multiprocessing.get_context("spawn")
+    # fork (Linux) starts workers without re-importing torch (webdataset imports it); spawn elsewhere
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tok_dir,)) as pool:
         in_flight: collections.deque = collections.deque()
         for unit in units:

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from data_prep.shards import MEMBER_SUFFIX, decode_tokens, encode_tokens
+from data_prep.shards import MEMBER_SUFFIX, encode_tokens
 from pipeline.config import Config, ModelConfig
 
 TAR_BLOCK = 512
@@ -63,6 +63,7 @@ class TokenShards(torch.utils.data.Dataset):
             raise DataError(f"{self.directory}: no split '{split}' (have {', '.join(manifest['splits'])})")
         self.seq_len = manifest["seq_len"]
         self.member_bytes = len(encode_tokens(np.zeros(self.seq_len, np.int32)))
+        self.header_bytes = self.member_bytes - 4 * self.seq_len  # the .npy header, the same for every sample
         self.stride = TAR_BLOCK + -(-self.member_bytes // TAR_BLOCK) * TAR_BLOCK
         shards = manifest["splits"][split]["shards"]
         self.paths = [self.directory / s["name"] for s in shards]
@@ -104,9 +105,17 @@ class TokenShards(torch.utils.data.Dataset):
         return self._fds[shard]
 
     def __getitem__(self, index: int) -> np.ndarray:
-        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
-        offset = (index - self.starts[shard]) * self.stride + TAR_BLOCK
-        return decode_tokens(os.pread(self._fd(shard), self.member_bytes, int(offset)))
+        return self.read([index])[0]
+
+    def read(self, indices: list[int]) -> np.ndarray:
+        """The (len(indices), L) int32 sequences at these sample indices (one pread each)."""
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        out = np.empty((len(indices), self.seq_len), dtype=np.int32)
+        for row, (index, shard) in enumerate(zip(indices, shard_of)):
+            offset = int((index - self.starts[shard]) * self.stride + TAR_BLOCK)
+            data = os.pread(self._fd(int(shard)), self.member_bytes, offset)
+            out[row] = np.frombuffer(data, dtype="<i4", offset=self.header_bytes)
+        return out
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -116,21 +125,19 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.nd
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-def _collate(items: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
-    index = torch.tensor([i for i, _ in items], dtype=torch.long)
-    tokens = torch.from_numpy(np.stack([t for _, t in items]).astype(np.int64))
-    return {"input_ids": tokens, "index": index}
+class _Batches(torch.utils.data.Dataset):
+    """Item ``j`` is the whole batch ``j``, so a DataLoader worker reads a batch with one call."""
 
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, shards: TokenShards):
-        self.shards = shards
+    def __init__(self, shards: TokenShards, batches: list[list[int]]):
+        self.shards, self.batches = shards, batches
 
     def __len__(self) -> int:
-        return len(self.shards)
+        return len(self.batches)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
-        return index, self.shards[index]
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+        index = self.batches[j]
+        return {"input_ids": torch.from_numpy(self.shards.read(index)).long(),
+                "index": torch.tensor(index, dtype=torch.long)}
 
 
 class TokenLoader:
@@ -168,8 +175,8 @@ class TokenLoader:
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
         batches = self.rank_batches(self.epoch)[self.position:].tolist()
-        loader = torch.utils.data.DataLoader(
-            _Indexed(self.shards), batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate)
+        loader = torch.utils.data.DataLoader(_Batches(self.shards, batches), batch_size=None,
+                                             num_workers=self.num_workers)
         for batch in loader:
             self.position += 1
             yield batch

@@ -1,0 +1,38 @@
+"""Shared fixtures: the embedded corpus, a tiny prepared dataset and a tiny GPT-2-format ranks file, in seconds."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from data_prep.prepare import prepare
+from pipeline.config import PrepareConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data_prep" / "corpus" / "shakespeare"
+
+
+def tiny_prepare_config(out: Path, **changes) -> PrepareConfig:
+    """Two plays, a 500-piece BPE, 64-token sequences, shards of about 50 kB of text."""
+    settings = dict(inputs=[str(CORPUS / "macbeth.txt"), str(CORPUS / "tempest.txt")], out=str(out),
+                    tokenizer="spm:500", seq_len=64, val_fraction=0.1, min_doc_chars=2000, shard_mb=0.05)
+    settings.update(changes)
+    return PrepareConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared dataset (read-only for tests: copy it before changing anything)."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    prepare(tiny_prepare_config(out), log=lambda _: None)
+    return out
+
+
+def write_tiny_gpt2_ranks(path: Path) -> dict[bytes, int]:
+    """A byte-level BPE in tiktoken format: the 256 bytes, then a few merges (each of two earlier tokens)."""
+    ranks = {bytes([b]): b for b in range(256)}
+    for merged in (b"th", b"the", b" t", b" the", b"in", b"ing", b"er"):
+        ranks[merged] = len(ranks)
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items()))
+    return ranks

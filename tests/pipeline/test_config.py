@@ -1,0 +1,102 @@
+import pytest
+import yaml
+
+from pipeline import config as C
+from pipeline.config import Config, ConfigError, PrepareConfig, load_config, save_resolved
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+run: {name: t, seed: 3}
+data: {path: /data/x, batch_size: 4}
+model: {seq_len: 128, vocab_size: 4000}
+"""
+
+
+def test_loads_typed_values_and_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.run.seed == 3 and cfg.data.batch_size == 4 and cfg.model.seq_len == 128
+    assert cfg.data.num_workers == 0 and cfg.model.tokenizer_fingerprint is None
+
+
+def test_unknown_nested_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, GOOD.replace("batch_size: 4", "batch_sise: 4"), "typo.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "typo.yaml" in msg and "'data.batch_sise'" in msg and "did you mean 'data.batch_size'" in msg
+
+
+def test_unknown_section_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'trainer'"):
+        load_config(write(tmp_path, GOOD + "trainer: {lr: 1}\n"))
+
+
+@pytest.mark.parametrize("bad, key", [("batch_size: '4'", "data.batch_size"), ("batch_size: 4.5", "data.batch_size"),
+                                      ("batch_size: true", "data.batch_size")])
+def test_wrong_type_names_key(tmp_path, bad, key):
+    with pytest.raises(ConfigError, match=f"'{key}' must be int"):
+        load_config(write(tmp_path, GOOD.replace("batch_size: 4", bad)))
+
+
+def test_cross_field_check_at_load_names_key_and_file(tmp_path):
+    path = write(tmp_path, GOOD.replace("seq_len: 128", "seq_len: 2"), "short.yaml")
+    with pytest.raises(ConfigError, match=r"short.yaml: model.seq_len: 2 is too small"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="data.path: required"):
+        load_config(write(tmp_path, GOOD.replace("path: /data/x, ", "")))
+
+
+def test_set_overrides_are_typed_and_checked(tmp_path):
+    path = write(tmp_path, GOOD)
+    cfg = load_config(path, ["data.batch_size=16", "model.tokenizer_fingerprint=abc", "run.name=x y"])
+    assert cfg.data.batch_size == 16 and cfg.model.tokenizer_fingerprint == "abc" and cfg.run.name == "x y"
+    with pytest.raises(ConfigError, match="unknown key 'data.batchsize'"):
+        load_config(path, ["data.batchsize=16"])
+    with pytest.raises(ConfigError, match="'data.batch_size' must be int"):
+        load_config(path, ["data.batch_size=many"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["data.batch_size"])
+    with pytest.raises(ConfigError, match="must be positive"):
+        load_config(path, ["data.batch_size=0"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["data.num_workers=2"])
+    saved = save_resolved(cfg, tmp_path / "out")
+    assert load_config(saved) == cfg
+    assert yaml.safe_load(saved.read_text())["data"]["num_workers"] == 2
+
+
+def test_literal_and_list_fields(tmp_path):
+    base = "inputs: [a, b]\nout: o\ntokenizer: protein\n"
+    cfg = load_config(write(tmp_path, base), cls=PrepareConfig)
+    assert cfg.inputs == ["a", "b"] and cfg.val_fraction == 0.05
+    with pytest.raises(ConfigError, match="'spm_model_type' must be one of bpe, unigram, char"):
+        load_config(write(tmp_path, base + "spm_model_type: wordpiece\n"), cls=PrepareConfig)
+    with pytest.raises(ConfigError, match="'inputs' must be a list"):
+        load_config(write(tmp_path, "inputs: a\nout: o\n"), cls=PrepareConfig)
+
+
+@pytest.mark.parametrize("spec, message", [("spm:12", "vocabulary size >= 300"), ("gpt2:/nonexistent", "no GPT-2 ranks"),
+                                           ("bert", "is not one of")])
+def test_tokenizer_spec_checked_at_load(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"inputs: [a]\nout: o\ntokenizer: '{spec}'\n"), cls=PrepareConfig)
+
+
+def test_cli_prints_resolved_or_fails_with_key(tmp_path, capsys):
+    path = write(tmp_path, GOOD)
+    assert C.main([str(path), "--set", "data.batch_size=2"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["batch_size"] == 2
+    assert C.main([str(path), "--set", "data.nope=1"]) == 2
+    assert "unknown key 'data.nope'" in capsys.readouterr().err
+
+
+def test_default_config_class_is_complete():
+    assert C.from_dict(Config, {"data": {"path": "x"}}) == Config(data=C.DataConfig(path="x"))
