@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="text/JSONL/FASTA files or directories (default: the embedded Shakespeare corpus)")
     parser.add_argument("--out", help="empty or new scratch directory, kept afterwards (default: a temporary one)")
     parser.add_argument("--seq-len", type=int, default=128, help="sequence length L")
-    parser.add_argument("--shard-mb", type=float, default=0.05, help="text megabytes per shard")
+    parser.add_argument("--shard-mb", type=float, default=0.25, help="text megabytes per shard")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--replicate", type=int, default=8,
                         help="use this many copies of the input, so that worker start-up does not dominate")

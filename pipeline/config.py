@@ -47,8 +47,6 @@ class DataConfig:
     path: str = ""
     batch_size: int = 8  # sequences per rank per micro-step
     num_workers: int = 0  # DataLoader worker processes per rank
-    train_split: str = "train"
-    val_split: str = "val"
 
     def validate(self) -> None:
         if not self.path:
@@ -113,7 +111,8 @@ class PrepareConfig:
         kind, _, arg = self.tokenizer.partition(":")
         if kind == "spm":
             if not arg.isdigit() or int(arg) < 300:
-                raise ConfigError(f"tokenizer: '{self.tokenizer}' needs a vocabulary size >= 300, e.g. spm:4000")
+                raise ConfigError(f"tokenizer: '{self.tokenizer}' needs a vocabulary size >= 300 (256 byte pieces, "
+                                  "specials and the corpus's characters), e.g. spm:4000")
         elif kind == "gpt2":
             if not arg or not Path(arg).is_file():
                 raise ConfigError(f"tokenizer: '{self.tokenizer}': no GPT-2 ranks file at '{arg}'")

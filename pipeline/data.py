@@ -134,10 +134,13 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
-        index = self.batches[j]
-        return {"input_ids": torch.from_numpy(self.shards.read(index)).long(),
-                "index": torch.tensor(index, dtype=torch.long)}
+    def __getitem__(self, j: int) -> tuple[list[int], np.ndarray]:
+        return self.batches[j], self.shards.read(self.batches[j])
+
+
+def _as_is(item):
+    """DataLoader collate that keeps numpy: a small int32 array crosses the worker pipe faster than a tensor."""
+    return item
 
 
 class TokenLoader:
@@ -176,10 +179,10 @@ class TokenLoader:
             self.epoch, self.position = self.epoch + 1, 0
         batches = self.rank_batches(self.epoch)[self.position:].tolist()
         loader = torch.utils.data.DataLoader(_Batches(self.shards, batches), batch_size=None,
-                                             num_workers=self.num_workers)
-        for batch in loader:
+                                             num_workers=self.num_workers, collate_fn=_as_is)
+        for index, tokens in loader:
             self.position += 1
-            yield batch
+            yield {"input_ids": torch.from_numpy(tokens).long(), "index": torch.tensor(index, dtype=torch.long)}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "split": self.split,

@@ -16,7 +16,7 @@ from data_prep.prepare import PrepareError, prepare
 from data_prep.shards import iter_shard
 from data_prep.tokenizers import load_tokenizer
 from data_prep.verify import verify
-from tests.conftest import CORPUS, ROOT, tiny_prepare_config
+from tests.conftest import CORPUS, ROOT, tiny_prepare_config, write_tiny_gpt2_ranks
 
 QUIET = dict(log=lambda _: None)
 
@@ -156,6 +156,17 @@ def test_unseen_english_text_directory(tmp_path):
     manifest = prepare(cfg, **QUIET)
     assert manifest["sources"]["files_read"] == 2 and manifest["splits"]["train"]["num_samples"] > 50
     assert verify(tmp_path / "out")[0] == []
+
+
+def test_gpt2_ranks_file_dataset(tmp_path):
+    ranks = write_tiny_gpt2_ranks(tmp_path / "gpt2.tiktoken")
+    manifest = prepare(tiny_prepare_config(tmp_path / "o", tokenizer=f"gpt2:{tmp_path / 'gpt2.tiktoken'}"), **QUIET)
+    eot = len(ranks)
+    assert manifest["vocab_size"] == eot + 1 and manifest["bos_id"] == manifest["eos_id"] == eot
+    assert manifest["tokenizer"]["kind"] == "gpt2" and verify(tmp_path / "o")[0] == []
+    seq = next(iter_shard(tmp_path / "o" / "train-00000.tar"))[1]
+    text = load_tokenizer(tmp_path / "o" / "tokenizer").decode(seq[1:-1])
+    assert text in (CORPUS / "macbeth.txt").read_text() + (CORPUS / "tempest.txt").read_text()
 
 
 def test_empty_and_unreadable_inputs(tmp_path):

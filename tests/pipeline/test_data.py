@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 
 from data_prep.shards import iter_shard
-from pipeline.config import ModelConfig
-from pipeline.data import DataError, TokenLoader, TokenShards, epoch_order
+from pipeline.config import Config, DataConfig, ModelConfig, RunConfig
+from pipeline.data import DataError, TokenLoader, TokenShards, epoch_order, loader_from_config
 from tests.distributed import run_ranks
 
 
@@ -98,6 +98,16 @@ def test_model_mismatch_is_refused_with_a_clear_message(tiny_data):
         TokenLoader(tiny_data, "train", 4, model=ModelConfig(seq_len=64, vocab_size=50257))
     with pytest.raises(DataError, match="tokenizer fingerprint .* differs from model.tokenizer_fingerprint beef"):
         TokenLoader(tiny_data, "train", 4, model=ModelConfig(seq_len=64, vocab_size=500, tokenizer_fingerprint="beef"))
+
+
+def test_loader_from_config_uses_data_run_and_model_sections(tiny_data):
+    cfg = Config(run=RunConfig(seed=7), data=DataConfig(path=str(tiny_data), batch_size=3, num_workers=0),
+                 model=ModelConfig(seq_len=64, vocab_size=500))
+    loader = loader_from_config(cfg, "val", rank=1, world_size=2, shuffle=False)
+    assert (loader.batch_size, loader.rank, loader.world_size, loader.seed) == (3, 1, 2, 7)
+    assert next(iter(loader))["index"].tolist() == [3, 4, 5]
+    with pytest.raises(DataError, match="differs from model.seq_len 32"):
+        loader_from_config(Config(data=cfg.data, model=ModelConfig(seq_len=32, vocab_size=500)), "val", 0, 1)
 
 
 def test_bad_data_directories(tiny_data, tmp_path):
