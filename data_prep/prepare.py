@@ -59,11 +59,13 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     stats = ReadStats()
     results = []
     units = _units(iter_documents(files, stats, cfg.min_doc_chars, cfg.jsonl_field, cfg.strict), cfg)
+    sequences = 0
     with tqdm(desc="shards", unit="shard", file=sys.stderr, disable=None) as bar:
         for part in _run_units(units, out, cfg.seq_len, cfg.workers):
             results.append(part)
+            sequences += part["num_samples"]
             bar.update(1)
-            bar.set_postfix(docs=stats.documents, seqs=sum(p["num_samples"] for p in results))
+            bar.set_postfix(docs=stats.documents, seqs=sequences)
     manifest = _manifest(cfg, tok, stats, results, len(files))
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
