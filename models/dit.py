@@ -1,0 +1,136 @@
+"""The MDLM DiT backbone: a non-causal transformer with rotary attention and adaLN-Zero blocks conditioned on σ.
+
+Layout and names follow MDLM's ``models/dit.py`` (fused qkv as [Q; K; V], half-split rotary on q and k,
+no-bias LayerNorms, MLP ratio 4 with GELU-tanh, zero-initialised adaLN modulations and output projection,
+untied embeddings, output width V + 1). Linear layers come from a layer factory (``models.layers``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import DenseLayers
+
+SIGMA_FREQUENCIES = 256
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a weight and no bias, computed in fp32."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), (x.shape[-1],)).type_as(x) * self.weight.type_as(x)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def sinusoidal_embedding(sigma: torch.Tensor, dim: int = SIGMA_FREQUENCIES, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) -> (B, dim): [cos(σ f_k), sin(σ f_k)] with f_k = max_period^(-k / (dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half)
+    args = sigma.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SigmaEmbedder(nn.Module):
+    """σ -> conditioning vector: sinusoidal features, Linear, SiLU, Linear (both with bias)."""
+
+    def __init__(self, cond_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(SIGMA_FREQUENCIES, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(sigma))
+
+
+def rotary_cos_sin(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0):
+    """(L, head_dim) cos and sin tables of the half-split rotary embedding."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, L, Dh) by position: x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x.float() * cos + torch.cat([-x2, x1], dim=-1).float() * sin).type_as(x)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float, layers: DenseLayers):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = LayerNorm(dim)
+        self.attn_qkv = layers.linear(dim, 3 * dim, bias=False, role="column")
+        self.attn_out = layers.linear(dim, dim, bias=False, role="row")
+        self.norm2 = LayerNorm(dim)
+        self.mlp = nn.Sequential(layers.linear(dim, mlp_ratio * dim, bias=True, role="column"),
+                                 nn.GELU(approximate="tanh"),
+                                 layers.linear(mlp_ratio * dim, dim, bias=True, role="row"))
+        self.adaLN_modulation = layers.linear(cond_dim, 6 * dim, bias=True, role="replicated")
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+        b, length, _ = x.shape
+        qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa))
+        q, k, v = qkv.view(b, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # each (B, H, L, Dh)
+        attn = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        attn = attn.transpose(1, 2).reshape(b, length, -1)
+        x = x + gate_msa * self.dropout(self.attn_out(attn))
+        return x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, num_outputs: int, cond_dim: int, layers: DenseLayers):
+        super().__init__()
+        self.norm_final = LayerNorm(dim)
+        self.linear = layers.vocab_projection(dim, num_outputs)
+        self.adaLN_modulation = layers.linear(cond_dim, 2 * dim, bias=True, role="replicated")
+        for layer in (self.linear, self.adaLN_modulation):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """``forward(x, sigma)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); returns (B, L, V + 1)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, cond_dim: int = 128,
+                 mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None):
+        super().__init__()
+        if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+            raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even size")
+        layers = layers or DenseLayers()
+        self.vocab_size, self.num_heads = vocab_size, num_heads
+        self.vocab_embed = layers.embedding(vocab_size + 1, hidden_size)
+        self.sigma_map = SigmaEmbedder(cond_dim)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers)
+                                    for _ in range(num_layers))
+        self.output_layer = FinalLayer(hidden_size, vocab_size + 1, cond_dim, layers)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h = self.vocab_embed(x)
+        c = F.silu(self.sigma_map(sigma))
+        cos, sin = rotary_cos_sin(h.shape[1], h.shape[2] // self.num_heads, h.device)
+        for block in self.blocks:
+            h = block(h, cos, sin, c)
+        return self.output_layer(h, c)

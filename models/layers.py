@@ -1,0 +1,49 @@
+"""The one place where the DiT gets its linear layers, token embedding and vocabulary projection.
+
+Each layer is requested with its tensor-parallel role (``column``: output features split; ``row``: input
+features split; ``replicated``), so a tensor-parallel factory can return megatron-core layers without any
+change to the block code. ``DenseLayers`` is the plain single-device version.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Role = Literal["column", "row", "replicated"]
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids -> rows of E; a float (B, L, W) input u -> softmax(u) @ E[:W] (an expected embedding).
+
+    W may be V (real tokens only) or V + 1 (with [MASK]); RGAS feeds student logits this way.
+    """
+
+    def __init__(self, num_embeddings: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            width = x.shape[-1]
+            if width > self.weight.shape[0]:
+                raise ValueError(f"float input width {width} exceeds the {self.weight.shape[0]} embedding rows")
+            return torch.softmax(x, dim=-1) @ self.weight[:width].to(x.dtype)
+        return F.embedding(x, self.weight)
+
+
+class DenseLayers:
+    """Plain PyTorch layers; the roles are ignored."""
+
+    def linear(self, in_features: int, out_features: int, bias: bool, role: Role) -> nn.Module:
+        return nn.Linear(in_features, out_features, bias=bias)
+
+    def embedding(self, num_embeddings: int, dim: int) -> nn.Module:
+        return TokenEmbedding(num_embeddings, dim)
+
+    def vocab_projection(self, dim: int, num_outputs: int) -> nn.Module:
+        return nn.Linear(dim, num_outputs, bias=True)

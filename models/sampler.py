@@ -1,0 +1,71 @@
+"""The MDLM ancestral sampler with float64 categorical draws, caching of unchanged steps and an honest NFE count.
+
+For s < t, a masked position becomes token v with probability (α_s − α_t)/(1 − α_t) · x_θ(z_t)[v] and stays
+masked with probability (1 − α_s)/(1 − α_t); unmasked positions are copied. The network is not
+time-conditioned, so when a step changes no token the previous x_θ is reused: NFE counts the denoiser calls
+actually made in the N-step loop. A final noise-removal pass (counted apart) fills any position still masked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models.diffusion import LogLinearSchedule
+
+Denoiser = Callable[[torch.Tensor], torch.Tensor]  # z (B, L) -> SUBS log-probabilities (B, L, V + 1)
+
+
+@dataclass
+class SamplerStats:
+    nfe: int = 0  # denoiser calls inside the N-step loop
+    noise_removal_calls: int = 0
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of (unnormalised) probabilities, in float64: argmax(q / E) with E ~ Exp(1)."""
+    q = probs.double()
+    e = torch.empty_like(q).exponential_(generator=generator)
+    return (q / e).argmax(dim=-1)
+
+
+def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
+                   schedule: LogLinearSchedule, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s."""
+    alpha_t, alpha_s = (schedule.alpha(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
+    q = x0_probs.double() * ((alpha_s - alpha_t) / (1 - alpha_t))
+    q[..., mask_id] = (1 - alpha_s) / (1 - alpha_t)
+    return torch.where(z == mask_id, sample_categorical(q, generator), z)
+
+
+def time_grid(steps: int, t_end: float = 1e-5) -> list[float]:
+    return torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64).tolist()
+
+
+@torch.no_grad()
+def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: int,
+                     schedule: LogLinearSchedule = LogLinearSchedule(), generator: torch.Generator | None = None,
+                     cache: bool = True, stats: SamplerStats | None = None,
+                     on_step: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise."""
+    stats = stats if stats is not None else SamplerStats()
+    grid = time_grid(steps)
+    probs = None
+    for i in range(steps):
+        if probs is None:
+            probs = denoise(z).exp()
+            stats.nfe += 1
+        z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator)
+        if not cache or not torch.equal(z_next, z):
+            probs = None
+        z = z_next
+        if on_step is not None:
+            on_step(i, grid[i + 1], z)
+    still_masked = z == mask_id
+    if still_masked.any():
+        probs = denoise(z).exp()
+        probs[..., mask_id] = 0
+        stats.noise_removal_calls += 1
+        z = torch.where(still_masked, sample_categorical(probs, generator), z)
+    return z
