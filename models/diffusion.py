@@ -28,9 +28,12 @@ class LogLinearSchedule:
         return -self.dalpha(t) / (1 - self.alpha(t))
 
 
-def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, mask_id: int, generator: torch.Generator | None = None):
-    """z_t: each token independently becomes [MASK] where u < mask_prob (u ~ U(0,1)); mask_prob is (B,)."""
-    u = torch.rand(x.shape, generator=generator, device=x.device)
+def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, mask_id: int, generator: torch.Generator | None = None,
+                u: torch.Tensor | None = None) -> torch.Tensor:
+    """z_t: each token independently becomes [MASK] where u < mask_prob; u ~ U(0,1) per token (drawn here
+    unless given), mask_prob is (B,)."""
+    if u is None:
+        u = torch.rand(x.shape, generator=generator, device=x.device)
     return torch.where(u < mask_prob.view(-1, *([1] * (x.dim() - 1))), mask_id, x)
 
 

@@ -57,25 +57,113 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """What the model expects of its data; the loader refuses shards that disagree."""
+    """The DiT: a named size (``models.sizes``) whose dimensions may be overridden, and what it expects of
+    its data (the loader refuses shards that disagree)."""
 
+    size: Optional[str] = "tiny"  # unit | tiny | small | medium | large, or None with every dimension given
+    hidden_size: Optional[int] = None
+    num_layers: Optional[int] = None
+    num_heads: Optional[int] = None
+    cond_dim: Optional[int] = None
+    dropout: float = 0.1
     seq_len: int = 1024
     vocab_size: int = 50257  # real tokens V; [MASK] is id V
     tokenizer_fingerprint: Optional[str] = None  # None: accept the dataset's tokenizer
 
     def validate(self) -> None:
+        from models.sizes import SIZES
+
+        if self.size is not None:
+            if self.size not in SIZES:
+                raise ConfigError(f"model.size: unknown size '{self.size}' (known: {', '.join(SIZES)})")
+            for name, value in dataclasses.asdict(SIZES[self.size]).items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+        for name in ("hidden_size", "num_layers", "num_heads", "cond_dim"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"model.{name}: required when model.size is not given")
+            _positive(f"model.{name}", getattr(self, name))
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(f"model.hidden_size: {self.hidden_size} does not split into model.num_heads = "
+                              f"{self.num_heads} heads of even size (rotary embedding)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
         if self.seq_len < 3:
             raise ConfigError(f"model.seq_len: {self.seq_len} is too small: a sequence is [BOS] + chunk + [EOS]")
         _positive("model.vocab_size", self.vocab_size)
 
 
 @dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule: linear warm-up, then constant or decaying to 0 at max_steps."""
+
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 2500
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    grad_clip: float = 1.0  # 0 disables clipping
+
+    def validate(self) -> None:
+        _positive("optim.lr", self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas: {self.betas} must be two numbers in [0, 1)")
+        _non_negative("optim.weight_decay", self.weight_decay)
+        _non_negative("optim.warmup_steps", self.warmup_steps)
+        _non_negative("optim.grad_clip", self.grad_clip)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: length, distribution, precision, EMA and what happens every N steps."""
+
+    max_steps: int = 1000  # optimizer steps
+    grad_accum: int = 1  # micro-batches per optimizer step
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    ema: float = 0.9999
+    ema_warmup: bool = True  # β_k = min(β, (1 + k) / (10 + k))
+    t_min: float = 1e-3
+    antithetic: bool = True
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8  # validation batches per rank per evaluation
+    sample_every: int = 500
+    sample_steps: int = 128
+    sample_count: int = 2
+    checkpoint_every: int = 500
+    max_nonfinite: int = 5  # consecutive skipped steps (non-finite gradients) before the run stops
+
+    def validate(self) -> None:
+        for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
+                     "sample_steps", "sample_count", "checkpoint_every", "max_nonfinite"):
+            _positive(f"train.{name}", getattr(self, name))
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"train.ema: {self.ema} must be in [0, 1)")
+        if not 0.0 < self.t_min < 1.0:
+            raise ConfigError(f"train.t_min: {self.t_min} must be in (0, 1)")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking on rank 0: MLflow, or none."""
+
+    backend: Literal["mlflow", "none"] = "mlflow"
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    experiment: str = "didi-instruct"
+
+
+@dataclass
 class Config:
     """Top-level training config; each stage reads the sections it needs."""
 
+    stage: Literal["pretrain"] = "pretrain"
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -178,6 +266,11 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return [_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}")
     return value

@@ -98,5 +98,28 @@ def test_cli_prints_resolved_or_fails_with_key(tmp_path, capsys):
     assert "unknown key 'data.nope'" in capsys.readouterr().err
 
 
-def test_default_config_class_is_complete():
-    assert C.from_dict(Config, {"data": {"path": "x"}}) == Config(data=C.DataConfig(path="x"))
+def test_model_size_fills_dimensions_and_checks_heads(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["model.size=small", "model.num_layers=3"])
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.cond_dim) == (768, 3, 12, 128)
+    with pytest.raises(ConfigError, match=r"model.hidden_size: 768 does not split into model.num_heads = 5"):
+        load_config(write(tmp_path, GOOD), ["model.size=small", "model.num_heads=5"])
+    with pytest.raises(ConfigError, match="model.size: unknown size 'huge'"):
+        load_config(write(tmp_path, GOOD), ["model.size=huge"])
+    with pytest.raises(ConfigError, match="model.hidden_size: required when model.size is not given"):
+        load_config(write(tmp_path, GOOD), ["model.size=null"])
+
+
+def test_floats_written_without_a_dot_are_floats(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD + "optim: {lr: 3e-4}\n"))
+    assert cfg.optim.lr == 3e-4
+    with pytest.raises(ConfigError, match="'optim.lr' must be float"):
+        load_config(write(tmp_path, GOOD + "optim: {lr: fast}\n"))
+
+
+def test_training_sections_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="'train.zero_stage' must be one of 0, 1, 2, 3"):
+        load_config(write(tmp_path, GOOD), ["train.zero_stage=4"])
+    with pytest.raises(ConfigError, match="train.ema: 1.0 must be in"):
+        load_config(write(tmp_path, GOOD), ["train.ema=1.0"])
+    with pytest.raises(ConfigError, match="optim.betas"):
+        load_config(write(tmp_path, GOOD), ["optim.betas=[0.9]"])

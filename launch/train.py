@@ -1,0 +1,78 @@
+"""The training entry point: ``deepspeed [--num_gpus N] launch/train.py --config FILE [--set k=v ...] [--dry-run]``.
+
+Also runs as ``python launch/train.py`` (one process) and under torchrun. ``--dry-run`` validates the config
+and the data, prints the resolved config and the parallel layout, and exits without training. Restarting
+the same command resumes from the run's latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.checkpoint import CheckpointError  # noqa: E402
+from pipeline.config import Config, ConfigError, load_config, to_yaml  # noqa: E402
+from pipeline.data import DataError, check_compatible, read_manifest  # noqa: E402
+
+
+def layout(cfg: Config, world_size: int) -> str:
+    """The parallel layout and the model's size, computed without allocating the model."""
+    import torch
+
+    from pipeline.engine import build_model
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg.model).parameters())
+    micro, accum = cfg.data.batch_size, cfg.train.grad_accum
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    return "\n".join([
+        f"stage: {cfg.stage}; model: {params:,} parameters ({cfg.model.num_layers} x {cfg.model.hidden_size}, "
+        f"{cfg.model.num_heads} heads), V = {cfg.model.vocab_size} + [MASK], L = {cfg.model.seq_len}",
+        f"layout: {world_size} data-parallel ranks on {device}, ZeRO stage {cfg.train.zero_stage}, {precision}",
+        f"batch: {micro} sequences per rank x {accum} accumulation x {world_size} ranks = "
+        f"{micro * accum * world_size} sequences ({micro * accum * world_size * cfg.model.seq_len:,} tokens) per step",
+        f"steps: {cfg.train.max_steps}; outputs: {cfg.run.out_dir}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch/train.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print, do not train")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    args = parser.parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_compatible(read_manifest(cfg.data.path), cfg.model, f"{cfg.data.path}/manifest.json")
+        if args.dry_run:
+            print(to_yaml(cfg) + layout(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            return 0
+        from pipeline.distributed import setup
+        from pipeline.pretrain import pretrain
+
+        d = setup()
+        if d.is_main:
+            print(to_yaml(cfg) + layout(cfg, d.world_size), flush=True)
+        result = pretrain(cfg, d)
+        if d.is_main:
+            print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in result.items()), flush=True)
+        return 0
+    except (ConfigError, DataError, CheckpointError) as err:
+        print(f"rank {rank}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "NonFiniteError":
+            raise
+        print(f"rank {rank}: error: {err}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

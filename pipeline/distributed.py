@@ -1,0 +1,76 @@
+"""Process-group set-up and the few collectives the stages need.
+
+Works the same under the ``deepspeed`` launcher (env RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR), under
+torchrun, inside tests that created the gloo group themselves, and as a plain single process.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quiet_deepspeed() -> None:
+    """Readable logs: DeepSpeed's INFO lines and torch's per-collective FutureWarnings off."""
+    import logging
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"deepspeed.*")
+
+
+def setup() -> Dist:
+    """Join (or create) the process group: NCCL on GPUs, gloo on CPU."""
+    import deepspeed
+
+    quiet_deepspeed()
+    use_cuda = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a plain `python launch/train.py`: a group of one
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(_free_port()))
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return Dist(rank, world, local_rank, device)
+
+
+def all_reduce_sum(*values: float, device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(obj, src: int = 0):
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

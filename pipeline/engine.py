@@ -1,0 +1,86 @@
+"""Model and DeepSpeed engine construction: DiT from the config, AdamW that skips non-finite steps, LR schedule."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+
+from models.dit import DiT
+from pipeline.config import Config, ModelConfig, OptimConfig
+
+
+def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None) -> DiT:
+    """The DiT of the config; under ZeRO-3 its parameters are partitioned as they are created."""
+    context = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        context = deepspeed.zero.Init(config_dict_or_path=ds_config)
+    with context:
+        return DiT(model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim,
+                   dropout=model.dropout)
+
+
+class GuardedAdamW(torch.optim.AdamW):
+    """AdamW that skips the update on every rank when any rank holds a non-finite gradient.
+
+    DeepSpeed calls ``step`` on the (partitioned) fp32 parameters after gradient reduction and clipping, so
+    the check sees exactly what would be applied; the flag is all-reduced so that ranks never diverge.
+    """
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.last_step_skipped = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        bad = torch.zeros(1, device=grads[0].device if grads else "cpu")
+        if grads:
+            bad[0] = float(not all(torch.isfinite(g).all() for g in grads))
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        self.last_step_skipped = bool(bad.item())
+        if self.last_step_skipped:
+            return None
+        return super().step(closure)
+
+
+def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant, linear decay or cosine decay to 0 at ``max_steps``."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+    if optim.schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ds_config(cfg: Config) -> dict:
+    """DeepSpeed's config: the per-rank micro-batch, accumulation, clipping and ZeRO stage (fp32 master
+    weights; bf16 comes from autocast around the forward pass)."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(model: torch.nn.Module, cfg: Config, config: dict):
+    """A DeepSpeed engine with GuardedAdamW and the LR schedule; returns (engine, optimizer)."""
+    import deepspeed
+
+    optimizer = GuardedAdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                             weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.max_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    return engine, optimizer

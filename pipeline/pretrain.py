@@ -1,0 +1,199 @@
+"""The pre-training stage: an MDLM teacher trained on the NELBO under DeepSpeed (ZeRO 0–3, CPU or GPU).
+
+Features: gradient accumulation, warm-up + constant/linear/cosine LR, EMA with warm-up, gradient clipping,
+bf16 autocast on GPU (fp32 on CPU), validation NELBO (EMA weights) and sample text every N steps,
+checkpoints with an atomic ``latest`` pointer and exact resume, MLflow on rank 0, non-finite steps skipped
+and counted (the run stops after ``train.max_nonfinite`` in a row).
+Limitations: one data-parallel group (tensor parallelism comes with the megatron-core layers); the step
+counter counts optimizer steps, skipped ones included.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data_prep.tokenizers import load_tokenizer
+from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
+from models.sampler import SamplerStats, ancestral_sample
+from pipeline import checkpoint
+from pipeline.config import Config, save_resolved, to_dict
+from pipeline.data import TokenLoader, loader_from_config
+from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
+from pipeline.ema import EMA
+from pipeline.engine import build_engine, build_model, ds_config
+from pipeline.randomness import DROPOUT, EVAL, SAMPLE, TRAIN, keyed_generator, rank_rows
+from pipeline.text import render
+from pipeline.tracking import make_tracker
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive optimizer steps with non-finite gradients."""
+
+
+def corrupt(x: torch.Tensor, cfg: Config, d: Dist, schedule: LogLinearSchedule, *keys: int):
+    """t and z_t for this rank's rows, drawn for the global batch from a generator keyed by ``keys``."""
+    g = keyed_generator(cfg.run.seed, *keys)
+    rows, length = d.world_size * x.shape[0], x.shape[1]
+    t = sample_times(rows, cfg.train.t_min, cfg.train.antithetic, generator=g)
+    u = torch.rand((rows, length), generator=g)
+    t, u = rank_rows(t, d.rank, x.shape[0]).to(x.device), rank_rows(u, d.rank, x.shape[0]).to(x.device)
+    return t, mask_tokens(x, 1 - schedule.alpha(t), cfg.model.vocab_size, u=u)
+
+
+def nelbo_terms(engine, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cfg: Config, autocast) -> torch.Tensor:
+    with autocast():
+        logits = engine(z, torch.zeros(x.shape[0], device=x.device))
+    return nelbo_per_token(subs_log_probs(logits, z, cfg.model.vocab_size), x, z, t, cfg.model.vocab_size,
+                           LogLinearSchedule())
+
+
+def _autocast(cfg: Config, d: Dist):
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
+    return lambda: torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@torch.no_grad()
+def evaluate(engine, ema: EMA, val: TokenLoader, cfg: Config, d: Dist, autocast) -> dict[str, float]:
+    """Validation NELBO of the EMA weights on the first ``eval_batches`` batches, same masks every time."""
+    val.epoch, val.position = 0, 0
+    total, count = 0.0, 0
+    engine.eval()
+    with ema.swapped_in():
+        for i, batch in enumerate(itertools.islice(iter(val), cfg.train.eval_batches)):
+            x = batch["input_ids"].to(d.device)
+            t, z = corrupt(x, cfg, d, LogLinearSchedule(), EVAL, i)
+            total += nelbo_terms(engine, x, t, z, cfg, autocast).double().sum().item()
+            count += x.numel()
+    engine.train()
+    total, count = all_reduce_sum(total, count, device=d.device)
+    nats = total / count
+    return {"val/nelbo_nats": nats, "val/bits_per_token": nats / math.log(2)}
+
+
+@torch.no_grad()
+def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, tok) -> tuple[list[str], SamplerStats]:
+    """EMA samples from all-[MASK]; every rank runs the sampler (ZeRO-3 gathers need all), rank 0 keeps them."""
+    mask_id = cfg.model.vocab_size
+    stats = SamplerStats()
+    engine.eval()
+
+    def denoise(z):
+        with autocast():
+            logits = engine(z, torch.zeros(z.shape[0], device=z.device))
+        return subs_log_probs(logits, z, mask_id)
+
+    with ema.swapped_in():
+        z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
+        # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
+        out = ancestral_sample(denoise, z, cfg.train.sample_steps, mask_id, generator=keyed_generator(
+            cfg.run.seed, SAMPLE, step), cache=cfg.train.zero_stage != 3, stats=stats)
+    engine.train()
+    return [render(row, tok)[0] for row in out.cpu().tolist()], stats
+
+
+def _batches(loader: TokenLoader):
+    while True:
+        yield from loader
+
+
+def pretrain(cfg: Config, d: Dist) -> dict:
+    """Train (or resume) the teacher; returns the final metrics."""
+    out_dir = Path(cfg.run.out_dir)
+    loader = loader_from_config(cfg, "train", d.rank, d.world_size)
+    val = loader_from_config(cfg, "val", d.rank, d.world_size, shuffle=False)
+    tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    config = ds_config(cfg)
+    torch.manual_seed(cfg.run.seed)
+    engine, optimizer = build_engine(build_model(cfg.model, cfg.train.zero_stage, config), cfg, config)
+    ema = EMA(engine.module, cfg.train.ema, cfg.train.ema_warmup)
+    autocast = _autocast(cfg, d)
+
+    side = checkpoint.load(cfg, {"model": engine}, d.rank, d.world_size)
+    step, skipped, in_a_row, run_id = 0, 0, 0, None
+    if side is not None:
+        step, skipped, in_a_row, run_id = side["step"], side["skipped"], side["in_a_row"], side["run_id"]
+        ema.load_state_dict(side["ema"])
+        loader.load_state_dict(side["loader"])
+    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(run_id))
+    if d.is_main:
+        saved = save_resolved(cfg, out_dir)
+        if side is None:
+            tracker.log_params(to_dict(cfg))
+            tracker.log_artifact(saved)
+        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, "
+              f"{sum(p.ds_numel if hasattr(p, 'ds_numel') else p.numel() for p in engine.module.parameters()):,} "
+              f"parameters", flush=True)
+
+    stream = _batches(loader)
+    metrics: dict[str, float] = {}
+    window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
+    tokens_per_step = cfg.data.batch_size * cfg.model.seq_len * cfg.train.grad_accum * d.world_size
+    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
+               dynamic_ncols=True, desc="pretrain")
+    engine.train()
+    while step < cfg.train.max_steps:
+        step_loss = 0.0
+        for micro in range(cfg.train.grad_accum):
+            x = next(stream)["input_ids"].to(d.device)
+            t, z = corrupt(x, cfg, d, LogLinearSchedule(), TRAIN, step, micro)
+            torch.manual_seed(keyed_generator(cfg.run.seed, DROPOUT, step, micro, d.rank).initial_seed())
+            loss = nelbo_terms(engine, x, t, z, cfg, autocast).mean()
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / cfg.train.grad_accum
+        step += 1
+        if optimizer.last_step_skipped:
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            if d.is_main:
+                tqdm.write(f"step {step}: non-finite gradients (loss {step_loss}); step skipped "
+                           f"({in_a_row} in a row, {skipped} in all)", file=sys.stderr)
+            if in_a_row >= cfg.train.max_nonfinite:
+                tracker.log_metrics({"train/skipped_steps": skipped}, step)
+                tracker.close()
+                raise NonFiniteError(f"stopping at step {step}: {in_a_row} consecutive steps had non-finite "
+                                     f"gradients (train.max_nonfinite = {cfg.train.max_nonfinite}); the last "
+                                     f"checkpoint is intact. Lower optim.lr or check the data.")
+        else:
+            in_a_row = 0
+            ema.update()
+            window_loss += step_loss
+            window_steps += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            loss_sum, n = all_reduce_sum(window_loss, window_steps, device=d.device)
+            elapsed = time.perf_counter() - window_start
+            metrics = {"train/loss_nats": loss_sum / max(n, 1), "train/lr": engine.get_lr()[0],
+                       "train/skipped_steps": skipped,
+                       "train/tokens_per_s": tokens_per_step * (step - window_first) / elapsed}
+            tracker.log_metrics(metrics, step)
+            bar.set_postfix(loss=f"{metrics['train/loss_nats']:.3f}", lr=f"{metrics['train/lr']:.2e}")
+            window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
+        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+            evaluation = evaluate(engine, ema, val, cfg, d, autocast)
+            metrics.update(evaluation)
+            tracker.log_metrics(evaluation, step)
+            if d.is_main:
+                tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
+                           f" val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token "
+                           f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
+        if step % cfg.train.sample_every == 0 or step == cfg.train.max_steps:
+            texts, stats = sample_texts(engine, ema, cfg, d, step, autocast, tok)
+            if d.is_main:
+                tracker.log_text("\n\n=====\n\n".join(texts), f"samples/step_{step:08d}.txt")
+                tracker.log_metrics({"sample/nfe": stats.nfe}, step)
+                tqdm.write(f"step {step}: sample ({cfg.train.sample_steps} steps, NFE {stats.nfe}):\n"
+                           f"{texts[0][:400]}", file=sys.stderr)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+            checkpoint.save(cfg, {"model": engine}, step, d.rank, d.world_size, {
+                "ema": ema.state_dict(), "loader": loader.state_dict(), "skipped": skipped,
+                "in_a_row": in_a_row, "run_id": tracker.run_id})
+    bar.close()
+    tracker.close()
+    return {"step": step, **metrics}
+

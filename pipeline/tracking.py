@@ -1,0 +1,77 @@
+"""One tracking facade: MLflow on rank 0, nothing elsewhere (and nothing at all with backend ``none``).
+
+The store defaults to a local sqlite file (the file store ``mlruns/`` is refused by current MLflow); a server
+URI comes from ``tracking.uri`` or ``MLFLOW_TRACKING_URI``. A resumed job passes the run id it saved in its
+checkpoint and continues the same run. Metrics are logged asynchronously (a synchronous sqlite write costs
+about 5 ms).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.config import TrackingConfig
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+class Tracker:
+    """The do-nothing tracker of non-zero ranks and of ``backend: none``."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_text(self, text: str, name: str) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, cfg: TrackingConfig, run_name: str, run_id: str | None):
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+        if run_id is None:
+            mlflow.set_experiment(cfg.experiment)
+        self._run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        self.run_id = self._run.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        self._mlflow.log_params(flatten(params), synchronous=False)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+    def log_text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self._mlflow.log_artifact(str(path))
+
+    def close(self) -> None:
+        self._mlflow.end_run()
+
+
+def make_tracker(cfg: TrackingConfig, is_main: bool, run_name: str, run_id: str | None = None) -> Tracker:
+    if not is_main or cfg.backend == "none":
+        return Tracker()
+    return MlflowTracker(cfg, run_name, run_id)
