@@ -76,9 +76,7 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(layers.linear(dim, mlp_ratio * dim, bias=True, role="column"),
                                  nn.GELU(approximate="tanh"),
                                  layers.linear(mlp_ratio * dim, dim, bias=True, role="row"))
-        self.adaLN_modulation = layers.linear(cond_dim, 6 * dim, bias=True, role="replicated")
-        nn.init.zeros_(self.adaLN_modulation.weight)
-        nn.init.zeros_(self.adaLN_modulation.bias)
+        self.adaLN_modulation = layers.linear(cond_dim, 6 * dim, bias=True, role="replicated", zero_init=True)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -97,10 +95,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.norm_final = LayerNorm(dim)
         self.linear = layers.vocab_projection(dim, num_outputs)
-        self.adaLN_modulation = layers.linear(cond_dim, 2 * dim, bias=True, role="replicated")
-        for layer in (self.linear, self.adaLN_modulation):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.adaLN_modulation = layers.linear(cond_dim, 2 * dim, bias=True, role="replicated", zero_init=True)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)

@@ -36,14 +36,28 @@ class TokenEmbedding(nn.Module):
         return F.embedding(x, self.weight)
 
 
+class ZeroLinear(nn.Linear):
+    """A Linear initialised to zero inside its own constructor (adaLN-Zero, the output projection).
+
+    Zeroing after construction would be lost under ZeRO-3, whose ``zero.Init`` partitions the parameters as
+    soon as a module's constructor returns.
+    """
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class DenseLayers:
     """Plain PyTorch layers; the roles are ignored."""
 
-    def linear(self, in_features: int, out_features: int, bias: bool, role: Role) -> nn.Module:
-        return nn.Linear(in_features, out_features, bias=bias)
+    def linear(self, in_features: int, out_features: int, bias: bool, role: Role, zero_init: bool = False) -> nn.Module:
+        return (ZeroLinear if zero_init else nn.Linear)(in_features, out_features, bias=bias)
 
     def embedding(self, num_embeddings: int, dim: int) -> nn.Module:
         return TokenEmbedding(num_embeddings, dim)
 
     def vocab_projection(self, dim: int, num_outputs: int) -> nn.Module:
-        return nn.Linear(dim, num_outputs, bias=True)
+        """Zero-initialised, as in MDLM: the untrained model predicts the uniform distribution."""
+        return ZeroLinear(dim, num_outputs, bias=True)

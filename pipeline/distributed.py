@@ -43,11 +43,11 @@ def quiet_deepspeed() -> None:
 
 def setup() -> Dist:
     """Join (or create) the process group: NCCL on GPUs, gloo on CPU."""
+    use_cuda = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     import deepspeed
 
     quiet_deepspeed()
-    use_cuda = torch.cuda.is_available()
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     if not dist.is_initialized():
         if "RANK" not in os.environ:  # a plain `python launch/train.py`: a group of one
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

@@ -2,8 +2,9 @@
 
 Under ZeRO-3 a parameter's live values are its local partition ``p.ds_tensor``; writing into ``p.data``
 (an empty placeholder there) would silently update nothing. The EMA therefore keeps one fp32 shadow per
-*local* partition and updates it from the partition, with no gather; for ZeRO 0–2 the partition is the whole
-parameter. ``swapped_in`` exchanges shadows and live values so that evaluation and sampling run on the EMA.
+*local* partition and updates it from the partition, with no gather; for ZeRO 0–2 the local part is the
+whole parameter. ZeRO-3 keeps small parameters gathered between steps (``ds_persist``): after swapping
+partitions, those are re-gathered (a collective, as DeepSpeed does after loading a checkpoint). ``swapped_in`` exchanges shadows and live values so that evaluation and sampling run on the EMA.
 """
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ import torch
 
 def _local(p: torch.nn.Parameter) -> torch.Tensor:
     return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+
+
+def _regather_persistent(params: list[torch.nn.Parameter]) -> None:
+    """Refresh the full copies ZeRO-3 keeps of persistent parameters from their (swapped) partitions."""
+    gathered = [p for p in params if getattr(p, "ds_persist", False) and p.ds_status.name == "AVAILABLE"]
+    if gathered:
+        gathered[0].partition(gathered)
+        gathered[0].all_gather(gathered)
 
 
 def ema_decay(beta: float, updates: int, warmup: bool) -> float:
@@ -42,12 +51,14 @@ class EMA:
             online = [_local(p).detach().clone() for p in self.params]
             for s, p in zip(self.shadow, self.params):
                 _local(p).copy_(s)
+            _regather_persistent(self.params)
         try:
             yield
         finally:
             with torch.no_grad():
                 for o, p in zip(online, self.params):
                     _local(p).copy_(o)
+                _regather_persistent(self.params)
 
     def state_dict(self) -> dict:
         return {"updates": self.updates, "shadow": self.shadow}

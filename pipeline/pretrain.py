@@ -10,6 +10,7 @@ counter counts optimizer steps, skipped ones included.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
 import time
@@ -97,6 +98,12 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
     return [render(row, tok)[0] for row in out.cpu().tolist()], stats
 
 
+def log_line(out_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """Append to ``metrics.jsonl``: a local record of every logged value, readable without MLflow."""
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
 def _batches(loader: TokenLoader):
     while True:
         yield from loader
@@ -172,6 +179,8 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                        "train/skipped_steps": skipped,
                        "train/tokens_per_s": tokens_per_step * (step - window_first) / elapsed}
             tracker.log_metrics(metrics, step)
+            if d.is_main:
+                log_line(out_dir, step, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss_nats']:.3f}", lr=f"{metrics['train/lr']:.2e}")
             window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
         if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
@@ -179,6 +188,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
             metrics.update(evaluation)
             tracker.log_metrics(evaluation, step)
             if d.is_main:
+                log_line(out_dir, step, evaluation)
                 tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
                            f" val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token "
                            f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)

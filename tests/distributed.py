@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 
 
 def _rank_main(rank: int, fn: Callable, world_size: int, workdir: str, args: tuple) -> None:
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     init = f"file://{Path(workdir, 'rendezvous').resolve()}"
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
     try:

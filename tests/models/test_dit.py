@@ -92,9 +92,9 @@ def test_every_linear_layer_comes_from_the_factory():
     roles = []
 
     class Recording(DenseLayers):
-        def linear(self, i, o, bias, role):
+        def linear(self, i, o, bias, role, zero_init=False):
             roles.append(role)
-            return super().linear(i, o, bias, role)
+            return super().linear(i, o, bias, role, zero_init)
 
         def vocab_projection(self, dim, n):
             roles.append("vocab")

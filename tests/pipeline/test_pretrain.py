@@ -1,0 +1,182 @@
+"""The pre-training stage end to end on the tiny dataset: learning, ZeRO-3 vs one process, resume, bad input."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.train import main as train_main
+from pipeline.config import Config, from_dict, save_resolved
+from tests.conftest import ROOT
+from tests.distributed import run_ranks
+
+
+def settings(tiny_data, out, **changes) -> dict:
+    """The unit DiT on the tiny dataset: a step takes milliseconds."""
+    cfg = {
+        "run": {"name": "t", "out_dir": str(out), "seed": 0},
+        "data": {"path": str(tiny_data), "batch_size": 4},
+        "model": {"size": "unit", "dropout": 0.0, "seq_len": 64, "vocab_size": 500},
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "train": {"max_steps": 6, "log_every": 1, "eval_every": 3, "eval_batches": 2, "sample_every": 1000,
+                  "sample_steps": 8, "checkpoint_every": 3, "ema": 0.99},
+        "tracking": {"backend": "none"},
+    }
+    for key, value in changes.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
+def _run_pretrain(rank, world_size, cfg_dict):
+    from pipeline.distributed import setup
+    from pipeline.pretrain import pretrain
+
+    cfg = from_dict(Config, cfg_dict)
+    try:
+        return pretrain(cfg, setup())
+    except RuntimeError as err:
+        return {"error": str(err)}
+
+
+def metrics(out: Path) -> dict[int, dict]:
+    """Last logged values per step from metrics.jsonl (a resumed run overwrites the steps it repeats)."""
+    per_step: dict[int, dict] = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        per_step.setdefault(row["step"], {}).update(row)
+    return per_step
+
+
+def test_loss_falls_on_the_tiny_corpus(tiny_data, tmp_path):
+    cfg = settings(tiny_data, tmp_path, train__max_steps=60, train__log_every=10, train__eval_every=60,
+                   train__sample_every=60, optim__lr=1e-2)
+    result = run_ranks(_run_pretrain, 1, cfg)[0]
+    logged = metrics(tmp_path)
+    first, last = logged[10]["train/loss_nats"], logged[60]["train/loss_nats"]
+    assert last < first - 0.5, (first, last)
+    assert result["val/nelbo_nats"] < 6.0  # log(500) = 6.2 is the NELBO of a uniform denoiser
+    assert result["val/bits_per_token"] == pytest.approx(result["val/nelbo_nats"] / 0.6931471805599453)
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "checkpoints" / "latest").read_text() == "step_00000060"
+
+
+@pytest.mark.distributed
+def test_zero3_on_two_ranks_matches_one_process(tiny_data, tmp_path):
+    one = settings(tiny_data, tmp_path / "one", data__batch_size=4, train__zero_stage=0)
+    two = settings(tiny_data, tmp_path / "two", data__batch_size=2, train__zero_stage=3)
+    r1 = run_ranks(_run_pretrain, 1, one)[0]
+    r2 = run_ranks(_run_pretrain, 2, two)
+    assert "error" not in r1 and all("error" not in r for r in r2)
+    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    for step in range(1, 7):  # same global batches, same masks: the losses agree to float32 round-off
+        assert a[step]["train/loss_nats"] == pytest.approx(b[step]["train/loss_nats"], abs=2e-5), step
+    for step in (3, 6):  # validation runs on the EMA weights, so this also checks the EMA under ZeRO-3
+        assert a[step]["val/nelbo_nats"] == pytest.approx(b[step]["val/nelbo_nats"], abs=2e-5), step
+    assert a[6]["train/loss_nats"] != a[1]["train/loss_nats"]
+
+
+def _train_command(cfg_path: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(cfg_path)]
+
+
+def test_killed_run_resumes_to_the_same_losses(tiny_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    paths = {}
+    for name in ("reference", "killed"):
+        cfg = from_dict(Config, settings(tiny_data, tmp_path / name, train__max_steps=40, train__checkpoint_every=4,
+                                         train__eval_every=20, model__dropout=0.1))
+        paths[name] = save_resolved(cfg, tmp_path, f"{name}.yaml")
+    subprocess.run(_train_command(paths["reference"]), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(_train_command(paths["killed"]), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(metrics(tmp_path / "killed"))
+    assert killed_at < 40, "the run finished before it could be killed"
+    subprocess.run(_train_command(paths["killed"]), env=env, check=True, capture_output=True)
+    ref, resumed = metrics(tmp_path / "reference"), metrics(tmp_path / "killed")
+    for step in range(5, 41):
+        assert resumed[step]["train/loss_nats"] == ref[step]["train/loss_nats"], step
+    assert resumed[40]["val/nelbo_nats"] == ref[40]["val/nelbo_nats"]
+
+
+def _run_with_nan_losses(rank, world_size, cfg_dict, poisoned_steps):
+    """Pre-training whose loss is NaN on the given (1-based) training steps."""
+    import pipeline.pretrain as stage
+
+    real, calls = stage.nelbo_terms, []
+
+    def nelbo_terms(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) in poisoned_steps:
+                return terms * float("nan")
+        return terms
+
+    stage.nelbo_terms = nelbo_terms
+    return _run_pretrain(rank, world_size, cfg_dict)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tiny_data, tmp_path):
+    cfg = settings(tiny_data, tmp_path, train__max_steps=6, train__checkpoint_every=1000)
+    result = run_ranks(_run_with_nan_losses, 1, cfg, {3})[0]
+    assert result["train/skipped_steps"] == 1 and result["step"] == 6
+    logged = metrics(tmp_path)
+    assert all(math.isfinite(logged[s]["train/loss_nats"]) for s in (1, 2, 4, 5, 6))
+    reference = metrics_of_clean_run(tiny_data, tmp_path / "clean")
+    assert logged[2]["train/loss_nats"] == reference[2]["train/loss_nats"]
+    # the skipped step changed nothing: step 4 sees step 2's weights, so it differs from the clean run's step 4
+    assert logged[4]["train/loss_nats"] != reference[4]["train/loss_nats"]
+
+
+def metrics_of_clean_run(tiny_data, out):
+    run_ranks(_run_pretrain, 1, settings(tiny_data, out, train__max_steps=6, train__checkpoint_every=1000))
+    return metrics(out)
+
+
+def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_path):
+    cfg = settings(tiny_data, tmp_path, train__max_steps=20, train__max_nonfinite=3, train__checkpoint_every=2)
+    result = run_ranks(_run_with_nan_losses, 1, cfg, set(range(5, 30)))[0]
+    assert "stopping at step 7: 3 consecutive steps had non-finite gradients" in result["error"]
+    assert "train.max_nonfinite = 3" in result["error"]
+    # skipped steps leave the weights alone, so the checkpoint of step 6 holds step 4's weights
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"
+
+
+def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys):
+    cfg = from_dict(Config, settings(tiny_data, tmp_path / "run"))
+    path = save_resolved(cfg, tmp_path, "ok.yaml")
+    assert train_main(["--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "ZeRO stage 0" in out and "4 sequences per rank x 1 accumulation x 1 ranks" in out
+    cases = [
+        (["--set", "model.num_heads=3"], "does not split into model.num_heads = 3"),
+        (["--set", "model.seq_len=128"], "seq_len 64 differs from model.seq_len 128"),
+        (["--set", f"data.path={tmp_path / 'nowhere'}"], "manifest.json not found"),
+        (["--set", "train.grad_acum=2"], "unknown key 'train.grad_acum'"),
+    ]
+    for extra, message in cases:
+        assert train_main(["--config", str(path), "--dry-run", *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_size_is_refused(tiny_data, tmp_path):
+    cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=3))
+    path = save_resolved(cfg, tmp_path, "run.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_command(path), env=env, check=True, capture_output=True)
+    other = subprocess.run(_train_command(path) + ["--set", "model.hidden_size=64"], env=env,
+                           capture_output=True, text=True)
+    assert other.returncode == 2
+    assert "holds another model (hidden_size: 32 there, 64 now)" in other.stderr
