@@ -49,8 +49,13 @@ class MlflowTracker(Tracker):
         import mlflow
 
         self._mlflow = mlflow
-        mlflow.set_tracking_uri(cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+        uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        mlflow.set_tracking_uri(uri)
         if run_id is None:
+            if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(cfg.experiment) is None:
+                # artifacts beside the database, not in ./mlruns of whatever directory the job started in
+                artifacts = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+                mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri())
             mlflow.set_experiment(cfg.experiment)
         self._run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         self.run_id = self._run.info.run_id

@@ -180,3 +180,28 @@ def test_checkpoint_of_another_model_size_is_refused(tiny_data, tmp_path):
                            capture_output=True, text=True)
     assert other.returncode == 2
     assert "holds another model (hidden_size: 32 there, 64 now)" in other.stderr
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_survives_resume(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = settings(tiny_data, tmp_path / "run", train__max_steps=4, train__checkpoint_every=2, train__sample_every=2,
+                   tracking__backend="mlflow")
+    cfg["tracking"].update(uri=uri, experiment="tests")
+    run_ranks(_run_pretrain, 1, cfg)
+    cfg["train"]["max_steps"] = 6
+    run_ranks(_run_pretrain, 1, cfg)  # resumes from step 4 into the same MLflow run
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["model.size"] == "unit" and run.data.params["train.zero_stage"] == "0"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_nats")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "val/nelbo_nats")} == {3, 4, 6}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts and "samples" in artifacts
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert samples == {"samples/step_00000002.txt", "samples/step_00000004.txt", "samples/step_00000006.txt"}
