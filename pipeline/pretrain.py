@@ -27,6 +27,7 @@ from pipeline.config import Config, save_resolved, to_dict
 from pipeline.data import TokenLoader, loader_from_config
 from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
 from pipeline.ema import EMA
+from pipeline.plots import plot_curves
 from pipeline.engine import build_engine, build_model, ds_config
 from pipeline.randomness import DROPOUT, EVAL, SAMPLE, TRAIN, keyed_generator, rank_rows
 from pipeline.text import render
@@ -137,6 +138,8 @@ def pretrain(cfg: Config, d: Dist) -> dict:
               f"{sum(p.ds_numel if hasattr(p, 'ds_numel') else p.numel() for p in engine.module.parameters()):,} "
               f"parameters", flush=True)
 
+    if step >= cfg.train.max_steps and d.is_main:
+        print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
     stream = _batches(loader)
     metrics: dict[str, float] = {}
     window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
@@ -204,6 +207,8 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                 "ema": ema.state_dict(), "loader": loader.state_dict(), "skipped": skipped,
                 "in_a_row": in_a_row, "run_id": tracker.run_id})
     bar.close()
+    if d.is_main and (out_dir / "metrics.jsonl").exists():
+        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png"))
     tracker.close()
     return {"step": step, **metrics}
 

@@ -13,6 +13,7 @@ import torch
 
 from launch.train import main as train_main
 from pipeline.config import Config, from_dict, save_resolved
+from pipeline.plots import read_metrics
 from tests.conftest import ROOT
 from tests.distributed import run_ranks
 
@@ -46,12 +47,7 @@ def _run_pretrain(rank, world_size, cfg_dict):
 
 
 def metrics(out: Path) -> dict[int, dict]:
-    """Last logged values per step from metrics.jsonl (a resumed run overwrites the steps it repeats)."""
-    per_step: dict[int, dict] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        per_step.setdefault(row["step"], {}).update(row)
-    return per_step
+    return read_metrics(out / "metrics.jsonl")
 
 
 def test_loss_falls_on_the_tiny_corpus(tiny_data, tmp_path):
@@ -202,6 +198,6 @@ def test_mlflow_run_has_params_metrics_artifacts_and_survives_resume(tiny_data, 
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     assert {m.step for m in client.get_metric_history(run.info.run_id, "val/nelbo_nats")} == {3, 4, 6}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "config.yaml" in artifacts and "samples" in artifacts
+    assert {"config.yaml", "samples", "curves.png"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert samples == {"samples/step_00000002.txt", "samples/step_00000004.txt", "samples/step_00000006.txt"}

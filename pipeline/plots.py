@@ -1,0 +1,36 @@
+"""Training curves from ``metrics.jsonl``, saved as PNG next to the run and logged to the tracker."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(path: Path) -> dict[int, dict]:
+    """The last value logged for each step (a resumed run repeats the steps after its checkpoint)."""
+    rows: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows.setdefault(row["step"], {}).update(row)
+    return dict(sorted(rows.items()))
+
+
+def plot_curves(metrics_file: Path, out: Path, keys: tuple[str, ...] = ("train/loss_nats", "val/nelbo_nats")) -> Path:
+    rows = read_metrics(metrics_file)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        points = [(step, row[key]) for step, row in rows.items() if key in row]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key.startswith("val") else None, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
