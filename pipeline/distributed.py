@@ -2,16 +2,23 @@
 
 Works the same under the ``deepspeed`` launcher (env RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR), under
 torchrun, inside tests that created the gloo group themselves, and as a plain single process.
+``run_ranks`` starts N CPU ranks on one machine without a launcher (a ``file://`` store, no TCP listener),
+for tests and benchmarks that compare them with a single-process reference.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 @dataclass(frozen=True)
@@ -74,3 +81,27 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+# ---- N ranks on one machine without a launcher (tests and benchmarks): gloo over a file:// store ----
+
+def _rank_main(rank: int, fn: Callable, world_size: int, workdir: str, args: tuple) -> None:
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    init = f"file://{Path(workdir, 'rendezvous').resolve()}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    try:
+        result = fn(rank, world_size, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    Path(workdir, f"result{rank}.pkl").write_bytes(pickle.dumps(result))
+
+
+def run_ranks(fn: Callable, world_size: int, *args: Any) -> list[Any]:
+    """``fn(rank, world_size, *args)`` on every rank (``fn`` must be importable); results in rank order."""
+    with tempfile.TemporaryDirectory() as workdir:
+        mp.start_processes(_rank_main, args=(fn, world_size, workdir, args), nprocs=world_size,
+                           join=True, start_method="spawn")
+        return [pickle.loads(Path(workdir, f"result{r}.pkl").read_bytes()) for r in range(world_size)]

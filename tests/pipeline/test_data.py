@@ -10,7 +10,7 @@ import torch.distributed as dist
 from data_prep.shards import iter_shard
 from pipeline.config import Config, DataConfig, ModelConfig, RunConfig
 from pipeline.data import DataError, TokenLoader, TokenShards, epoch_order, loader_from_config
-from tests.distributed import run_ranks
+from pipeline.distributed import run_ranks
 
 
 def all_batches(loader, n=None):

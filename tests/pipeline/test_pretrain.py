@@ -15,7 +15,7 @@ from launch.train import main as train_main
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.plots import read_metrics
 from tests.conftest import ROOT
-from tests.distributed import run_ranks
+from pipeline.distributed import run_ranks
 
 
 def settings(tiny_data, out, **changes) -> dict:
@@ -167,7 +167,7 @@ def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_checkpoint_of_another_model_size_is_refused(tiny_data, tmp_path):
+def test_unusable_checkpoints_are_refused_with_the_reason(tiny_data, tmp_path):
     cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=3))
     path = save_resolved(cfg, tmp_path, "run.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -176,6 +176,12 @@ def test_checkpoint_of_another_model_size_is_refused(tiny_data, tmp_path):
                            capture_output=True, text=True)
     assert other.returncode == 2
     assert "holds another model (hidden_size: 32 there, 64 now)" in other.stderr
+    side = tmp_path / "run" / "checkpoints" / "step_00000003" / "rank00000.pt"
+    side.write_bytes(side.read_bytes()[:100])
+    truncated = subprocess.run(_train_command(path) + ["--set", "train.max_steps=6"], env=env,
+                               capture_output=True, text=True)
+    assert truncated.returncode == 2
+    assert "rank00000.pt: unreadable, truncated or corrupt" in truncated.stderr
 
 
 def test_mlflow_run_has_params_metrics_artifacts_and_survives_resume(tiny_data, tmp_path):

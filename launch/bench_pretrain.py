@@ -1,0 +1,183 @@
+"""Pre-training step benchmark: DeepSpeed ZeRO 0 / 2 / 3 on N CPU ranks against a plain-PyTorch loop.
+
+``python launch/bench_pretrain.py [--size tiny] [--batch 32] [--steps 10] [--repeats 5] [--json PATH]``
+
+Every configuration trains the same model on the same global batch (synthetic tokens; the loader is
+benchmarked in ``data_prep.bench``) with the same NELBO step. The reference is one process running a plain
+``torch.optim.AdamW`` loop with as many threads as the DeepSpeed run has ranks, so both use the same cores.
+A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
+Peak memory is the peak resident set size of each process (``ru_maxrss``: it includes the Python runtime and
+libraries, the same for every configuration), or the peak CUDA allocation on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs  # noqa: E402
+from pipeline.config import Config, from_dict  # noqa: E402
+from pipeline.distributed import Dist, run_ranks  # noqa: E402
+from pipeline.pretrain import corrupt  # noqa: E402
+
+VOCAB = 4000
+
+
+def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int) -> Config:
+    return from_dict(Config, {
+        "data": {"path": "synthetic", "batch_size": per_rank_batch},
+        "model": {"size": size, "dropout": 0.0, "seq_len": seq_len, "vocab_size": VOCAB},
+        "optim": {"lr": 1e-4, "warmup_steps": 0},
+        "train": {"zero_stage": zero_stage},
+        "tracking": {"backend": "none"},
+    })
+
+
+def batches(cfg: Config, d: Dist, count: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(d.rank)
+    return [torch.randint(0, VOCAB, (cfg.data.batch_size, cfg.model.seq_len), generator=g) for _ in range(count)]
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def state_mb(params, optimizer: torch.optim.Optimizer) -> float:
+    """Bytes this rank holds for the model's parameters (its partitions under ZeRO-3), the optimizer's
+    parameters (ZeRO's fp32 partitions; the same tensors in a plain loop) and the optimizer's state."""
+    tensors = {id(t): t for t in (p.ds_tensor if hasattr(p, "ds_tensor") else p for p in params)}
+    for group in optimizer.param_groups:
+        tensors.update({id(p): p for p in group["params"]})
+    for state in optimizer.state.values():
+        tensors.update({id(v): v for v in state.values() if torch.is_tensor(v) and v.dim() > 0})
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def time_steps(step, data: list[torch.Tensor], steps: int, repeats: int, sync) -> list[float]:
+    """Seconds per optimizer step for each repeat, after two warm-up steps."""
+    for i in range(2):
+        step(data[i % len(data)], i)
+    sync()
+    times = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        for i in range(steps):
+            step(data[i % len(data)], 2 + r * steps + i)
+        sync()
+        times.append((time.perf_counter() - start) / steps)
+    return times
+
+
+def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeats: int, threads: int) -> dict:
+    """The reference: one process, the whole global batch, a plain AdamW loop."""
+    torch.set_num_threads(threads)
+    cfg = bench_config(size, seq_len, global_batch, 0)
+    d = Dist(0, 1, 0, torch.device("cpu"))
+    from pipeline.engine import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    mask_id = cfg.model.vocab_size
+
+    def step(x, i):
+        t, z = corrupt(x, cfg, d, LogLinearSchedule(), 1, i)
+        logits = model(z, torch.zeros(x.shape[0]))
+        loss = nelbo_per_token(subs_log_probs(logits, z, mask_id), x, z, t, mask_id, LogLinearSchedule()).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times = time_steps(step, batches(cfg, d, 4), steps, repeats, lambda: None)
+    return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(model.parameters(), optimizer)}
+
+
+def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: int, stage: int, steps: int,
+                    repeats: int) -> dict:
+    import torch.distributed as dist
+
+    from pipeline.distributed import setup
+    from pipeline.engine import build_engine, build_model, ds_config
+    from pipeline.pretrain import nelbo_terms
+
+    d = setup()
+    cfg = bench_config(size, seq_len, batch, stage)
+    config = ds_config(cfg)
+    torch.manual_seed(0)
+    engine, optimizer = build_engine(build_model(cfg.model, stage, config), cfg, config)
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+
+    def step(x, i):
+        t, z = corrupt(x, cfg, d, LogLinearSchedule(), 1, i)
+        engine.backward(nelbo_terms(engine, x, t, z, cfg, autocast).mean())
+        engine.step()
+
+    times = time_steps(step, batches(cfg, d, 4), steps, repeats, dist.barrier)
+    return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(engine.module.parameters(), optimizer)}
+
+
+def summarise(times: list[float], tokens_per_step: int) -> dict:
+    median = statistics.median(times)
+    return {"step_s": median, "tokens_per_s": tokens_per_step / median, "spread": (min(times), max(times))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32, help="global batch (sequences per optimizer step)")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--stages", type=int, nargs="+", default=[0, 2, 3])
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.batch % args.ranks:
+        parser.error(f"--batch {args.batch} is not divisible by --ranks {args.ranks}")
+    tokens = args.batch * args.seq_len
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    plain = plain_pytorch(args.size, args.seq_len, args.batch, args.steps, args.repeats, args.ranks)
+    results = {"plain": {**summarise(plain["step_s"], tokens), "peak_mb": [plain["peak_mb"]],
+                         "state_mb": [plain["state_mb"]]}}
+    for stage in args.stages:
+        ranks = run_ranks(_deepspeed_rank, args.ranks, args.size, args.seq_len, args.batch // args.ranks, stage,
+                          args.steps, args.repeats)
+        per_step = [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)]  # the slowest rank
+        results[f"zero{stage}"] = {**summarise(per_step, tokens), "peak_mb": [r["peak_mb"] for r in ranks],
+                                   "state_mb": [r["state_mb"] for r in ranks]}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    header = (f"{args.size} DiT, L = {args.seq_len}, V = {VOCAB}, global batch {args.batch} ({tokens:,} tokens), "
+              f"{args.ranks} ranks; median of {args.repeats} x {args.steps} steps; {cpu}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}, {datetime.now(timezone.utc):%Y-%m-%d}")
+    lines = [header, "", "| run | step time (min–max) | tokens/s | time vs plain | model + optimizer tensors per "
+             "process | peak RSS per process |", "|---|---|---|---|---|---|"]
+    base = results["plain"]["step_s"]
+    for name, r in results.items():
+        label = "plain PyTorch, 1 process" if name == "plain" else f"DeepSpeed ZeRO-{name[4:]}, {args.ranks} ranks"
+        peak = ", ".join(f"{m:,.0f} MB" for m in r["peak_mb"])
+        state = ", ".join(f"{m:,.1f} MB" for m in r["state_mb"])
+        lines.append(f"| {label} | {r['step_s'] * 1000:.0f} ms ({r['spread'][0] * 1000:.0f}–{r['spread'][1] * 1000:.0f}) "
+                     f"| {r['tokens_per_s']:,.0f} | {r['step_s'] / base:.2f}× | {state} | {peak} |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setup": header, "results": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
