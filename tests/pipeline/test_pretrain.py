@@ -62,6 +62,18 @@ def test_loss_falls_on_the_tiny_corpus(tiny_data, tmp_path):
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "checkpoints" / "latest").read_text() == "step_00000060"
 
 
+def test_gradient_accumulation_steps_the_schedule_once_per_optimizer_step(tiny_data, tmp_path):
+    cfg = settings(tiny_data, tmp_path, train__grad_accum=3, train__max_steps=5, optim__warmup_steps=10,
+                   train__checkpoint_every=5)
+    result = run_ranks(_run_pretrain, 1, cfg)[0]
+    logged = metrics(tmp_path)
+    for step in range(1, 6):  # after s optimizer steps the warm-up factor is (s + 1) / 10
+        assert logged[step]["train/lr"] == pytest.approx(3e-3 * (step + 1) / 10)
+    assert result["step"] == 5
+    state = torch.load(tmp_path / "checkpoints" / "step_00000005" / "rank00000.pt", weights_only=True)
+    assert state["loader"]["position"] == 15  # three micro-batches per step
+
+
 @pytest.mark.distributed
 def test_zero3_on_two_ranks_matches_one_process(tiny_data, tmp_path):
     one = settings(tiny_data, tmp_path / "one", data__batch_size=4, train__zero_stage=0)
