@@ -83,6 +83,7 @@ def time_steps(step, data: list[torch.Tensor], steps: int, repeats: int, sync) -
 
 def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeats: int, threads: int) -> dict:
     """The reference: one process, the whole global batch, a plain AdamW loop."""
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = bench_config(size, seq_len, global_batch, 0)
     d = Dist(0, 1, 0, torch.device("cpu"))
@@ -103,6 +104,7 @@ def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeat
         optimizer.zero_grad(set_to_none=True)
 
     times = time_steps(step, batches(cfg, d, 4), steps, repeats, lambda: None)
+    torch.set_num_threads(previous_threads)
     return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(model.parameters(), optimizer)}
 
 
