@@ -33,7 +33,8 @@ def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, mask_id: int, generato
     """z_t: each token independently becomes [MASK] where u < mask_prob; u ~ U(0,1) per token (drawn here
     unless given), mask_prob is (B,)."""
     if u is None:
-        u = torch.rand(x.shape, generator=generator, device=x.device)
+        device = generator.device if generator is not None else x.device
+        u = torch.rand(x.shape, generator=generator, device=device).to(x.device)
     return torch.where(u < mask_prob.view(-1, *([1] * (x.dim() - 1))), mask_id, x)
 
 

@@ -26,7 +26,8 @@ class SamplerStats:
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row of (unnormalised) probabilities, in float64: argmax(q / E) with E ~ Exp(1)."""
     q = probs.double()
-    e = torch.empty_like(q).exponential_(generator=generator)
+    device = generator.device if generator is not None else q.device  # a CPU generator may drive GPU sampling
+    e = torch.empty(q.shape, dtype=torch.float64, device=device).exponential_(generator=generator).to(q.device)
     return (q / e).argmax(dim=-1)
 
 
