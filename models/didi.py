@@ -1,0 +1,155 @@
+"""DiDi-Instruct maths (spec §2–§5), one named function per equation; pure PyTorch, no engines.
+
+Conventions: rows are rollout rows (B' = B·G), consecutive groups of G rows form a group; masks are bool
+(B', L) tensors marking the positions an average runs over; log-probabilities are SUBS-processed (B', L, V + 1).
+Random draws take one generator per row, so that a row's draws depend only on its global key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from models.diffusion import LogLinearSchedule
+
+TAU_CLAMP = (0.02, 0.98)
+OMEGA_CLAMP = (0.1, 10.0)
+
+
+def sample_tau(generators: list[torch.Generator], a: float = 1.0, b: float = 1.0) -> torch.Tensor:
+    """τ_i ~ Beta(a, b) per row, clamped to [0.02, 0.98] (inverse-CDF free: Beta as a ratio of Gammas)."""
+    taus = []
+    for g in generators:
+        x = torch._standard_gamma(torch.tensor([a, b], dtype=torch.float64), generator=g)
+        taus.append(x[0] / x.sum())
+    return torch.stack(taus).clamp(*TAU_CLAMP)
+
+
+def omega(tau: torch.Tensor, schedule: LogLinearSchedule) -> torch.Tensor:
+    """ω(τ) = −α'(τ)/(1 − α(τ)) clamped to [0.1, 10]; analytic (for the log-linear schedule, min(1/τ, 10))."""
+    return schedule.loss_weight(tau).clamp(*OMEGA_CLAMP)
+
+
+def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """π(τ) of Beta(a, b), for the optional importance weight ω/π."""
+    log_norm = torch.lgamma(torch.tensor(a + b)) - torch.lgamma(torch.tensor(a)) - torch.lgamma(torch.tensor(b))
+    return torch.exp(log_norm + (a - 1) * torch.log(tau) + (b - 1) * torch.log1p(-tau))
+
+
+def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One float64 categorical draw per position (exponential race), each row from its own generator."""
+    q = probs.detach().double()
+    e = torch.stack([torch.empty(q.shape[1:], dtype=torch.float64).exponential_(generator=g) for g in generators])
+    return (q / e.to(q.device)).argmax(dim=-1)
+
+
+def draw_uniform(shape_per_row: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
+    return torch.stack([torch.rand(shape_per_row, generator=g) for g in generators]).to(device)
+
+
+@dataclass
+class Rollout:
+    x: torch.Tensor  # (B', L) final student sample
+    z_tau: torch.Tensor  # (B', L) intermediate state at τ
+    log_prob: torch.Tensor  # (B',) log P_ν(trajectory), with grad
+    log_p1: torch.Tensor  # (B', L, V + 1) student SUBS log-probs at z_1 (all masked)
+    log_p2: torch.Tensor  # (B', L, V + 1) student SUBS log-probs at z_τ
+    masked1: torch.Tensor  # positions masked before step 1 (all)
+    masked2: torch.Tensor  # positions masked before step 2
+
+
+def two_step_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch.Tensor, seq_len: int,
+                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
+                     t0: float = 1e-3) -> Rollout:
+    """1 → τ → t0 with one student forward per step; samples come from the detached probabilities.
+
+    ``student(z)`` returns SUBS log-probabilities with grad. log P sums, per row, the log-probabilities of the
+    newly unmasked positions only (a position that stays masked has a ν-independent probability).
+    """
+    rows, device = tau.shape[0], tau.device
+    one = torch.ones_like(tau)
+    alpha_1, alpha_tau, alpha_0 = schedule.alpha(one), schedule.alpha(tau), schedule.alpha(t0 * one)
+    z1 = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
+
+    log_p1 = student(z1)
+    unmask1 = draw_uniform((seq_len,), generators, device) < ((alpha_tau - alpha_1) / (1 - alpha_1))[:, None]
+    z_tau = torch.where(unmask1, draw_tokens(log_p1.exp()[..., :mask_id], generators), z1)
+    log_prob = (log_p1.gather(-1, z_tau.unsqueeze(-1)).squeeze(-1) * unmask1).sum(1)
+
+    masked2 = z_tau == mask_id
+    log_p2 = student(z_tau)
+    unmask2 = masked2 & (draw_uniform((seq_len,), generators, device) < ((alpha_0 - alpha_tau) / (1 - alpha_tau))[:, None])
+    x = torch.where(unmask2, draw_tokens(log_p2.exp()[..., :mask_id], generators), z_tau)
+    log_prob = log_prob + (log_p2.gather(-1, x.unsqueeze(-1)).squeeze(-1) * unmask2).sum(1)
+    return Rollout(x, z_tau, log_prob, log_p1, log_p2, torch.ones_like(masked2), masked2)
+
+
+def coupled_corruption(x_fake: torch.Tensor, x_real: torch.Tensor, tau: torch.Tensor, mask_id: int,
+                       schedule: LogLinearSchedule, generators: list[torch.Generator]):
+    """Mask fake and real rows at the same level 1 − α(τ_i) per row (fresh masks for each side)."""
+    level = (1 - schedule.alpha(tau))[:, None]
+    shape, device = (x_fake.shape[1],), x_fake.device
+    z_fake = torch.where(draw_uniform(shape, generators, device) < level, mask_id, x_fake)
+    z_real = torch.where(draw_uniform(shape, generators, device) < level, mask_id, x_real)
+    return z_fake, z_real
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, mask_real: torch.Tensor,
+                       mask_fake: torch.Tensor, smoothing: float = 0.1):
+    """½[BCE(d_real, 1 − s) over masked real positions + BCE(d_fake, s) over masked fake positions];
+    returns (loss, accuracy) with accuracy = share of masked positions on the right side of 0."""
+    bce_real = F.binary_cross_entropy_with_logits(d_real.float(), torch.full_like(d_real.float(), 1 - smoothing),
+                                                  reduction="none")
+    bce_fake = F.binary_cross_entropy_with_logits(d_fake.float(), torch.full_like(d_fake.float(), smoothing),
+                                                  reduction="none")
+    loss = 0.5 * (masked_mean(bce_real, mask_real) + masked_mean(bce_fake, mask_fake))
+    correct = ((d_real > 0) & mask_real).sum() + ((d_fake < 0) & mask_fake).sum()
+    accuracy = correct.float() / (mask_real.sum() + mask_fake.sum()).clamp(min=1)
+    return loss, accuracy
+
+
+def row_rewards(d_fake: torch.Tensor, mask_fake: torch.Tensor, clip: float = 8.0) -> torch.Tensor:
+    """r_i = mean over the row's masked positions of clip(logit σ(d), −8, 8) (= clip(d); fp32, no grad)."""
+    o = d_fake.detach().float().clamp(-clip, clip)
+    return (o * mask_fake).sum(1) / (mask_fake.sum(1) + 1e-8)
+
+
+def group_normalised_advantages(rewards: torch.Tensor, group_size: int, clip: float = 3.0) -> torch.Tensor:
+    """Â_i = clip((r_i − mean_g r)/(std_g r + 1e-8), ±3) over consecutive groups of G rows (unbiased std)."""
+    if group_size < 2 or rewards.shape[0] % group_size:
+        raise ValueError(f"{rewards.shape[0]} rows do not form groups of G = {group_size} (G >= 2)")
+    r = rewards.view(-1, group_size)
+    a = (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=True, keepdim=True) + 1e-8)
+    return a.clamp(-clip, clip).view(-1)
+
+
+def forward_kl(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked positions of KL(T ‖ p) = Σ_v T_v (log T_v − log p_v); teacher without grad."""
+    t = teacher_log_p.detach()
+    return masked_mean((t.exp() * (t - student_log_p)).sum(-1), mask)
+
+
+def jeffreys(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor,
+             beta: float = 1.0) -> torch.Tensor:
+    """KL(T ‖ p) + β·KL(p ‖ T)."""
+    reverse = masked_mean((student_log_p.exp() * (student_log_p - teacher_log_p.detach())).sum(-1), mask)
+    return forward_kl(teacher_log_p, student_log_p, mask) + beta * reverse
+
+
+def entropy(log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked positions of H(p) = −Σ_v p_v log p_v."""
+    return masked_mean(-(log_p.exp() * log_p).sum(-1), mask)
+
+
+def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor, kl1: torch.Tensor,
+                 kl2: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor, c1: float = 0.01, c2: float = 0.01,
+                 lambda_kl: float = 1.0, lambda_h: float = 5e-4) -> torch.Tensor:
+    """L_S = −mean(ω·Â·log P) + λ_KL(c1 KL1 + c2 KL2) − λ_H·½(H1 + H2); ω and Â are detached."""
+    pg = -(weight.detach() * advantages.detach() * log_prob).mean()
+    return pg + lambda_kl * (c1 * kl1 + c2 * kl2) - lambda_h * 0.5 * (h1 + h2)

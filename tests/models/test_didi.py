@@ -1,0 +1,152 @@
+import math
+
+import pytest
+import torch
+
+from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
+                         group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
+                         two_step_rollout)
+from models.diffusion import NEG_INF, LogLinearSchedule, subs_log_probs
+
+S = LogLinearSchedule()
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
+
+
+def test_tau_is_beta_distributed_and_clamped():
+    uniform = sample_tau(gens(4000))
+    assert uniform.min() >= 0.02 and uniform.max() <= 0.98
+    assert uniform.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert ((uniform == 0.02).double().mean().item()) == pytest.approx(0.02, abs=0.01)  # the clamp's point mass
+    skewed = sample_tau(gens(4000, 1), a=2.0, b=5.0)
+    assert skewed.mean().item() == pytest.approx(2 / 7, abs=0.01)
+    assert torch.equal(sample_tau(gens(3)), sample_tau(gens(3)))  # a row's draw depends on its generator only
+
+
+def test_omega_is_analytic_and_clamped():
+    tau = torch.tensor([0.02, 0.05, 0.5, 0.98], dtype=torch.float64)
+    assert torch.allclose(omega(tau, S), torch.tensor([10.0, 10.0, 2.0, 1 / 0.98], dtype=torch.float64))
+
+
+def test_beta_density_by_hand():
+    assert beta_density(torch.tensor([0.3]), 1.0, 1.0).item() == pytest.approx(1.0)
+    assert beta_density(torch.tensor([0.5]), 2.0, 2.0).item() == pytest.approx(1.5)  # 6 τ (1 − τ)
+
+
+class TableStudent(torch.nn.Module):
+    """A student whose logits are a learnable (L, V + 1) table, independent of z (enough for the rollout)."""
+
+    def __init__(self, length, vocab, mask_id):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(length, vocab + 1, generator=torch.Generator().manual_seed(0)))
+        self.mask_id = mask_id
+
+    def forward(self, z):
+        return subs_log_probs(self.table.expand(z.shape[0], -1, -1), z, self.mask_id)
+
+
+def test_two_step_rollout_log_probability_counts_newly_unmasked_positions_only():
+    V, L, rows = 6, 12, 8
+    student = TableStudent(L, V, V)
+    tau = torch.full((rows,), 0.5)
+    r = two_step_rollout(student, tau, L, V, S, gens(rows))
+    assert r.x.shape == r.z_tau.shape == (rows, L) and r.log_prob.shape == (rows,)
+    table_lp = torch.log_softmax(student.table[:, :V], -1).detach()
+    new1 = r.z_tau != V
+    new2 = r.masked2 & (r.x != V)
+    expected = torch.stack([
+        sum(table_lp[l, r.z_tau[i, l]] for l in range(L) if new1[i, l]) +
+        sum(table_lp[l, r.x[i, l]] for l in range(L) if new2[i, l]) for i in range(rows)])
+    assert torch.allclose(r.log_prob.detach(), expected, atol=1e-5)
+    r.log_prob.sum().backward()
+    assert torch.isfinite(student.table.grad).all()
+    assert student.table.grad[:, V].abs().max() < 1e-6  # no gradient into the [MASK] logit
+    assert torch.equal(r.masked2, r.z_tau == V) and r.masked1.all()
+
+
+def test_rollout_unmasks_at_the_scheduled_rates():
+    V, L, rows = 5, 64, 400
+    student = TableStudent(L, V, V)
+    tau = torch.full((rows,), 0.3)
+    r = two_step_rollout(student, tau, L, V, S, gens(rows, 2))
+    a1, at = S.alpha(torch.tensor(1.0)), S.alpha(torch.tensor(0.3))
+    assert (r.z_tau != V).double().mean().item() == pytest.approx(((at - a1) / (1 - a1)).item(), abs=0.01)
+    still = (r.x == V).double().mean().item()  # (1 − α_t0)/(1 − α_τ) of the masked ones survive
+    a0 = S.alpha(torch.tensor(1e-3))
+    assert still == pytest.approx(((1 - at) / (1 - a1) * (1 - a0) / (1 - at)).item(), abs=0.003)
+
+
+def test_coupled_corruption_uses_each_rows_tau_on_both_sides():
+    rows, L = 3, 20_000
+    tau = torch.tensor([0.1, 0.5, 0.9])
+    x = torch.zeros(rows, L, dtype=torch.long)
+    z_fake, z_real = coupled_corruption(x, x + 1, tau, 9, S, gens(rows))
+    expected = 1 - S.alpha(tau)
+    assert torch.allclose((z_fake == 9).double().mean(1), expected.double(), atol=0.01)
+    assert torch.allclose((z_real == 9).double().mean(1), expected.double(), atol=0.01)
+    assert not torch.equal(z_fake == 9, z_real == 9)  # fresh masks, same level
+    assert ((z_real != 9) <= (z_real == 1)).all()
+
+
+def test_discriminator_loss_by_hand():
+    d_real, m_real = torch.tensor([[2.0, -1.0]]), torch.tensor([[True, False]])
+    d_fake, m_fake = torch.tensor([[0.5, -3.0]]), torch.tensor([[True, True]])
+
+    def bce(d, y):
+        return -(y * math.log(1 / (1 + math.exp(-d))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-d))))
+
+    expected = 0.5 * (bce(2.0, 0.9) + 0.5 * (bce(0.5, 0.1) + bce(-3.0, 0.1)))
+    loss, acc = discriminator_loss(d_real, d_fake, m_real, m_fake)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert acc.item() == pytest.approx(2 / 3)  # real 2 > 0 right, fake 0.5 wrong, fake −3 right
+
+
+def test_rewards_are_clipped_means_over_masked_positions():
+    d = torch.tensor([[20.0, 1.0, -4.0], [-30.0, 0.0, 5.0]])
+    m = torch.tensor([[True, True, False], [True, False, False]])
+    assert torch.allclose(row_rewards(d, m), torch.tensor([(8.0 + 1.0) / 2, -8.0]))
+
+
+def test_group_normalised_advantages():
+    adv = group_normalised_advantages(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0]), 4)
+    sd = math.sqrt(5 / 3)
+    assert torch.allclose(adv[:4], torch.tensor([-1.5, -0.5, 0.5, 1.5]) / sd, atol=1e-6)
+    assert torch.allclose(adv[4:], torch.zeros(4))  # equal rewards: no advantage
+    big = torch.zeros(20)
+    big[0] = 100.0  # unclipped it would be (G − 1)/√G = 4.25
+    assert group_normalised_advantages(big, 20)[0].item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="groups of G = 4"):
+        group_normalised_advantages(torch.zeros(6), 4)
+    with pytest.raises(ValueError, match="G >= 2"):
+        group_normalised_advantages(torch.zeros(6), 1)
+
+
+def test_kl_jeffreys_and_entropy_by_hand():
+    # SUBS rows: the [MASK] column holds NEG_INF, finite, so that 0 · log 0 terms vanish instead of giving NaN
+    t = torch.tensor([[[math.log(0.5), math.log(0.5), NEG_INF]]])
+    p = torch.tensor([[[math.log(0.25), math.log(0.75), NEG_INF]]])
+    m = torch.tensor([[True]])
+    kl_tp = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    kl_pt = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert forward_kl(t, p, m).item() == pytest.approx(kl_tp, rel=1e-5)
+    assert forward_kl(t, t, m).item() == pytest.approx(0.0, abs=1e-7)
+    assert jeffreys(t, p, m, beta=0.5).item() == pytest.approx(kl_tp + 0.5 * kl_pt, rel=1e-5)
+    assert entropy(p, m).item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), rel=1e-5)
+    two = torch.cat([p, t], 1)
+    assert entropy(two, torch.tensor([[False, True]])).item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_student_loss_by_hand_and_detached_weights():
+    w = torch.tensor([2.0, 1.0], requires_grad=True)
+    a = torch.tensor([0.5, -1.0], requires_grad=True)
+    lp = torch.tensor([-3.0, -4.0], requires_grad=True)
+    kl1, kl2, h1, h2 = (torch.tensor(v, requires_grad=True) for v in (0.2, 0.4, 1.0, 3.0))
+    loss = student_loss(w, a, lp, kl1, kl2, h1, h2)
+    pg = -((2 * 0.5 * -3.0) + (1 * -1.0 * -4.0)) / 2
+    assert loss.item() == pytest.approx(pg + 1.0 * (0.01 * 0.2 + 0.01 * 0.4) - 5e-4 * 0.5 * 4.0)
+    loss.backward()
+    assert w.grad is None and a.grad is None
+    assert torch.allclose(lp.grad, torch.tensor([-1.0 * 0.5, 1.0]) / 2 * torch.tensor([2.0, 1.0]))
+    assert kl1.grad.item() == pytest.approx(0.01) and h2.grad.item() == pytest.approx(-2.5e-4)
