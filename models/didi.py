@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from models.diffusion import LogLinearSchedule
+from models.diffusion import LogLinearSchedule, mask_tokens
+from models.sampler import sample_categorical
 
 TAU_CLAMP = (0.02, 0.98)
 OMEGA_CLAMP = (0.1, 10.0)
@@ -39,10 +40,8 @@ def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
 
 
 def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One float64 categorical draw per position (exponential race), each row from its own generator."""
-    q = probs.detach().double()
-    e = torch.stack([torch.empty(q.shape[1:], dtype=torch.float64).exponential_(generator=g) for g in generators])
-    return (q / e.to(q.device)).argmax(dim=-1)
+    """One float64 categorical draw per position, each row from its own generator."""
+    return torch.stack([sample_categorical(row.detach(), g) for row, g in zip(probs, generators)])
 
 
 def draw_uniform(shape_per_row: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
@@ -89,10 +88,10 @@ def two_step_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch
 def coupled_corruption(x_fake: torch.Tensor, x_real: torch.Tensor, tau: torch.Tensor, mask_id: int,
                        schedule: LogLinearSchedule, generators: list[torch.Generator]):
     """Mask fake and real rows at the same level 1 − α(τ_i) per row (fresh masks for each side)."""
-    level = (1 - schedule.alpha(tau))[:, None]
+    level = 1 - schedule.alpha(tau)
     shape, device = (x_fake.shape[1],), x_fake.device
-    z_fake = torch.where(draw_uniform(shape, generators, device) < level, mask_id, x_fake)
-    z_real = torch.where(draw_uniform(shape, generators, device) < level, mask_id, x_real)
+    z_fake = mask_tokens(x_fake, level, mask_id, u=draw_uniform(shape, generators, device))
+    z_real = mask_tokens(x_real, level, mask_id, u=draw_uniform(shape, generators, device))
     return z_fake, z_real
 
 
