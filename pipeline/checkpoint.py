@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
-from pipeline.config import Config, save_resolved, to_dict
+from pipeline.config import Config, save_resolved
 
 
 class CheckpointError(RuntimeError):

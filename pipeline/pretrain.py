@@ -29,7 +29,7 @@ from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
 from pipeline.ema import EMA
 from pipeline.plots import plot_curves
 from pipeline.engine import build_engine, build_model, ds_config
-from pipeline.randomness import DROPOUT, EVAL, SAMPLE, TRAIN, keyed_generator, rank_rows
+from pipeline.randomness import DROPOUT, EVAL, SAMPLE, TRAIN, keyed_generator, keyed_seed, rank_rows
 from pipeline.text import render
 from pipeline.tracking import make_tracker
 
@@ -152,7 +152,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
         for micro in range(cfg.train.grad_accum):
             x = next(stream)["input_ids"].to(d.device)
             t, z = corrupt(x, cfg, d, LogLinearSchedule(), TRAIN, step, micro)
-            torch.manual_seed(keyed_generator(cfg.run.seed, DROPOUT, step, micro, d.rank).initial_seed())
+            torch.manual_seed(keyed_seed(cfg.run.seed, DROPOUT, step, micro, d.rank))
             loss = nelbo_terms(engine, x, t, z, cfg, autocast).mean()
             engine.backward(loss)
             engine.step()

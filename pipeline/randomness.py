@@ -12,9 +12,12 @@ import torch
 TRAIN, EVAL, SAMPLE, DROPOUT = 1, 2, 3, 4  # purposes
 
 
+def keyed_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def keyed_generator(*keys: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(keyed_seed(*keys))
 
 
 def rank_rows(global_draw: torch.Tensor, rank: int, batch: int) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from pipeline import config as C
-from pipeline.config import Config, ConfigError, PrepareConfig, load_config, save_resolved
+from pipeline.config import ConfigError, PrepareConfig, load_config, save_resolved
 
 
 def write(tmp_path, text, name="cfg.yaml"):

@@ -1,5 +1,4 @@
 """The pre-training stage end to end on the tiny dataset: learning, ZeRO-3 vs one process, resume, bad input."""
-import json
 import math
 import os
 import signal
