@@ -120,7 +120,7 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
     cfg = bench_config(size, seq_len, batch, stage)
     config = ds_config(cfg)
     torch.manual_seed(0)
-    engine, optimizer = build_engine(build_model(cfg.model, stage, config), cfg, config)
+    engine, optimizer = build_engine(build_model(cfg.model, stage, config), cfg.optim, cfg.train.max_steps, config)
     autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
     def step(x, i):

@@ -29,14 +29,22 @@ def layout(cfg: Config, world_size: int) -> str:
     micro, accum = cfg.data.batch_size, cfg.train.grad_accum
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
-    return "\n".join([
+    lines = [
         f"stage: {cfg.stage}; model: {params:,} parameters ({cfg.model.num_layers} x {cfg.model.hidden_size}, "
         f"{cfg.model.num_heads} heads), V = {cfg.model.vocab_size} + [MASK], L = {cfg.model.seq_len}",
         f"layout: {world_size} data-parallel ranks on {device}, ZeRO stage {cfg.train.zero_stage}, {precision}",
         f"batch: {micro} sequences per rank x {accum} accumulation x {world_size} ranks = "
         f"{micro * accum * world_size} sequences ({micro * accum * world_size * cfg.model.seq_len:,} tokens) per step",
-        f"steps: {cfg.train.max_steps}; outputs: {cfg.run.out_dir}",
-    ])
+    ]
+    if cfg.stage == "distill":
+        c = cfg.distill
+        teacher_zero = "ZeRO-3" + (" offloaded to CPU" if c.teacher_offload else "") if cfg.train.zero_stage == 3 \
+            else "replicated"
+        lines += [f"rollout: {c.rollout_rows} student samples per rank in groups of G = {c.group_size} "
+                  f"({c.rollout_rows * world_size} per iteration); real side: {c.real_side}",
+                  f"models: student + EMA student, discriminator ({c.unfreeze_blocks} of {cfg.model.num_layers} blocks "
+                  f"trainable, sigma to {c.sigma_to} blocks), teacher {teacher_zero}, from {c.teacher}"]
+    return "\n".join(lines + [f"steps: {cfg.train.max_steps}; outputs: {cfg.run.out_dir}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,16 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         check_compatible(read_manifest(cfg.data.path), cfg.model, f"{cfg.data.path}/manifest.json")
+        if cfg.stage == "distill":
+            from pipeline.distill import check_teacher
+
+            check_teacher(cfg)
         if args.dry_run:
             print(to_yaml(cfg) + layout(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
             return 0
+        from pipeline.distill import distill
         from pipeline.distributed import setup
         from pipeline.pretrain import pretrain
 
         d = setup()
         if d.is_main:
             print(to_yaml(cfg) + layout(cfg, d.world_size), flush=True)
-        result = pretrain(cfg, d)
+        result = (distill if cfg.stage == "distill" else pretrain)(cfg, d)
         if d.is_main:
             print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in result.items()), flush=True)

@@ -23,9 +23,9 @@ def sample_tau(generators: list[torch.Generator], a: float = 1.0, b: float = 1.0
     """τ_i ~ Beta(a, b) per row, clamped to [0.02, 0.98] (inverse-CDF free: Beta as a ratio of Gammas)."""
     taus = []
     for g in generators:
-        x = torch._standard_gamma(torch.tensor([a, b], dtype=torch.float64), generator=g)
+        x = torch._standard_gamma(torch.tensor([a, b], dtype=torch.float64, device=g.device), generator=g)
         taus.append(x[0] / x.sum())
-    return torch.stack(taus).clamp(*TAU_CLAMP)
+    return torch.stack(taus).float().clamp(*TAU_CLAMP)
 
 
 def omega(tau: torch.Tensor, schedule: LogLinearSchedule) -> torch.Tensor:
@@ -39,13 +39,8 @@ def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return torch.exp(log_norm + (a - 1) * torch.log(tau) + (b - 1) * torch.log1p(-tau))
 
 
-def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One float64 categorical draw per position, each row from its own generator."""
-    return torch.stack([sample_categorical(row.detach(), g) for row, g in zip(probs, generators)])
-
-
 def draw_uniform(shape_per_row: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
-    return torch.stack([torch.rand(shape_per_row, generator=g) for g in generators]).to(device)
+    return torch.stack([torch.rand(shape_per_row, generator=g, device=g.device) for g in generators]).to(device)
 
 
 @dataclass
@@ -74,13 +69,13 @@ def two_step_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch
 
     log_p1 = student(z1)
     unmask1 = draw_uniform((seq_len,), generators, device) < ((alpha_tau - alpha_1) / (1 - alpha_1))[:, None]
-    z_tau = torch.where(unmask1, draw_tokens(log_p1.exp()[..., :mask_id], generators), z1)
+    z_tau = torch.where(unmask1, sample_categorical(log_p1.exp()[..., :mask_id], generators), z1)
     log_prob = (log_p1.gather(-1, z_tau.unsqueeze(-1)).squeeze(-1) * unmask1).sum(1)
 
     masked2 = z_tau == mask_id
     log_p2 = student(z_tau)
     unmask2 = masked2 & (draw_uniform((seq_len,), generators, device) < ((alpha_0 - alpha_tau) / (1 - alpha_tau))[:, None])
-    x = torch.where(unmask2, draw_tokens(log_p2.exp()[..., :mask_id], generators), z_tau)
+    x = torch.where(unmask2, sample_categorical(log_p2.exp()[..., :mask_id], generators), z_tau)
     log_prob = log_prob + (log_p2.gather(-1, x.unsqueeze(-1)).squeeze(-1) * unmask2).sum(1)
     return Rollout(x, z_tau, log_prob, log_p1, log_p2, torch.ones_like(masked2), masked2)
 
@@ -95,21 +90,27 @@ def coupled_corruption(x_fake: torch.Tensor, x_real: torch.Tensor, tau: torch.Te
     return z_fake, z_real
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over the mask / count; count defaults to the mask's size. Data-parallel callers pass the global
+    count divided by the number of ranks, so that averaging the ranks' values (and gradients) gives the
+    mean over every rank's positions."""
+    return (values * mask).sum() / (mask.sum() if count is None else count).clamp(min=1)
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, mask_real: torch.Tensor,
-                       mask_fake: torch.Tensor, smoothing: float = 0.1):
+                       mask_fake: torch.Tensor, smoothing: float = 0.1, count_real: torch.Tensor | None = None,
+                       count_fake: torch.Tensor | None = None):
     """½[BCE(d_real, 1 − s) over masked real positions + BCE(d_fake, s) over masked fake positions];
     returns (loss, accuracy) with accuracy = share of masked positions on the right side of 0."""
     bce_real = F.binary_cross_entropy_with_logits(d_real.float(), torch.full_like(d_real.float(), 1 - smoothing),
                                                   reduction="none")
     bce_fake = F.binary_cross_entropy_with_logits(d_fake.float(), torch.full_like(d_fake.float(), smoothing),
                                                   reduction="none")
-    loss = 0.5 * (masked_mean(bce_real, mask_real) + masked_mean(bce_fake, mask_fake))
+    loss = 0.5 * (masked_mean(bce_real, mask_real, count_real) + masked_mean(bce_fake, mask_fake, count_fake))
+    count_real = mask_real.sum() if count_real is None else count_real
+    count_fake = mask_fake.sum() if count_fake is None else count_fake
     correct = ((d_real > 0) & mask_real).sum() + ((d_fake < 0) & mask_fake).sum()
-    accuracy = correct.float() / (mask_real.sum() + mask_fake.sum()).clamp(min=1)
+    accuracy = correct.float() / (count_real + count_fake).clamp(min=1)
     return loss, accuracy
 
 
@@ -128,22 +129,23 @@ def group_normalised_advantages(rewards: torch.Tensor, group_size: int, clip: fl
     return a.clamp(-clip, clip).view(-1)
 
 
-def forward_kl(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def forward_kl(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor,
+               count: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over masked positions of KL(T ‖ p) = Σ_v T_v (log T_v − log p_v); teacher without grad."""
     t = teacher_log_p.detach()
-    return masked_mean((t.exp() * (t - student_log_p)).sum(-1), mask)
+    return masked_mean((t.exp() * (t - student_log_p)).sum(-1), mask, count)
 
 
 def jeffreys(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor,
-             beta: float = 1.0) -> torch.Tensor:
+             beta: float = 1.0, count: torch.Tensor | None = None) -> torch.Tensor:
     """KL(T ‖ p) + β·KL(p ‖ T)."""
-    reverse = masked_mean((student_log_p.exp() * (student_log_p - teacher_log_p.detach())).sum(-1), mask)
-    return forward_kl(teacher_log_p, student_log_p, mask) + beta * reverse
+    reverse = masked_mean((student_log_p.exp() * (student_log_p - teacher_log_p.detach())).sum(-1), mask, count)
+    return forward_kl(teacher_log_p, student_log_p, mask, count) + beta * reverse
 
 
-def entropy(log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def entropy(log_p: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over masked positions of H(p) = −Σ_v p_v log p_v."""
-    return masked_mean(-(log_p.exp() * log_p).sum(-1), mask)
+    return masked_mean(-(log_p.exp() * log_p).sum(-1), mask, count)
 
 
 def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor, kl1: torch.Tensor,

@@ -23,16 +23,22 @@ class SamplerStats:
     noise_removal_calls: int = 0
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row of (unnormalised) probabilities, in float64: argmax(q / E) with E ~ Exp(1)."""
-    q = probs.double()
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
+
+
+def sample_categorical(probs: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """One draw per row of (unnormalised) probabilities, in float64: argmax(q / E) with E ~ Exp(1).
+    A list of generators gives each leading row its own stream (draws keyed by the global row)."""
+    if isinstance(generator, list):
+        return torch.stack([sample_categorical(row, g) for row, g in zip(probs, generator, strict=True)])
+    q = probs.detach().double()
     device = generator.device if generator is not None else q.device  # a CPU generator may drive GPU sampling
     e = torch.empty(q.shape, dtype=torch.float64, device=device).exponential_(generator=generator).to(q.device)
     return (q / e).argmax(dim=-1)
 
 
 def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
-                   schedule: LogLinearSchedule, generator: torch.Generator | None = None) -> torch.Tensor:
+                   schedule: LogLinearSchedule, generator: Generators = None) -> torch.Tensor:
     """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s."""
     alpha_t, alpha_s = (schedule.alpha(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
     q = x0_probs.double() * ((alpha_s - alpha_t) / (1 - alpha_t))
@@ -46,7 +52,7 @@ def time_grid(steps: int, t_end: float = 1e-5) -> list[float]:
 
 @torch.no_grad()
 def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: int,
-                     schedule: LogLinearSchedule = LogLinearSchedule(), generator: torch.Generator | None = None,
+                     schedule: LogLinearSchedule = LogLinearSchedule(), generator: Generators = None,
                      cache: bool = True, stats: SamplerStats | None = None,
                      on_step: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise."""

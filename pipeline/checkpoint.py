@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
 from pipeline.config import Config, save_resolved
+from pipeline.data import read_manifest
 
 
 class CheckpointError(RuntimeError):
@@ -77,7 +78,8 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
     _barrier()
     if rank == 0:
         save_resolved(cfg, directory)
-        meta = {"step": step, "world_size": world_size, "engines": sorted(engines), "model": model_signature(cfg)}
+        meta = {"step": step, "world_size": world_size, "engines": sorted(engines), "model": model_signature(cfg),
+                "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
         atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
         atomic_write_bytes(root / "latest", tag.encode())
     _barrier()

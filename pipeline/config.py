@@ -45,13 +45,14 @@ class DataConfig:
     """The prepared dataset (output of ``python -m data_prep prepare``) and how it is batched."""
 
     path: str = ""
-    batch_size: int = 8  # sequences per rank per micro-step
+    batch_size: Optional[int] = None  # sequences per rank per micro-step; None: 8 (pretrain), rollout rows / G (distill)
     num_workers: int = 0  # DataLoader worker processes per rank
 
     def validate(self) -> None:
         if not self.path:
             raise ConfigError("data.path: required (a directory written by `python -m data_prep prepare`)")
-        _positive("data.batch_size", self.batch_size)
+        if self.batch_size is not None:
+            _positive("data.batch_size", self.batch_size)
         _non_negative("data.num_workers", self.num_workers)
 
 
@@ -129,15 +130,17 @@ class TrainConfig:
     eval_every: int = 200
     eval_batches: int = 8  # validation batches per rank per evaluation
     sample_every: int = 500
-    sample_steps: int = 128
+    sample_steps: list[int] = field(default_factory=lambda: [128])  # sampler steps of the samples logged
     sample_count: int = 2
     checkpoint_every: int = 500
     max_nonfinite: int = 5  # consecutive skipped steps (non-finite gradients) before the run stops
 
     def validate(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
-                     "sample_steps", "sample_count", "checkpoint_every", "max_nonfinite"):
+                     "sample_count", "checkpoint_every", "max_nonfinite"):
             _positive(f"train.{name}", getattr(self, name))
+        if not self.sample_steps or min(self.sample_steps) <= 0:
+            raise ConfigError(f"train.sample_steps: {self.sample_steps} must be a non-empty list of positive counts")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema: {self.ema} must be in [0, 1)")
         if not 0.0 < self.t_min < 1.0:
@@ -154,16 +157,111 @@ class TrackingConfig:
 
 
 @dataclass
-class Config:
-    """Top-level training config; each stage reads the sections it needs."""
+class DistillConfig:
+    """DiDi-Instruct (spec §2–§5, options of §9); the defaults are the spec's."""
 
-    stage: Literal["pretrain"] = "pretrain"
+    teacher: str = ""  # a pre-training run directory, its checkpoints/ folder or one step_N folder
+    rollout_rows: int = 32  # student samples per rank per iteration, B' = B·G (B data rows per rank)
+    group_size: int = 4  # G: consecutive rollout rows normalised together; groups never straddle ranks
+    tau_a: float = 1.0  # τ ~ Beta(tau_a, tau_b), clamped to [0.02, 0.98]
+    tau_b: float = 1.0
+    tau_per: Literal["row", "group"] = "row"
+    importance_weight: bool = False  # ω/π(τ) instead of ω
+    t0: float = 1e-3  # end of the two-step rollout
+    kl: Literal["forward", "jeffreys"] = "forward"
+    jeffreys_beta: float = 1.0
+    c1: float = 0.01
+    c2: float = 0.01
+    lambda_kl: float = 1.0
+    lambda_h: float = 5e-4
+    unfreeze_blocks: int = 4  # trainable last blocks of the discriminator's trunk
+    sigma_to: Literal["trainable", "all"] = "trainable"  # discriminator blocks that see σ_τ
+    real_side: Literal["data", "teacher"] = "data"  # what the discriminator learns to call real
+    teacher_sample_steps: int = 128  # sampler steps of the teacher's samples when real_side is teacher
+    label_smoothing: float = 0.1
+    reward_clip: float = 8.0
+    advantage_clip: float = 3.0
+    teacher_offload: bool = False  # ZeRO-3 only: keep the frozen teacher's parameters in CPU memory
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"distill.group_size: G = {self.group_size}, but group normalisation needs G >= 2")
+        _positive("distill.rollout_rows", self.rollout_rows)
+        if self.rollout_rows % self.group_size:
+            raise ConfigError(f"distill.rollout_rows: {self.rollout_rows} rows per rank is not a multiple of "
+                              f"distill.group_size = {self.group_size} (groups must not straddle ranks)")
+        for name in ("tau_a", "tau_b", "jeffreys_beta", "reward_clip", "advantage_clip", "teacher_sample_steps"):
+            _positive(f"distill.{name}", getattr(self, name))
+        for name in ("c1", "c2", "lambda_kl", "lambda_h"):
+            _non_negative(f"distill.{name}", getattr(self, name))
+        _non_negative("distill.unfreeze_blocks", self.unfreeze_blocks)
+        if not 0.0 < self.t0 < 0.02:
+            raise ConfigError(f"distill.t0: {self.t0} must be in (0, 0.02), below the smallest τ")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"distill.label_smoothing: {self.label_smoothing} must be in [0, 0.5)")
+
+
+# Where distillation's defaults differ from pre-training's (spec §3–§4); the YAML file may override each.
+STAGE_DEFAULTS = {
+    "pretrain": {"data": {"batch_size": 8}},
+    "distill": {
+        "model": {"dropout": 0.0},
+        "optim": {"lr": 1e-6, "warmup_steps": 1000, "schedule": "linear", "grad_clip": 0.5},
+        "discriminator_optim": {"lr": 1e-5, "warmup_steps": 1000, "schedule": "linear", "grad_clip": 1.0},
+        "train": {"ema": 0.999, "checkpoint_every": 200, "sample_steps": [8, 16]},
+    },
+}
+DISTILL_ONLY = ("distill", "discriminator_optim")
+
+
+@dataclass
+class Config:
+    """Top-level training config; each stage reads the sections it needs (``optim`` is the trained model's:
+    the teacher's in pre-training, the student's in distillation)."""
+
+    stage: Literal["pretrain", "distill"] = "pretrain"
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    discriminator_optim: OptimConfig = field(default_factory=OptimConfig)
+
+    @staticmethod
+    def with_stage_defaults(data: dict) -> dict:
+        """The raw config with its stage's defaults filled in under the given values."""
+        stage = data.get("stage", "pretrain")
+        if stage == "pretrain" and any(key in data for key in DISTILL_ONLY):
+            raise ConfigError(f"sections {', '.join(DISTILL_ONLY)} belong to stage: distill, not pretrain")
+        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for section, values in STAGE_DEFAULTS.get(stage, {}).items():
+            if merged.get(section) is None:
+                merged[section] = {}
+            if isinstance(merged[section], dict):
+                merged[section] = {**values, **merged[section]}
+        return merged
+
+    def validate(self) -> None:
+        if self.stage != "distill":
+            return
+        if not self.distill.teacher:
+            raise ConfigError("distill.teacher: required (a pre-training run directory or checkpoint)")
+        rows, group = self.distill.rollout_rows, self.distill.group_size
+        if self.data.batch_size is None:
+            self.data.batch_size = rows // group
+        elif self.data.batch_size * group != rows:
+            raise ConfigError(f"data.batch_size: {self.data.batch_size} data rows per rank x distill.group_size "
+                              f"{group} != distill.rollout_rows {rows} (leave data.batch_size out to derive it)")
+        if self.distill.unfreeze_blocks > self.model.num_layers:
+            raise ConfigError(f"distill.unfreeze_blocks: {self.distill.unfreeze_blocks} is more than the "
+                              f"model's {self.model.num_layers} blocks")
+        if self.distill.teacher_offload and self.train.zero_stage != 3:
+            raise ConfigError("distill.teacher_offload: needs train.zero_stage: 3 (offload works on ZeRO-3 partitions)")
+        if self.train.grad_accum != 1:
+            raise ConfigError("train.grad_accum: distillation takes one rollout per optimizer step (use 1; "
+                              "raise distill.rollout_rows or the number of ranks instead)")
 
 
 @dataclass
@@ -223,6 +321,11 @@ def _non_negative(name: str, value: float) -> None:
 
 def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") -> Any:
     """Build dataclass ``cls`` from nested dicts, checking every key and type, then validate it."""
+    if hasattr(cls, "with_stage_defaults") and isinstance(data, dict):
+        try:
+            data = cls.with_stage_defaults(data)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     obj = _build(cls, data, source, prefix)
     _validate_tree(obj, source)
     return obj
@@ -324,7 +427,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data, without the sections its stage does not read."""
+    data = dataclasses.asdict(cfg)
+    if data.get("stage") == "pretrain":
+        for key in DISTILL_ONLY:
+            data.pop(key)
+    return data
 
 
 def to_yaml(cfg: Any) -> str:

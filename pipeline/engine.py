@@ -60,27 +60,43 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def ds_config(cfg: Config) -> dict:
+def ds_config(cfg: Config, grad_clip: float | None = None, zero_stage: int | None = None,
+              offload: bool = False) -> dict:
     """DeepSpeed's config: the per-rank micro-batch, accumulation, clipping and ZeRO stage (fp32 master
-    weights; bf16 comes from autocast around the forward pass)."""
+    weights; bf16 comes from autocast around the forward pass). ``offload`` keeps a ZeRO-3 model's
+    parameters in CPU memory (for the frozen teacher)."""
+    zero = {"stage": cfg.train.zero_stage if zero_stage is None else zero_stage}
+    if offload:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum,
-        "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "gradient_clipping": cfg.optim.grad_clip if grad_clip is None else grad_clip,
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, config: dict):
-    """A DeepSpeed engine with GuardedAdamW and the LR schedule; returns (engine, optimizer)."""
+def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict):
+    """A DeepSpeed engine with GuardedAdamW over the parameters that require grad and the LR schedule;
+    returns (engine, optimizer)."""
     import deepspeed
 
-    optimizer = GuardedAdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                             weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.train.max_steps))
+    optimizer = GuardedAdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
+                             betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine, optimizer
+
+
+def build_frozen_engine(model: torch.nn.Module, config: dict):
+    """An engine with no optimizer, in eval mode and without grad: ZeRO-3 partitions (and may offload) it,
+    lower stages just place it."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine

@@ -19,17 +19,21 @@ def read_metrics(path: Path) -> dict[int, dict]:
     return dict(sorted(rows.items()))
 
 
-def plot_curves(metrics_file: Path, out: Path, keys: tuple[str, ...] = ("train/loss_nats", "val/nelbo_nats")) -> Path:
+def plot_curves(metrics_file: Path, out: Path,
+                panels: dict[str, tuple[str, ...]] | None = None) -> Path:
+    """One panel per entry of ``panels`` (title → metric keys); default: the pre-training losses."""
+    panels = panels or {"nats per token": ("train/loss_nats", "val/nelbo_nats")}
     rows = read_metrics(metrics_file)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in keys:
-        points = [(step, row[key]) for step, row in rows.items() if key in row]
-        if points:
-            ax.plot(*zip(*points), marker="o" if key.startswith("val") else None, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per token")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            points = [(step, row[key]) for step, row in rows.items() if key in row]
+            if points:
+                ax.plot(*zip(*points), marker="o" if key.startswith("val") else None, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

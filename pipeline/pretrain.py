@@ -10,7 +10,6 @@ counter counts optimizer steps, skipped ones included.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 import time
@@ -21,21 +20,16 @@ from tqdm import tqdm
 
 from data_prep.tokenizers import load_tokenizer
 from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
-from models.sampler import SamplerStats, ancestral_sample
 from pipeline import checkpoint
 from pipeline.config import Config, save_resolved, to_dict
 from pipeline.data import TokenLoader, loader_from_config
 from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
 from pipeline.ema import EMA
+from pipeline.loop import NonFiniteError, NonFiniteGuard, autocast_for, endless, log_line, log_samples, sample_texts
 from pipeline.plots import plot_curves
 from pipeline.engine import build_engine, build_model, ds_config
-from pipeline.randomness import DROPOUT, EVAL, SAMPLE, TRAIN, keyed_generator, keyed_seed, rank_rows
-from pipeline.text import render
+from pipeline.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_seed, rank_rows
 from pipeline.tracking import make_tracker
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive optimizer steps with non-finite gradients."""
 
 
 def corrupt(x: torch.Tensor, cfg: Config, d: Dist, schedule: LogLinearSchedule, *keys: int):
@@ -53,11 +47,6 @@ def nelbo_terms(engine, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cfg: 
         logits = engine(z, torch.zeros(x.shape[0], device=x.device))
     return nelbo_per_token(subs_log_probs(logits, z, cfg.model.vocab_size), x, z, t, cfg.model.vocab_size,
                            LogLinearSchedule())
-
-
-def _autocast(cfg: Config, d: Dist):
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
-    return lambda: torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
@@ -78,38 +67,6 @@ def evaluate(engine, ema: EMA, val: TokenLoader, cfg: Config, d: Dist, autocast)
     return {"val/nelbo_nats": nats, "val/bits_per_token": nats / math.log(2)}
 
 
-@torch.no_grad()
-def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, tok) -> tuple[list[str], SamplerStats]:
-    """EMA samples from all-[MASK]; every rank runs the sampler (ZeRO-3 gathers need all), rank 0 keeps them."""
-    mask_id = cfg.model.vocab_size
-    stats = SamplerStats()
-    engine.eval()
-
-    def denoise(z):
-        with autocast():
-            logits = engine(z, torch.zeros(z.shape[0], device=z.device))
-        return subs_log_probs(logits, z, mask_id)
-
-    with ema.swapped_in():
-        z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
-        # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
-        out = ancestral_sample(denoise, z, cfg.train.sample_steps, mask_id, generator=keyed_generator(
-            cfg.run.seed, SAMPLE, step), cache=cfg.train.zero_stage != 3, stats=stats)
-    engine.train()
-    return [render(row, tok)[0] for row in out.cpu().tolist()], stats
-
-
-def log_line(out_dir: Path, step: int, metrics: dict[str, float]) -> None:
-    """Append to ``metrics.jsonl``: a local record of every logged value, readable without MLflow."""
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
-
-
-def _batches(loader: TokenLoader):
-    while True:
-        yield from loader
-
-
 def pretrain(cfg: Config, d: Dist) -> dict:
     """Train (or resume) the teacher; returns the final metrics."""
     out_dir = Path(cfg.run.out_dir)
@@ -118,14 +75,17 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
     config = ds_config(cfg)
     torch.manual_seed(cfg.run.seed)
-    engine, optimizer = build_engine(build_model(cfg.model, cfg.train.zero_stage, config), cfg, config)
+    engine, optimizer = build_engine(build_model(cfg.model, cfg.train.zero_stage, config), cfg.optim,
+                                     cfg.train.max_steps, config)
     ema = EMA(engine.module, cfg.train.ema, cfg.train.ema_warmup)
-    autocast = _autocast(cfg, d)
+    autocast = autocast_for(cfg, d)
 
     side = checkpoint.load(cfg, {"model": engine}, d.rank, d.world_size)
-    step, skipped, in_a_row, run_id = 0, 0, 0, None
+    guard = NonFiniteGuard(cfg.train.max_nonfinite, ("train",), d.is_main)
+    step, run_id = 0, None
     if side is not None:
-        step, skipped, in_a_row, run_id = side["step"], side["skipped"], side["in_a_row"], side["run_id"]
+        step, run_id = side["step"], side["run_id"]
+        guard.load_state_dict(side["guard"])
         ema.load_state_dict(side["ema"])
         loader.load_state_dict(side["loader"])
     tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(run_id))
@@ -140,7 +100,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
 
     if step >= cfg.train.max_steps and d.is_main:
         print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
-    stream = _batches(loader)
+    stream = endless(loader)
     metrics: dict[str, float] = {}
     window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
     tokens_per_step = cfg.data.batch_size * cfg.model.seq_len * cfg.train.grad_accum * d.world_size
@@ -158,19 +118,13 @@ def pretrain(cfg: Config, d: Dist) -> dict:
             engine.step()
             step_loss += loss.item() / cfg.train.grad_accum
         step += 1
-        if optimizer.last_step_skipped:
-            skipped, in_a_row = skipped + 1, in_a_row + 1
-            if d.is_main:
-                tqdm.write(f"step {step}: non-finite gradients (loss {step_loss}); step skipped "
-                           f"({in_a_row} in a row, {skipped} in all)", file=sys.stderr)
-            if in_a_row >= cfg.train.max_nonfinite:
-                tracker.log_metrics({"train/skipped_steps": skipped}, step)
-                tracker.close()
-                raise NonFiniteError(f"stopping at step {step}: {in_a_row} consecutive steps had non-finite "
-                                     f"gradients (train.max_nonfinite = {cfg.train.max_nonfinite}); the last "
-                                     f"checkpoint is intact. Lower optim.lr or check the data.")
-        else:
-            in_a_row = 0
+        try:
+            guard.record("train", optimizer.last_step_skipped, step, step_loss)
+        except NonFiniteError:
+            tracker.log_metrics(guard.metrics(), step)
+            tracker.close()
+            raise
+        if not optimizer.last_step_skipped:
             ema.update()
             window_loss += step_loss
             window_steps += 1
@@ -179,7 +133,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
             loss_sum, n = all_reduce_sum(window_loss, window_steps, device=d.device)
             elapsed = time.perf_counter() - window_start
             metrics = {"train/loss_nats": loss_sum / max(n, 1), "train/lr": engine.get_lr()[0],
-                       "train/skipped_steps": skipped,
+                       **guard.metrics(),
                        "train/tokens_per_s": tokens_per_step * (step - window_first) / elapsed}
             tracker.log_metrics(metrics, step)
             if d.is_main:
@@ -196,16 +150,11 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                            f" val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token "
                            f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
         if step % cfg.train.sample_every == 0 or step == cfg.train.max_steps:
-            texts, stats = sample_texts(engine, ema, cfg, d, step, autocast, tok)
-            if d.is_main:
-                tracker.log_text("\n\n=====\n\n".join(texts), f"samples/step_{step:08d}.txt")
-                tracker.log_metrics({"sample/nfe": stats.nfe}, step)
-                tqdm.write(f"step {step}: sample ({cfg.train.sample_steps} steps, NFE {stats.nfe}):\n"
-                           f"{texts[0][:400]}", file=sys.stderr)
+            log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
             checkpoint.save(cfg, {"model": engine}, step, d.rank, d.world_size, {
-                "ema": ema.state_dict(), "loader": loader.state_dict(), "skipped": skipped,
-                "in_a_row": in_a_row, "run_id": tracker.run_id})
+                "ema": ema.state_dict(), "loader": loader.state_dict(), "guard": guard.state_dict(),
+                "run_id": tracker.run_id})
     bar.close()
     if d.is_main and (out_dir / "metrics.jsonl").exists():
         tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png"))

@@ -9,15 +9,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TRAIN, EVAL, SAMPLE, DROPOUT = 1, 2, 3, 4  # purposes
+TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE = 1, 2, 3, 4, 5, 6, 7  # purposes
 
 
 def keyed_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def keyed_generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(keyed_seed(*keys))
+def keyed_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` (CPU and CUDA streams differ: ranks reproduce each other on the same kind)."""
+    return torch.Generator(device=device).manual_seed(keyed_seed(*keys))
 
 
 def rank_rows(global_draw: torch.Tensor, rank: int, batch: int) -> torch.Tensor:

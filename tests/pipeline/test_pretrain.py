@@ -15,6 +15,8 @@ from pipeline.config import Config, from_dict, save_resolved
 from pipeline.plots import read_metrics
 from tests.conftest import ROOT
 from pipeline.distributed import run_ranks
+from pipeline.engine import build_model
+from pipeline.weights import ema_state_dict, resolve_checkpoint
 
 
 def settings(tiny_data, out, **changes) -> dict:
@@ -25,7 +27,7 @@ def settings(tiny_data, out, **changes) -> dict:
         "model": {"size": "unit", "dropout": 0.0, "seq_len": 64, "vocab_size": 500},
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "train": {"max_steps": 6, "log_every": 1, "eval_every": 3, "eval_batches": 2, "sample_every": 1000,
-                  "sample_steps": 8, "checkpoint_every": 3, "ema": 0.99},
+                  "sample_steps": [8], "checkpoint_every": 3, "ema": 0.99},
         "tracking": {"backend": "none"},
     }
     for key, value in changes.items():
@@ -86,6 +88,14 @@ def test_zero3_on_two_ranks_matches_one_process(tiny_data, tmp_path):
     for step in (3, 6):  # validation runs on the EMA weights, so this also checks the EMA under ZeRO-3
         assert a[step]["val/nelbo_nats"] == pytest.approx(b[step]["val/nelbo_nats"], abs=2e-5), step
     assert a[6]["train/loss_nats"] != a[1]["train/loss_nats"]
+    # the EMA partitions of the two ZeRO-3 ranks consolidate into the one process's dense EMA weights
+    with torch.device("meta"):
+        shapes = build_model(from_dict(Config, one).model)
+    dense = ema_state_dict(resolve_checkpoint(tmp_path / "one"), shapes)
+    merged = ema_state_dict(resolve_checkpoint(tmp_path / "two"), shapes)
+    assert dense.keys() == merged.keys() == dict(shapes.named_parameters()).keys()
+    for name in dense:
+        assert torch.allclose(dense[name], merged[name], atol=1e-5), name
 
 
 def _train_command(cfg_path: Path) -> list[str]:
@@ -155,7 +165,7 @@ def metrics_of_clean_run(tiny_data, out):
 def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_path):
     cfg = settings(tiny_data, tmp_path, train__max_steps=20, train__max_nonfinite=3, train__checkpoint_every=2)
     result = run_ranks(_run_with_nan_losses, 1, cfg, set(range(5, 30)))[0]
-    assert "stopping at step 7: 3 consecutive steps had non-finite gradients" in result["error"]
+    assert "stopping at step 7: 3 consecutive train steps had non-finite loss or gradients" in result["error"]
     assert "train.max_nonfinite = 3" in result["error"]
     # skipped steps leave the weights alone, so the checkpoint of step 6 holds step 4's weights
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"
@@ -217,4 +227,4 @@ def test_mlflow_run_has_params_metrics_artifacts_and_survives_resume(tiny_data, 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples", "curves.png"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-    assert samples == {"samples/step_00000002.txt", "samples/step_00000004.txt", "samples/step_00000006.txt"}
+    assert samples == {f"samples/step_0000000{s}_8steps.txt" for s in (2, 4, 6)}

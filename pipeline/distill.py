@@ -1,0 +1,325 @@
+"""The distillation stage: DiDi-Instruct (spec §2–§5) with teacher, student, EMA student and discriminator
+co-hosted under DeepSpeed (ZeRO 0–3, CPU or GPU).
+
+All four models start from the teacher checkpoint's EMA weights. One iteration follows the algorithm box:
+two-step student rollout → teacher targets → discriminator step on coupled-noised fake and real rows →
+rewards from the updated discriminator → group-normalised advantages → student step → EMA. Every random draw
+is keyed by (seed, step, global row), so N ranks reproduce one process and a resumed run continues the same
+streams; position-averaged terms use the global count of positions, so the data-parallel gradient equals
+the single-process one.
+
+Features: ZeRO-3 partitioning of all three engines (the frozen teacher optionally offloaded to CPU), exact
+resume of both engines, optimisers, schedules, EMA, data position and counters, phase timings, non-finite
+steps skipped per phase, EMA-student samples, MLflow on rank 0.
+Limitations: one rollout per optimizer step (no gradient accumulation); no tensor parallelism yet; with
+``real_side: teacher`` the teacher samples with the plain ancestral sampler, which dominates the iteration.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from data_prep.tokenizers import load_tokenizer
+from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
+                         group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
+                         two_step_rollout)
+from models.diffusion import LogLinearSchedule, subs_log_probs
+from models.discriminator import Discriminator
+from models.dit import DiT
+from models.sampler import ancestral_sample
+from pipeline import checkpoint
+from pipeline.checkpoint import CheckpointError, model_signature
+from pipeline.config import Config, save_resolved, to_dict
+from pipeline.data import loader_from_config, read_manifest
+from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
+from pipeline.ema import EMA
+from pipeline.engine import build_engine, build_frozen_engine, ds_config
+from pipeline.loop import NonFiniteError, NonFiniteGuard, autocast_for, endless, log_line, log_samples, sample_texts
+from pipeline.plots import plot_curves
+from pipeline.pretrain import evaluate
+from pipeline.randomness import DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed
+from pipeline.tracking import make_tracker
+from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
+
+PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
+CURVES = {
+    "discriminator": ("discriminator/loss", "discriminator/accuracy"),
+    "reward and advantage": ("reward/mean", "reward/std", "advantage/std"),
+    "student vs teacher (nats)": ("student/kl_step1", "student/kl_step2", "student/entropy"),
+    "EMA student val NELBO (nats/token)": ("val/nelbo_nats",),
+    "seconds per iteration": tuple(f"time/{p}_s" for p in PHASES),
+}
+
+
+def check_teacher(cfg: Config) -> Path:
+    """The teacher's checkpoint folder, after checking it is a pre-training checkpoint of the configured
+    model and tokenizer (before any work starts)."""
+    step_dir = resolve_checkpoint(cfg.distill.teacher)
+    meta = read_meta(step_dir)
+    where = f"distill.teacher: {step_dir}"
+    if meta["engines"] != ["model"]:
+        raise CheckpointError(f"{where} holds engines {meta['engines']}, not a pre-training checkpoint")
+    ours = model_signature(cfg)
+    diff = [f"{k} {meta['model'].get(k)} there, {v} in the config" for k, v in ours.items() if meta["model"].get(k) != v]
+    if diff:
+        raise CheckpointError(f"{where} holds another model than the config's: {'; '.join(diff)}")
+    fingerprint = read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]
+    if meta.get("tokenizer", fingerprint) != fingerprint:
+        raise CheckpointError(f"{where} was trained with tokenizer {meta['tokenizer']}, data.path {cfg.data.path} "
+                              f"holds tokenizer {fingerprint}")
+    return step_dir
+
+
+def teacher_copy(cfg: Config, weights: dict[str, torch.Tensor], dropout: float) -> DiT:
+    m = cfg.model
+    model = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim, dropout=dropout)
+    model.load_state_dict(weights)
+    return model
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase (the device synchronised at each boundary so GPU work is counted)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[phase] += time.perf_counter() - start
+
+
+class Distiller:
+    """The four models of a distillation run and one iteration of the algorithm box, phase by phase."""
+
+    def __init__(self, cfg: Config, d: Dist):
+        self.cfg, self.d, self.mask_id = cfg, d, cfg.model.vocab_size
+        self.schedule, self.autocast = LogLinearSchedule(), autocast_for(cfg, d)
+        self.teacher_dir = check_teacher(cfg)
+        m = cfg.model
+        with torch.device("meta"):
+            shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
+        weights = ema_state_dict(self.teacher_dir, shapes)
+        torch.manual_seed(cfg.run.seed)  # the discriminator's new head: the same on every rank
+        student = teacher_copy(cfg, weights, m.dropout)
+        disc = Discriminator(teacher_copy(cfg, weights, m.dropout), cfg.distill.unfreeze_blocks, cfg.distill.sigma_to)
+        teacher = teacher_copy(cfg, weights, 0.0)
+        steps = cfg.train.max_steps
+        self.student, self.student_opt = build_engine(student, cfg.optim, steps, ds_config(cfg))
+        self.disc, self.disc_opt = build_engine(disc, cfg.discriminator_optim, steps, ds_config(
+            cfg, grad_clip=cfg.discriminator_optim.grad_clip))
+        self.teacher = build_frozen_engine(teacher, ds_config(cfg, zero_stage=3 if cfg.train.zero_stage == 3 else 0,
+                                                              offload=cfg.distill.teacher_offload))
+        self.ema = EMA(self.student.module, cfg.train.ema, cfg.train.ema_warmup)
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main)
+
+    # ---- the models as the maths sees them: SUBS log-probabilities at σ = 0 ----
+
+    def _log_probs(self, engine, z: torch.Tensor) -> torch.Tensor:
+        """All-[MASK] rows are identical and the models are deterministic without dropout, so one row is
+        computed and shared (an exact identity that halves the first rollout step)."""
+        shared = self.cfg.model.dropout == 0 or not engine.training
+        if shared and z.shape[0] > 1 and bool((z == self.mask_id).all()):
+            return self._log_probs(engine, z[:1]).expand(z.shape[0], -1, -1)
+        with self.autocast():
+            logits = engine(z, torch.zeros(z.shape[0], device=z.device))
+        return subs_log_probs(logits, z, self.mask_id)
+
+    def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
+        """Masked positions over all ranks, divided by the number of ranks (see ``masked_mean``)."""
+        count = mask.sum().double()
+        if self.d.world_size > 1:
+            dist.all_reduce(count)
+        return (count / self.d.world_size).float()
+
+    def generators(self, step: int, purpose: int, rows: int) -> list[torch.Generator]:
+        first = self.d.rank * rows
+        return [keyed_generator(self.cfg.run.seed, purpose, step, first + i, device=self.d.device)
+                for i in range(rows)]
+
+    def taus(self, step: int, row_generators: list[torch.Generator]) -> torch.Tensor:
+        c = self.cfg.distill
+        if c.tau_per == "row":
+            tau = sample_tau(row_generators, c.tau_a, c.tau_b)
+        else:
+            groups = self.generators(step, TAU, c.rollout_rows // c.group_size)
+            tau = sample_tau(groups, c.tau_a, c.tau_b).repeat_interleave(c.group_size)
+        return tau.to(self.d.device)
+
+    @torch.no_grad()
+    def teacher_samples(self, step: int, rows: int) -> torch.Tensor:
+        z = torch.full((rows, self.cfg.model.seq_len), self.mask_id, device=self.d.device)
+        return ancestral_sample(lambda x: self._log_probs(self.teacher, x), z, self.cfg.distill.teacher_sample_steps,
+                                self.mask_id, self.schedule, self.generators(step, TEACHER_SAMPLE, rows),
+                                cache=self.cfg.train.zero_stage != 3)
+
+    # ---- one iteration ----
+
+    def iteration(self, step: int, x_data: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
+        """Rollout → teacher → discriminator step → reward → student step → EMA; returns this rank's metrics."""
+        c, mask_id, schedule = self.cfg.distill, self.mask_id, self.schedule
+        if self.cfg.model.dropout > 0:
+            torch.manual_seed(keyed_seed(self.cfg.run.seed, DROPOUT, step, self.d.rank))
+        gens = self.generators(step, ROLLOUT, c.rollout_rows)
+        tau = self.taus(step, gens)
+        with timer("rollout"):
+            roll = two_step_rollout(lambda z: self._log_probs(self.student, z), tau, self.cfg.model.seq_len,
+                                    mask_id, schedule, gens, c.t0)
+        with timer("teacher"), torch.no_grad():
+            z1 = torch.full_like(roll.x, mask_id)
+            t1, t2 = self._log_probs(self.teacher, z1), self._log_probs(self.teacher, roll.z_tau)
+            real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
+        z_fake, z_real = coupled_corruption(roll.x, real.repeat_interleave(c.group_size, 0), tau, mask_id,
+                                            schedule, gens)
+        m_fake, m_real = z_fake == mask_id, z_real == mask_id
+        sigma = schedule.sigma(tau)
+
+        with timer("discriminator"):
+            with self.autocast():
+                d_real, d_fake = self.disc(torch.cat([z_real, z_fake]), torch.cat([sigma, sigma])).float().chunk(2)
+            loss_d, accuracy = discriminator_loss(d_real, d_fake, m_real, m_fake, c.label_smoothing,
+                                                  self._global_count(m_real), self._global_count(m_fake))
+            self.disc.backward(loss_d)
+            self.disc.step()
+
+        with timer("reward"), torch.no_grad():
+            self.disc.eval()
+            with self.autocast():
+                d_fake = self.disc(z_fake, sigma).float()
+            self.disc.train()
+            rewards = row_rewards(d_fake, m_fake, c.reward_clip)
+            advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
+            weight = omega(tau, schedule)
+            if c.importance_weight:
+                weight = weight / beta_density(tau, c.tau_a, c.tau_b)
+
+        with timer("student"):
+            n1, n2 = self._global_count(roll.masked1), self._global_count(roll.masked2)
+            if c.kl == "forward":
+                kl1, kl2 = forward_kl(t1, roll.log_p1, roll.masked1, n1), forward_kl(t2, roll.log_p2, roll.masked2, n2)
+            else:
+                kl1 = jeffreys(t1, roll.log_p1, roll.masked1, c.jeffreys_beta, n1)
+                kl2 = jeffreys(t2, roll.log_p2, roll.masked2, c.jeffreys_beta, n2)
+            h1, h2 = entropy(roll.log_p1, roll.masked1, n1), entropy(roll.log_p2, roll.masked2, n2)
+            loss_s = student_loss(weight, advantages, roll.log_prob, kl1, kl2, h1, h2, c.c1, c.c2, c.lambda_kl,
+                                  c.lambda_h)
+            self.student.backward(loss_s)
+            self.student.step()
+            if not self.student_opt.last_step_skipped:
+                self.ema.update()
+
+        clipped = ((d_fake.abs() >= c.reward_clip) & m_fake).sum() / m_fake.sum().clamp(min=1)
+        return {
+            "discriminator/loss": loss_d.item(), "discriminator/accuracy": accuracy.item(),
+            "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+            "reward/clipped_fraction": clipped.item(),
+            "advantage/mean": advantages.mean().item(), "advantage/std": advantages.std().item(),
+            "advantage/abs_max": advantages.abs().max().item(),
+            "student/loss": loss_s.item(), "student/kl_step1": kl1.item(), "student/kl_step2": kl2.item(),
+            "student/entropy": 0.5 * (h1 + h2).item(), "student/log_prob": roll.log_prob.mean().item(),
+            "student/omega_mean": weight.mean().item(), "student/tau_mean": tau.mean().item(),
+        }
+
+
+def distill(cfg: Config, d: Dist) -> dict:
+    """Distil (or resume distilling) the teacher into a few-step student; returns the final metrics."""
+    out_dir = Path(cfg.run.out_dir)
+    loader = loader_from_config(cfg, "train", d.rank, d.world_size)
+    val = loader_from_config(cfg, "val", d.rank, d.world_size, shuffle=False)
+    tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    run = Distiller(cfg, d)
+    engines = {"student": run.student, "discriminator": run.disc}
+
+    side = checkpoint.load(cfg, engines, d.rank, d.world_size)
+    step, run_id = 0, None
+    if side is not None:
+        if side["teacher"] != str(run.teacher_dir):
+            raise CheckpointError(f"{cfg.run.out_dir} was distilled from {side['teacher']}, the config now names "
+                                  f"{run.teacher_dir}; use another run.out_dir")
+        step, run_id = side["step"], side["run_id"]
+        run.guard.load_state_dict(side["guard"])
+        run.ema.load_state_dict(side["ema"])
+        loader.load_state_dict(side["loader"])
+    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(run_id))
+    if d.is_main:
+        saved = save_resolved(cfg, out_dir)
+        if side is None:
+            tracker.log_params(to_dict(cfg))
+            tracker.log_artifact(saved)
+        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, teacher "
+              f"{run.teacher_dir}", flush=True)
+        if step >= cfg.train.max_steps:
+            print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
+
+    stream = endless(loader)
+    metrics: dict[str, float] = {}
+    window: dict[str, float] = defaultdict(float)
+    window_steps, timer, window_start = 0, PhaseTimer(d.device), time.perf_counter()
+    rollout_tokens = cfg.distill.rollout_rows * cfg.model.seq_len * d.world_size
+    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
+               dynamic_ncols=True, desc="distill")
+    run.student.train()
+    run.disc.train()
+    while step < cfg.train.max_steps:
+        x = next(stream)["input_ids"].to(d.device)
+        values = run.iteration(step, x, timer)
+        step += 1
+        try:
+            run.guard.record("discriminator", run.disc_opt.last_step_skipped, step, values["discriminator/loss"])
+            run.guard.record("student", run.student_opt.last_step_skipped, step, values["student/loss"])
+        except NonFiniteError:
+            tracker.log_metrics(run.guard.metrics(), step)
+            tracker.close()
+            raise
+        for key, value in values.items():
+            window[key] += value
+        window_steps += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            keys = sorted(window) + [f"time/{p}_s" for p in PHASES]
+            sums = all_reduce_sum(*(window[k] for k in sorted(window)), *(timer.seconds[p] for p in PHASES),
+                                  device=d.device)
+            elapsed = time.perf_counter() - window_start
+            metrics = {k: v / (window_steps * d.world_size) for k, v in zip(keys, sums)}
+            metrics.update(run.guard.metrics())
+            metrics.update({"student/lr": run.student.get_lr()[0], "discriminator/lr": run.disc.get_lr()[0],
+                            "time/iteration_s": elapsed / window_steps,
+                            "train/rollout_tokens_per_s": rollout_tokens * window_steps / elapsed})
+            tracker.log_metrics(metrics, step)
+            if d.is_main:
+                log_line(out_dir, step, metrics)
+            bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}", kl=f"{metrics['student/kl_step2']:.3f}",
+                            r=f"{metrics['reward/mean']:.2f}")
+            window, window_steps, timer, window_start = defaultdict(float), 0, PhaseTimer(d.device), time.perf_counter()
+        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+            evaluation = evaluate(run.student, run.ema, val, cfg, d, run.autocast)
+            metrics.update(evaluation)
+            tracker.log_metrics(evaluation, step)
+            if d.is_main:
+                log_line(out_dir, step, evaluation)
+                tqdm.write(f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
+                           f"reward {metrics.get('reward/mean', 0):+.3f}, KL {metrics.get('student/kl_step2', 0):.4f}, "
+                           f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token", file=sys.stderr)
+        if step % cfg.train.sample_every == 0 or step == cfg.train.max_steps:
+            log_samples(tracker, sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok), step, d.is_main)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+            checkpoint.save(cfg, engines, step, d.rank, d.world_size, {
+                "ema": run.ema.state_dict(), "loader": loader.state_dict(), "guard": run.guard.state_dict(),
+                "run_id": tracker.run_id, "teacher": str(run.teacher_dir)})
+    bar.close()
+    if d.is_main and (out_dir / "metrics.jsonl").exists():
+        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", CURVES))
+    tracker.close()
+    return {"step": step, **metrics}
