@@ -130,7 +130,7 @@ class Distiller:
     def _log_probs(self, engine, z: torch.Tensor) -> torch.Tensor:
         """All-[MASK] rows are identical and the models are deterministic without dropout, so one row is
         computed and shared (an exact identity that halves the first rollout step)."""
-        shared = self.cfg.model.dropout == 0 or not engine.training
+        shared = self.cfg.model.dropout == 0 or not engine.module.training
         if shared and z.shape[0] > 1 and bool((z == self.mask_id).all()):
             return self._log_probs(engine, z[:1]).expand(z.shape[0], -1, -1)
         with self.autocast():
