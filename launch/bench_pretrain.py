@@ -6,7 +6,7 @@ Every configuration trains the same model on the same global batch (synthetic to
 benchmarked in ``data_prep.bench``) with the same NELBO step. The reference is one process running a plain
 ``torch.optim.AdamW`` loop with as many threads as the DeepSpeed run has ranks, so both use the same cores.
 A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
-Peak memory is the peak resident set size of each process (``ru_maxrss``: it includes the Python runtime and
+Peak memory is the peak resident set size of each process (VmHWM: it includes the Python runtime and
 libraries, the same for every configuration), or the peak CUDA allocation on a GPU.
 """
 from __future__ import annotations
@@ -50,8 +50,14 @@ def batches(cfg: Config, d: Dist, count: int) -> list[torch.Tensor]:
 
 
 def peak_memory_mb() -> float:
+    """Peak CUDA allocation, or this process's peak resident set (VmHWM: unlike ``ru_maxrss``, not inherited
+    from the parent of a spawned rank)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

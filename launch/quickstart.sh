@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The pipeline end to end on the embedded Shakespeare corpus, on CPU: data preparation, then pre-training
-# of a tiny MDLM teacher on 2 ranks (about 5 minutes on 2 cores).
+# The pipeline end to end on the embedded Shakespeare corpus, on CPU: data preparation, pre-training of a
+# tiny MDLM teacher on 2 ranks (about 5 minutes on 2 cores), then its DiDi-Instruct distillation (a few more).
 # Outputs go to runs/quickstart/ (override with OUT=...). Rerunning reuses finished work and resumes training.
 source "$(dirname "$0")/setup_env.sh"
 OUT="${OUT:-runs/quickstart}"
@@ -14,14 +14,24 @@ fi
 deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/pretrain_tiny.yaml \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set tracking.uri="sqlite:///$OUT/mlflow.db"
 
+deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/distill_tiny.yaml \
+  --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" \
+  --set tracking.uri="sqlite:///$OUT/mlflow.db"
+
 python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
 from pipeline.plots import read_metrics
 out = Path(sys.argv[1])
-rows = read_metrics(out / "pretrain" / "metrics.jsonl")
-step, last = max((s, r) for s, r in rows.items() if "val/nelbo_nats" in r)
+teacher = read_metrics(out / "pretrain" / "metrics.jsonl")
+step, last = max((s, r) for s, r in teacher.items() if "val/nelbo_nats" in r)
 print(f"\nquickstart: teacher at step {step}: validation NELBO {last['val/nelbo_nats']:.3f} nats/token "
-      f"({last['val/bits_per_token']:.3f} bits); curves {out}/pretrain/curves.png; "
-      f"MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db")
+      f"({last['val/bits_per_token']:.3f} bits); curves {out}/pretrain/curves.png")
+student = read_metrics(out / "distill" / "metrics.jsonl")
+step, last = max((s, r) for s, r in student.items() if "discriminator/accuracy" in r)
+print(f"quickstart: student after {step} distillation steps: discriminator accuracy "
+      f"{last['discriminator/accuracy']:.3f}, reward {last['reward/mean']:+.3f}, KL to the teacher "
+      f"{last['student/kl_step1']:.4f} / {last['student/kl_step2']:.4f} nats (step 1 / 2), "
+      f"{last['time/iteration_s']:.2f} s per iteration; curves {out}/distill/curves.png")
+print(f"quickstart: MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db")
 PY

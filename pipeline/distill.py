@@ -51,7 +51,7 @@ from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
 CURVES = {
     "discriminator": ("discriminator/loss", "discriminator/accuracy"),
-    "reward and advantage": ("reward/mean", "reward/std", "advantage/std"),
+    "reward": ("reward/mean", "reward/std", "reward/group_std"),
     "student vs teacher (nats)": ("student/kl_step1", "student/kl_step2", "student/entropy"),
     "EMA student val NELBO (nats/token)": ("val/nelbo_nats",),
     "seconds per iteration": tuple(f"time/{p}_s" for p in PHASES),
@@ -102,27 +102,17 @@ class PhaseTimer:
 
 
 class Distiller:
-    """The four models of a distillation run and one iteration of the algorithm box, phase by phase."""
+    """The four models of a distillation run and one iteration of the algorithm box, phase by phase.
 
-    def __init__(self, cfg: Config, d: Dist):
+    ``student`` and ``disc`` are trainable engines (DeepSpeed's, or anything with the same ``backward``,
+    ``step``, ``module`` and ``get_lr``) whose optimizers report ``last_step_skipped``; ``teacher`` is frozen."""
+
+    def __init__(self, cfg: Config, d: Dist, student, student_opt, disc, disc_opt, teacher, teacher_dir=None):
         self.cfg, self.d, self.mask_id = cfg, d, cfg.model.vocab_size
         self.schedule, self.autocast = LogLinearSchedule(), autocast_for(cfg, d)
-        self.teacher_dir = check_teacher(cfg)
-        m = cfg.model
-        with torch.device("meta"):
-            shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
-        weights = ema_state_dict(self.teacher_dir, shapes)
-        torch.manual_seed(cfg.run.seed)  # the discriminator's new head: the same on every rank
-        student = teacher_copy(cfg, weights, m.dropout)
-        disc = Discriminator(teacher_copy(cfg, weights, m.dropout), cfg.distill.unfreeze_blocks, cfg.distill.sigma_to)
-        teacher = teacher_copy(cfg, weights, 0.0)
-        steps = cfg.train.max_steps
-        self.student, self.student_opt = build_engine(student, cfg.optim, steps, ds_config(cfg))
-        self.disc, self.disc_opt = build_engine(disc, cfg.discriminator_optim, steps, ds_config(
-            cfg, grad_clip=cfg.discriminator_optim.grad_clip))
-        self.teacher = build_frozen_engine(teacher, ds_config(cfg, zero_stage=3 if cfg.train.zero_stage == 3 else 0,
-                                                              offload=cfg.distill.teacher_offload))
-        self.ema = EMA(self.student.module, cfg.train.ema, cfg.train.ema_warmup)
+        self.student, self.student_opt, self.disc, self.disc_opt = student, student_opt, disc, disc_opt
+        self.teacher, self.teacher_dir = teacher, teacher_dir
+        self.ema = EMA(student.module, cfg.train.ema, cfg.train.ema_warmup)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main)
 
     # ---- the models as the maths sees them: SUBS log-probabilities at σ = 0 ----
@@ -225,12 +215,43 @@ class Distiller:
             "discriminator/loss": loss_d.item(), "discriminator/accuracy": accuracy.item(),
             "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
             "reward/clipped_fraction": clipped.item(),
-            "advantage/mean": advantages.mean().item(), "advantage/std": advantages.std().item(),
+            "reward/group_std": rewards.view(-1, c.group_size).std(1).mean().item(),
             "advantage/abs_max": advantages.abs().max().item(),
+            "advantage/clipped_fraction": (advantages.abs() >= c.advantage_clip).float().mean().item(),
             "student/loss": loss_s.item(), "student/kl_step1": kl1.item(), "student/kl_step2": kl2.item(),
             "student/entropy": 0.5 * (h1 + h2).item(), "student/log_prob": roll.log_prob.mean().item(),
             "student/omega_mean": weight.mean().item(), "student/tau_mean": tau.mean().item(),
         }
+
+
+def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, Discriminator, DiT]:
+    """Student, discriminator and teacher, all from the teacher's weights (the discriminator's head is new,
+    drawn from ``run.seed``, the same on every rank)."""
+    torch.manual_seed(cfg.run.seed)
+    student = teacher_copy(cfg, weights, cfg.model.dropout)
+    disc = Discriminator(teacher_copy(cfg, weights, cfg.model.dropout), cfg.distill.unfreeze_blocks,
+                         cfg.distill.sigma_to)
+    return student, disc, teacher_copy(cfg, weights, 0.0)
+
+
+def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | None = None) -> Distiller:
+    """The DeepSpeed engines of a run, initialised from the teacher checkpoint's EMA weights (or from
+    ``weights``, for benchmarks)."""
+    teacher_dir = None
+    if weights is None:
+        teacher_dir = check_teacher(cfg)
+        m = cfg.model
+        with torch.device("meta"):
+            shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
+        weights = ema_state_dict(teacher_dir, shapes)
+    student, disc, teacher = initial_models(cfg, weights)
+    steps = cfg.train.max_steps
+    student, student_opt = build_engine(student, cfg.optim, steps, ds_config(cfg))
+    disc, disc_opt = build_engine(disc, cfg.discriminator_optim, steps,
+                                  ds_config(cfg, grad_clip=cfg.discriminator_optim.grad_clip))
+    teacher = build_frozen_engine(teacher, ds_config(cfg, zero_stage=3 if cfg.train.zero_stage == 3 else 0,
+                                                     offload=cfg.distill.teacher_offload))
+    return Distiller(cfg, d, student, student_opt, disc, disc_opt, teacher, teacher_dir)
 
 
 def distill(cfg: Config, d: Dist) -> dict:
@@ -239,7 +260,7 @@ def distill(cfg: Config, d: Dist) -> dict:
     loader = loader_from_config(cfg, "train", d.rank, d.world_size)
     val = loader_from_config(cfg, "val", d.rank, d.world_size, shuffle=False)
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
-    run = Distiller(cfg, d)
+    run = build_distiller(cfg, d)
     engines = {"student": run.student, "discriminator": run.disc}
 
     side = checkpoint.load(cfg, engines, d.rank, d.world_size)

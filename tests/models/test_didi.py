@@ -5,7 +5,7 @@ import torch
 
 from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
                          group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
-                         two_step_rollout)
+                         masked_mean, two_step_rollout)
 from models.diffusion import NEG_INF, LogLinearSchedule, subs_log_probs
 
 S = LogLinearSchedule()
@@ -150,3 +150,19 @@ def test_student_loss_by_hand_and_detached_weights():
     assert w.grad is None and a.grad is None
     assert torch.allclose(lp.grad, torch.tensor([-1.0 * 0.5, 1.0]) / 2 * torch.tensor([2.0, 1.0]))
     assert kl1.grad.item() == pytest.approx(0.01) and h2.grad.item() == pytest.approx(-2.5e-4)
+
+
+def test_masked_means_with_a_shared_count_average_to_the_global_mean():
+    """Ranks that divide by (global count / ranks) average to the one-process mean, gradients included."""
+    values = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[0, :4] = mask[1, 1] = mask[3, 2:4] = True  # 5 positions on the first "rank", 2 on the second
+    global_mean = masked_mean(values, mask)
+    shared = mask.sum() / 2
+    halves = [masked_mean(values[i:i + 2], mask[i:i + 2], shared) for i in (0, 2)]
+    assert torch.allclose((halves[0] + halves[1]) / 2, global_mean)
+    (g_global,) = torch.autograd.grad(global_mean, values)
+    (g_ranks,) = torch.autograd.grad((halves[0] + halves[1]) / 2, values)
+    assert torch.allclose(g_global, g_ranks)
+    assert not torch.allclose((masked_mean(values[:2], mask[:2]) + masked_mean(values[2:], mask[2:])) / 2,
+                              global_mean)  # local counts would not

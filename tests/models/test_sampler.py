@@ -68,3 +68,11 @@ def test_categorical_draws_match_the_probabilities():
 def test_time_grid():
     grid = time_grid(4)
     assert grid[0] == 1.0 and grid[-1] == pytest.approx(1e-5) and len(grid) == 5
+
+
+def test_one_generator_per_row_makes_each_rows_draw_depend_on_its_own_key_only():
+    probs = torch.rand(3, 5, 7)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    together = sample_categorical(probs, gens(10, 11, 12))
+    assert torch.equal(together[1], sample_categorical(probs[1], torch.Generator().manual_seed(11)))
+    assert torch.equal(sample_categorical(probs[1:], gens(11, 12)), together[1:])  # another split, same rows

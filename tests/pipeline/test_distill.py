@@ -95,7 +95,7 @@ def _iterate(rank, world_size, cfg_dict):
         return out
 
     stage.group_normalised_advantages = spy
-    run = stage.Distiller(cfg, d)
+    run = stage.build_distiller(cfg, d)
     teacher = ema_state_dict(run.teacher_dir, _shapes(cfg))
 
     phase, disc_grads = {"now": None}, defaultdict(int)
@@ -179,17 +179,17 @@ def test_every_option_of_the_spec_runs_and_changes_the_run(tiny_data, teacher, t
     assert result["discriminator/loss"] != base["discriminator/loss"]
 
 
-def test_group_tau_and_importance_weight(tiny_data, teacher, tmp_path):
+def test_tau_per_group_gives_each_group_one_tau(tiny_data, teacher, tmp_path):
     run_ranks(_check_taus, 1, distill_settings(tiny_data, teacher, tmp_path, distill__tau_per="group"))
 
 
 def _check_taus(rank, world_size, cfg_dict):
-    from pipeline.distill import Distiller
+    from pipeline.distill import build_distiller
     from pipeline.distributed import setup
     from pipeline.randomness import ROLLOUT
 
     cfg = from_dict(Config, cfg_dict)
-    run = Distiller(cfg, setup())
+    run = build_distiller(cfg, setup())
     tau = run.taus(5, run.generators(5, ROLLOUT, cfg.distill.rollout_rows)).view(-1, cfg.distill.group_size)
     assert torch.equal(tau, tau[:, :1].expand_as(tau)) and tau[0, 0] != tau[1, 0]
 
@@ -277,3 +277,25 @@ def test_bad_distillation_configs_fail_before_any_work(tiny_data, teacher, tmp_p
     pretrain = save_resolved(from_dict(Config, settings(tiny_data, tmp_path / "p")), tmp_path, "p.yaml")
     assert train_main(["--config", str(pretrain), "--dry-run", "--set", "distill.group_size=4"]) == 2
     assert "belong to stage: distill, not pretrain" in capsys.readouterr().err
+
+
+def test_mlflow_run_has_the_stage_metrics_samples_and_curves(tiny_data, teacher, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=2, train__sample_every=2,
+                           train__sample_steps=[4, 8], tracking__backend="mlflow")
+    cfg["tracking"].update(uri=uri, experiment="tests")
+    assert "error" not in run_ranks(_run_distill, 1, cfg)[0]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.params["stage"] == "distill" and run.data.params["distill.group_size"] == "4"
+    for key in ("discriminator/loss", "discriminator/accuracy", "reward/mean", "reward/std", "reward/clipped_fraction",
+                "reward/group_std", "advantage/clipped_fraction", "student/kl_step1", "student/kl_step2", "student/entropy", "student/omega_mean",
+                "student/skipped_steps", "discriminator/skipped_steps", "time/rollout_s", "time/teacher_s",
+                "time/discriminator_s", "time/student_s", "train/rollout_tokens_per_s", "val/nelbo_nats"):
+        assert key in run.data.metrics, key
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert samples == {"samples/step_00000002_4steps.txt", "samples/step_00000002_8steps.txt"}
+    assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
