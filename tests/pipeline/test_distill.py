@@ -1,5 +1,6 @@
 """The distillation stage on the tiny dataset: ZeRO-3 invariants and the one-process match, resume, options,
 non-finite steps and bad input."""
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ from launch.train import main as train_main
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.distributed import run_ranks
 from pipeline.plots import read_metrics
+from pipeline.weights import resolve_checkpoint
 from tests.conftest import ROOT
 from tests.pipeline.test_pretrain import _run_pretrain, settings
 
@@ -271,6 +273,16 @@ def test_bad_distillation_configs_fail_before_any_work(tiny_data, teacher, tmp_p
         (["--set", "distill.teacher_offload=true"], "distill.teacher_offload: needs train.zero_stage: 3"),
         (["--set", "distill.kl=reverse"], "'distill.kl' must be one of forward, jeffreys"),
     ]
+    # a teacher of another vocabulary (its metadata says so) or trained on another tokenizer
+    other = tmp_path / "other_teacher"
+    other.mkdir()
+    meta = json.loads((resolve_checkpoint(teacher) / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "model": {**meta["model"], "vocab_size": 600}}))
+    cases.append((["--set", f"distill.teacher={other}"], "vocab_size 600 there, 500 in the config"))
+    retokenised = tmp_path / "retokenised_teacher"
+    retokenised.mkdir()
+    (retokenised / "meta.json").write_text(json.dumps({**meta, "tokenizer": "0123abcd"}))
+    cases.append((["--set", f"distill.teacher={retokenised}"], "was trained with tokenizer 0123abcd"))
     for extra, message in cases:
         assert train_main(["--config", str(path), "--dry-run", *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
