@@ -36,16 +36,15 @@ from models.dit import DiT
 from models.sampler import ancestral_sample
 from pipeline import checkpoint
 from pipeline.checkpoint import CheckpointError, model_signature
-from pipeline.config import Config, save_resolved, to_dict
+from pipeline.config import Config
 from pipeline.data import loader_from_config, read_manifest
-from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
+from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
 from pipeline.engine import build_engine, build_frozen_engine, ds_config
-from pipeline.loop import NonFiniteError, NonFiniteGuard, autocast_for, endless, log_line, log_samples, sample_texts
-from pipeline.plots import plot_curves
+from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, endless, finish, log_samples, record,
+                           resume, sample_texts, side_state, start_tracking)
 from pipeline.pretrain import evaluate
 from pipeline.randomness import DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed
-from pipeline.tracking import make_tracker
 from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
 
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -263,26 +262,12 @@ def distill(cfg: Config, d: Dist) -> dict:
     run = build_distiller(cfg, d)
     engines = {"student": run.student, "discriminator": run.disc}
 
-    side = checkpoint.load(cfg, engines, d.rank, d.world_size)
-    step, run_id = 0, None
-    if side is not None:
-        if side["teacher"] != str(run.teacher_dir):
-            raise CheckpointError(f"{cfg.run.out_dir} was distilled from {side['teacher']}, the config now names "
-                                  f"{run.teacher_dir}; use another run.out_dir")
-        step, run_id = side["step"], side["run_id"]
-        run.guard.load_state_dict(side["guard"])
-        run.ema.load_state_dict(side["ema"])
-        loader.load_state_dict(side["loader"])
-    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(run_id))
-    if d.is_main:
-        saved = save_resolved(cfg, out_dir)
-        if side is None:
-            tracker.log_params(to_dict(cfg))
-            tracker.log_artifact(saved)
-        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, teacher "
-              f"{run.teacher_dir}", flush=True)
-        if step >= cfg.train.max_steps:
-            print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
+    side = resume(cfg, d, engines, run.guard, run.ema, loader)
+    if side is not None and side["teacher"] != str(run.teacher_dir):
+        raise CheckpointError(f"{cfg.run.out_dir} was distilled from {side['teacher']}, the config now names "
+                              f"{run.teacher_dir}; use another run.out_dir")
+    step = side["step"] if side else 0
+    tracker = start_tracking(cfg, d, side, f"teacher {run.teacher_dir}")
 
     stream = endless(loader)
     metrics: dict[str, float] = {}
@@ -308,7 +293,7 @@ def distill(cfg: Config, d: Dist) -> dict:
             window[key] += value
         window_steps += 1
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if due(step, cfg.train.log_every, cfg):
             keys = sorted(window) + [f"time/{p}_s" for p in PHASES]
             sums = all_reduce_sum(*(window[k] for k in sorted(window)), *(timer.seconds[p] for p in PHASES),
                                   device=d.device)
@@ -318,29 +303,23 @@ def distill(cfg: Config, d: Dist) -> dict:
             metrics.update({"student/lr": run.student.get_lr()[0], "discriminator/lr": run.disc.get_lr()[0],
                             "time/iteration_s": elapsed / window_steps,
                             "train/rollout_tokens_per_s": rollout_tokens * window_steps / elapsed})
-            tracker.log_metrics(metrics, step)
-            if d.is_main:
-                log_line(out_dir, step, metrics)
+            record(tracker, out_dir, d, step, metrics)
             bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}", kl=f"{metrics['student/kl_step2']:.3f}",
                             r=f"{metrics['reward/mean']:.2f}")
             window, window_steps, timer, window_start = defaultdict(float), 0, PhaseTimer(d.device), time.perf_counter()
-        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+        if due(step, cfg.train.eval_every, cfg):
             evaluation = evaluate(run.student, run.ema, val, cfg, d, run.autocast)
             metrics.update(evaluation)
-            tracker.log_metrics(evaluation, step)
+            record(tracker, out_dir, d, step, evaluation)
             if d.is_main:
-                log_line(out_dir, step, evaluation)
                 tqdm.write(f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
                            f"reward {metrics.get('reward/mean', 0):+.3f}, KL {metrics.get('student/kl_step2', 0):.4f}, "
                            f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token", file=sys.stderr)
-        if step % cfg.train.sample_every == 0 or step == cfg.train.max_steps:
+        if due(step, cfg.train.sample_every, cfg):
             log_samples(tracker, sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok), step, d.is_main)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
-            checkpoint.save(cfg, engines, step, d.rank, d.world_size, {
-                "ema": run.ema.state_dict(), "loader": loader.state_dict(), "guard": run.guard.state_dict(),
-                "run_id": tracker.run_id, "teacher": str(run.teacher_dir)})
+        if due(step, cfg.train.checkpoint_every, cfg):
+            checkpoint.save(cfg, engines, step, d.rank, d.world_size,
+                            side_state(run.guard, run.ema, loader, tracker, teacher=str(run.teacher_dir)))
     bar.close()
-    if d.is_main and (out_dir / "metrics.jsonl").exists():
-        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", CURVES))
-    tracker.close()
+    finish(tracker, out_dir, d, CURVES)
     return {"step": step, **metrics}

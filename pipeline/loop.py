@@ -11,12 +11,15 @@ from tqdm import tqdm
 
 from models.diffusion import subs_log_probs
 from models.sampler import SamplerStats, ancestral_sample
-from pipeline.config import Config
+from pipeline import checkpoint
+from pipeline.config import Config, save_resolved, to_dict
 from pipeline.data import TokenLoader
-from pipeline.distributed import Dist
+from pipeline.distributed import Dist, broadcast_object
 from pipeline.ema import EMA
+from pipeline.plots import plot_curves
 from pipeline.randomness import SAMPLE, keyed_generator
 from pipeline.text import render
+from pipeline.tracking import Tracker, make_tracker
 
 
 class NonFiniteError(RuntimeError):
@@ -56,6 +59,51 @@ class NonFiniteGuard:
         self.skipped, self.in_a_row = dict(state["skipped"]), dict(state["in_a_row"])
 
 
+def resume(cfg: Config, d: Dist, engines: dict, guard: NonFiniteGuard, ema: EMA, loader: TokenLoader) -> dict | None:
+    """Restore the latest checkpoint if there is one (engines, then the guard, the EMA and the data position,
+    RNG states included); returns this rank's side state, or None for a fresh run."""
+    side = checkpoint.load(cfg, engines, d.rank, d.world_size)
+    if side is not None:
+        guard.load_state_dict(side["guard"])
+        ema.load_state_dict(side["ema"])
+        loader.load_state_dict(side["loader"])
+    return side
+
+
+def side_state(guard: NonFiniteGuard, ema: EMA, loader: TokenLoader, tracker: Tracker, **extra) -> dict:
+    """What ``resume`` needs back, for ``checkpoint.save``."""
+    return {"ema": ema.state_dict(), "loader": loader.state_dict(), "guard": guard.state_dict(),
+            "run_id": tracker.run_id, **extra}
+
+
+def start_tracking(cfg: Config, d: Dist, side: dict | None, about: str) -> Tracker:
+    """The tracker (re-attached to the checkpoint's run on resume), the resolved config saved and logged, and
+    one line on rank 0 saying what starts."""
+    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(side and side["run_id"]))
+    if d.is_main:
+        saved = save_resolved(cfg, cfg.run.out_dir)
+        step = side["step"] if side else 0
+        if side is None:
+            tracker.log_params(to_dict(cfg))
+            tracker.log_artifact(saved)
+        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, {about}", flush=True)
+        if step >= cfg.train.max_steps:
+            print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
+    return tracker
+
+
+def due(step: int, every: int, cfg: Config) -> bool:
+    """Every ``every`` steps, and at the last step."""
+    return step % every == 0 or step == cfg.train.max_steps
+
+
+def finish(tracker: Tracker, out_dir: Path, d: Dist, panels: dict | None = None) -> None:
+    """Curves from ``metrics.jsonl`` as an artifact, then the tracker closed."""
+    if d.is_main and (out_dir / "metrics.jsonl").exists():
+        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", panels))
+    tracker.close()
+
+
 def autocast_for(cfg: Config, d: Dist):
     """bf16 autocast on GPU (or when asked), fp32 on CPU; master weights stay fp32 either way."""
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
@@ -66,6 +114,13 @@ def log_line(out_dir: Path, step: int, metrics: dict[str, float]) -> None:
     """Append to ``metrics.jsonl``: a local record of every logged value, readable without MLflow."""
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def record(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[str, float]) -> None:
+    """Metrics to the tracker and, on rank 0, to ``metrics.jsonl``."""
+    tracker.log_metrics(metrics, step)
+    if d.is_main:
+        log_line(out_dir, step, metrics)
 
 
 def endless(loader: TokenLoader):

@@ -21,15 +21,14 @@ from tqdm import tqdm
 from data_prep.tokenizers import load_tokenizer
 from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
 from pipeline import checkpoint
-from pipeline.config import Config, save_resolved, to_dict
+from pipeline.config import Config
 from pipeline.data import TokenLoader, loader_from_config
-from pipeline.distributed import Dist, all_reduce_sum, broadcast_object
+from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
-from pipeline.loop import NonFiniteError, NonFiniteGuard, autocast_for, endless, log_line, log_samples, sample_texts
-from pipeline.plots import plot_curves
+from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, endless, finish, log_samples, record,
+                           resume, sample_texts, side_state, start_tracking)
 from pipeline.engine import build_engine, build_model, ds_config
 from pipeline.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_seed, rank_rows
-from pipeline.tracking import make_tracker
 
 
 def corrupt(x: torch.Tensor, cfg: Config, d: Dist, schedule: LogLinearSchedule, *keys: int):
@@ -80,26 +79,11 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     ema = EMA(engine.module, cfg.train.ema, cfg.train.ema_warmup)
     autocast = autocast_for(cfg, d)
 
-    side = checkpoint.load(cfg, {"model": engine}, d.rank, d.world_size)
     guard = NonFiniteGuard(cfg.train.max_nonfinite, ("train",), d.is_main)
-    step, run_id = 0, None
-    if side is not None:
-        step, run_id = side["step"], side["run_id"]
-        guard.load_state_dict(side["guard"])
-        ema.load_state_dict(side["ema"])
-        loader.load_state_dict(side["loader"])
-    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(run_id))
-    if d.is_main:
-        saved = save_resolved(cfg, out_dir)
-        if side is None:
-            tracker.log_params(to_dict(cfg))
-            tracker.log_artifact(saved)
-        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, "
-              f"{sum(p.ds_numel if hasattr(p, 'ds_numel') else p.numel() for p in engine.module.parameters()):,} "
-              f"parameters", flush=True)
-
-    if step >= cfg.train.max_steps and d.is_main:
-        print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
+    side = resume(cfg, d, {"model": engine}, guard, ema, loader)
+    step = side["step"] if side else 0
+    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters())
+    tracker = start_tracking(cfg, d, side, f"{params:,} parameters")
     stream = endless(loader)
     metrics: dict[str, float] = {}
     window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
@@ -129,35 +113,29 @@ def pretrain(cfg: Config, d: Dist) -> dict:
             window_loss += step_loss
             window_steps += 1
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if due(step, cfg.train.log_every, cfg):
             loss_sum, n = all_reduce_sum(window_loss, window_steps, device=d.device)
             elapsed = time.perf_counter() - window_start
             metrics = {"train/loss_nats": loss_sum / max(n, 1), "train/lr": engine.get_lr()[0],
                        **guard.metrics(),
                        "train/tokens_per_s": tokens_per_step * (step - window_first) / elapsed}
-            tracker.log_metrics(metrics, step)
-            if d.is_main:
-                log_line(out_dir, step, metrics)
+            record(tracker, out_dir, d, step, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss_nats']:.3f}", lr=f"{metrics['train/lr']:.2e}")
             window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
-        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+        if due(step, cfg.train.eval_every, cfg):
             evaluation = evaluate(engine, ema, val, cfg, d, autocast)
             metrics.update(evaluation)
-            tracker.log_metrics(evaluation, step)
+            record(tracker, out_dir, d, step, evaluation)
             if d.is_main:
-                log_line(out_dir, step, evaluation)
                 tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
                            f" val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token "
                            f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
-        if step % cfg.train.sample_every == 0 or step == cfg.train.max_steps:
+        if due(step, cfg.train.sample_every, cfg):
             log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
-            checkpoint.save(cfg, {"model": engine}, step, d.rank, d.world_size, {
-                "ema": ema.state_dict(), "loader": loader.state_dict(), "guard": guard.state_dict(),
-                "run_id": tracker.run_id})
+        if due(step, cfg.train.checkpoint_every, cfg):
+            checkpoint.save(cfg, {"model": engine}, step, d.rank, d.world_size,
+                            side_state(guard, ema, loader, tracker))
     bar.close()
-    if d.is_main and (out_dir / "metrics.jsonl").exists():
-        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png"))
-    tracker.close()
+    finish(tracker, out_dir, d)
     return {"step": step, **metrics}
 

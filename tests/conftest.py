@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +41,23 @@ def write_tiny_gpt2_ranks(path: Path) -> dict[bytes, int]:
         ranks[merged] = len(ranks)
     path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items()))
     return ranks
+
+
+def train_command(cfg_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(cfg_path), *extra]
+
+
+def run_killed_and_resumed(reference: Path, killed: Path, killed_out: Path) -> None:
+    """Run the ``reference`` config to the end; run the ``killed`` one, SIGKILL it as soon as its first
+    checkpoint is published, and run it again (it resumes) to the end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(train_command(reference), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(train_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed_out / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    subprocess.run(train_command(killed), env=env, check=True, capture_output=True)

@@ -2,11 +2,6 @@
 non-finite steps and bad input."""
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import defaultdict
 
 import pytest
@@ -17,7 +12,7 @@ from pipeline.config import Config, from_dict, save_resolved
 from pipeline.distributed import run_ranks
 from pipeline.plots import read_metrics
 from pipeline.weights import resolve_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import run_killed_and_resumed
 from tests.pipeline.test_pretrain import _run_pretrain, settings
 
 ITERATIONS = 3
@@ -196,29 +191,13 @@ def _check_taus(rank, world_size, cfg_dict):
     assert torch.equal(tau, tau[:, :1].expand_as(tau)) and tau[0, 0] != tau[1, 0]
 
 
-def _train_command(cfg_path) -> list[str]:
-    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(cfg_path)]
-
-
 def test_killed_distillation_resumes_to_the_same_metrics(tiny_data, teacher, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     paths = {}
     for name in ("reference", "killed"):
         cfg = from_dict(Config, distill_settings(tiny_data, teacher, tmp_path / name, train__max_steps=24,
                                                  train__checkpoint_every=4, train__eval_every=12))
         paths[name] = save_resolved(cfg, tmp_path, f"{name}.yaml")
-    subprocess.run(_train_command(paths["reference"]), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(_train_command(paths["killed"]), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(read_metrics(tmp_path / "killed" / "metrics.jsonl"))
-    assert killed_at < 24, "the run finished before it could be killed"
-    subprocess.run(_train_command(paths["killed"]), env=env, check=True, capture_output=True)
+    run_killed_and_resumed(paths["reference"], paths["killed"], tmp_path / "killed")
     ref = read_metrics(tmp_path / "reference" / "metrics.jsonl")
     resumed = read_metrics(tmp_path / "killed" / "metrics.jsonl")
     compared = [k for k in ref[24] if not k.startswith(("time/", "train/rollout_tokens"))]

@@ -1,10 +1,7 @@
 """The pre-training stage end to end on the tiny dataset: learning, ZeRO-3 vs one process, resume, bad input."""
 import math
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import torch
 from launch.train import main as train_main
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.plots import read_metrics
-from tests.conftest import ROOT
+from tests.conftest import run_killed_and_resumed, train_command
 from pipeline.distributed import run_ranks
 from pipeline.engine import build_model
 from pipeline.weights import ema_state_dict, resolve_checkpoint
@@ -98,29 +95,13 @@ def test_zero3_on_two_ranks_matches_one_process(tiny_data, tmp_path):
         assert torch.allclose(dense[name], merged[name], atol=1e-5), name
 
 
-def _train_command(cfg_path: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(cfg_path)]
-
-
 def test_killed_run_resumes_to_the_same_losses(tiny_data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     paths = {}
     for name in ("reference", "killed"):
         cfg = from_dict(Config, settings(tiny_data, tmp_path / name, train__max_steps=40, train__checkpoint_every=4,
                                          train__eval_every=20, model__dropout=0.1))
         paths[name] = save_resolved(cfg, tmp_path, f"{name}.yaml")
-    subprocess.run(_train_command(paths["reference"]), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(_train_command(paths["killed"]), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(metrics(tmp_path / "killed"))
-    assert killed_at < 40, "the run finished before it could be killed"
-    subprocess.run(_train_command(paths["killed"]), env=env, check=True, capture_output=True)
+    run_killed_and_resumed(paths["reference"], paths["killed"], tmp_path / "killed")
     ref, resumed = metrics(tmp_path / "reference"), metrics(tmp_path / "killed")
     for step in range(5, 41):
         assert resumed[step]["train/loss_nats"] == ref[step]["train/loss_nats"], step
@@ -192,14 +173,14 @@ def test_unusable_checkpoints_are_refused_with_the_reason(tiny_data, tmp_path):
     cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=3))
     path = save_resolved(cfg, tmp_path, "run.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_command(path), env=env, check=True, capture_output=True)
-    other = subprocess.run(_train_command(path) + ["--set", "model.hidden_size=64"], env=env,
+    subprocess.run(train_command(path), env=env, check=True, capture_output=True)
+    other = subprocess.run(train_command(path) + ["--set", "model.hidden_size=64"], env=env,
                            capture_output=True, text=True)
     assert other.returncode == 2
     assert "holds another model (hidden_size: 32 there, 64 now)" in other.stderr
     side = tmp_path / "run" / "checkpoints" / "step_00000003" / "rank00000.pt"
     side.write_bytes(side.read_bytes()[:100])
-    truncated = subprocess.run(_train_command(path) + ["--set", "train.max_steps=6"], env=env,
+    truncated = subprocess.run(train_command(path) + ["--set", "train.max_steps=6"], env=env,
                                capture_output=True, text=True)
     assert truncated.returncode == 2
     assert "rank00000.pt: unreadable, truncated or corrupt" in truncated.stderr
