@@ -51,7 +51,8 @@ PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
 CURVES = {
     "discriminator": ("discriminator/loss", "discriminator/accuracy"),
     "reward": ("reward/mean", "reward/std", "reward/group_std"),
-    "student vs teacher (nats)": ("student/kl_step1", "student/kl_step2", "student/entropy"),
+    "KL(teacher ‖ student), nats": ("student/kl_step1", "student/kl_step2"),
+    "student entropy, nats": ("student/entropy",),
     "EMA student val NELBO (nats/token)": ("val/nelbo_nats",),
     "seconds per iteration": tuple(f"time/{p}_s" for p in PHASES),
 }
@@ -118,7 +119,8 @@ class Distiller:
 
     def _log_probs(self, engine, z: torch.Tensor) -> torch.Tensor:
         """All-[MASK] rows are identical and the models are deterministic without dropout, so one row is
-        computed and shared (an exact identity that halves the first rollout step)."""
+        computed and shared: an exact identity that makes the first rollout step (and the teacher's target
+        for it) one row's work."""
         shared = self.cfg.model.dropout == 0 or not engine.module.training
         if shared and z.shape[0] > 1 and bool((z == self.mask_id).all()):
             return self._log_probs(engine, z[:1]).expand(z.shape[0], -1, -1)

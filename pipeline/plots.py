@@ -24,8 +24,12 @@ def plot_curves(metrics_file: Path, out: Path,
     """One panel per entry of ``panels`` (title → metric keys); default: the pre-training losses."""
     panels = panels or {"nats per token": ("train/loss_nats", "val/nelbo_nats")}
     rows = read_metrics(metrics_file)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (title, keys) in zip(axes[0], panels.items()):
+    columns = min(3, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5 * columns, 3.6 * rows_of_panels), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, keys) in zip(axes.flat, panels.items()):
         for key in keys:
             points = [(step, row[key]) for step, row in rows.items() if key in row]
             if points:
