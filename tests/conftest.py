@@ -34,6 +34,18 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def teacher(tiny_data, tmp_path_factory) -> Path:
+    """A unit-size teacher pre-trained for 20 steps on ``tiny_data`` (what distillation tests start from)."""
+    from pipeline.distributed import run_ranks
+    from tests.pipeline.test_pretrain import _run_pretrain, settings
+
+    out = tmp_path_factory.mktemp("teacher")
+    run_ranks(_run_pretrain, 1, settings(tiny_data, out, train__max_steps=20, train__checkpoint_every=20,
+                                         train__eval_every=20, train__ema=0.9))
+    return out
+
+
 def write_tiny_gpt2_ranks(path: Path) -> dict[bytes, int]:
     """A byte-level BPE in tiktoken format: the 256 bytes, then a few merges (each of two earlier tokens)."""
     ranks = {bytes([b]): b for b in range(256)}

@@ -13,18 +13,9 @@ from pipeline.distributed import run_ranks
 from pipeline.plots import read_metrics
 from pipeline.weights import resolve_checkpoint
 from tests.conftest import run_killed_and_resumed
-from tests.pipeline.test_pretrain import _run_pretrain, settings
+from tests.pipeline.test_pretrain import settings
 
 ITERATIONS = 3
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_data, tmp_path_factory):
-    """A unit-size teacher pre-trained for 20 steps (its EMA is what distillation starts from)."""
-    out = tmp_path_factory.mktemp("teacher")
-    run_ranks(_run_pretrain, 1, settings(tiny_data, out, train__max_steps=20, train__checkpoint_every=20,
-                                         train__eval_every=20, train__ema=0.9))
-    return out
 
 
 def distill_settings(tiny_data, teacher, out, **changes) -> dict:

@@ -1,0 +1,131 @@
+"""Inference bundles: what ``pipeline.convert`` writes and ``load_bundle`` reads back.
+
+A bundle is a directory::
+
+    manifest.json              format, kind (teacher | student), source checkpoint and step, model dimensions,
+                               discriminator settings, tokenizer fingerprint, sha256 of every other file
+    model.safetensors          the EMA weights (the teacher's, or the distilled EMA student's)
+    online.safetensors         optional: the online student
+    discriminator.safetensors  distilled bundles: the discriminator (RGAS needs it)
+    config.yaml                the training run's resolved config, for people and for retraining
+    tokenizer/                 the tokenizer directory of the training data
+
+Loading needs nothing but torch, safetensors and ``models/``; every file is checked against its hash first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from models.discriminator import Discriminator
+from models.dit import DiT
+
+FORMAT = 1
+MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "cond_dim", "seq_len")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be written or used; the message names the file and the reason."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_files(directory: Path) -> dict[str, str]:
+    """sha256 of every file below ``directory`` except the manifest, by relative path."""
+    return {str(p.relative_to(directory)): sha256(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def read_manifest(directory: Path) -> dict:
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{directory}: not a bundle (no manifest.json)") from None
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{directory / 'manifest.json'}: not valid JSON ({err})") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{directory / 'manifest.json'}: bundle format {manifest.get('format')}, this code reads "
+                          f"format {FORMAT}")
+    return manifest
+
+
+def verify(directory: Path) -> dict:
+    """The manifest, after checking that every file it lists is present with its hash (and nothing else is)."""
+    manifest = read_manifest(directory)
+    for name, digest in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle")
+        if sha256(path) != digest:
+            raise BundleError(f"{path}: corrupt or changed (sha256 differs from manifest.json)")
+    return manifest
+
+
+def new_dit(model: dict, dropout: float = 0.0) -> DiT:
+    return DiT(model["vocab_size"], model["hidden_size"], model["num_layers"], model["num_heads"], model["cond_dim"],
+               dropout=dropout)
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    state = load_file(path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(f"{path}: does not fit the manifest's model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]})")
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    model: DiT  # EMA weights, eval mode
+    discriminator: Discriminator | None
+    online: DiT | None
+
+    @property
+    def seq_len(self) -> int:
+        return self.manifest["model"]["seq_len"]
+
+    @property
+    def mask_id(self) -> int:
+        return self.manifest["model"]["vocab_size"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Verify and load a bundle: the EMA model, and the discriminator and online student if present."""
+    path = Path(path)
+    manifest = verify(path)
+    tokenizer = json.loads((path / "tokenizer" / "tokenizer.json").read_text())
+    if tokenizer["fingerprint"] != manifest["tokenizer"]["fingerprint"] or \
+            tokenizer["vocab_size"] != manifest["model"]["vocab_size"]:
+        raise BundleError(f"{path / 'tokenizer'}: tokenizer {tokenizer['fingerprint']} (V = {tokenizer['vocab_size']}) "
+                          f"does not match the weights' ({manifest['tokenizer']['fingerprint']}, "
+                          f"V = {manifest['model']['vocab_size']})")
+    model = new_dit(manifest["model"])
+    _load_weights(model, path / "model.safetensors")
+    discriminator = online = None
+    if "discriminator.safetensors" in manifest["files"]:
+        settings = manifest["discriminator"]
+        discriminator = Discriminator(new_dit(manifest["model"]), settings["unfreeze_blocks"], settings["sigma_to"])
+        _load_weights(discriminator, path / "discriminator.safetensors")
+        discriminator = discriminator.to(device).eval()
+    if "online.safetensors" in manifest["files"]:
+        online = new_dit(manifest["model"])
+        _load_weights(online, path / "online.safetensors")
+        online = online.to(device).eval()
+    return Bundle(path, manifest, model.to(device).eval(), discriminator, online)

@@ -1,0 +1,150 @@
+"""The conversion stage: a training checkpoint → an inference bundle (``pipeline/bundle.py`` has the layout).
+
+``python -m pipeline.convert --checkpoint DIR [--tag STEP] --out BUNDLE [--online]``
+
+DIR is a run directory, its ``checkpoints/`` folder or one ``step_N`` folder; ``--tag`` picks a step of the
+run instead of the latest. The EMA weights are consolidated from the per-rank files (ZeRO-3 partitions
+included); the discriminator and the online student come from the DeepSpeed engine files (``zero_to_fp32``
+under ZeRO 1–3). A distillation bundle leaves the teacher out. Runs on one CPU process, without DeepSpeed's
+process group. The bundle is written beside its final place and renamed into it, so it is whole or absent;
+an existing bundle is kept if identical and refused otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from data_prep.tokenizers import TokenizerError, load_tokenizer
+from models.discriminator import Discriminator
+from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, bundle_files, new_dit, read_manifest
+from pipeline.checkpoint import CheckpointError, tag_for
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
+
+
+def engine_state_dict(step_dir: Path, engine: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """An engine's fp32 weights and buffers from DeepSpeed's files: the saved module under ZeRO-0, else the
+    partitions of the optimizer files merged by ``zero_to_fp32``."""
+    folder = step_dir / engine
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing (the checkpoint has no {engine} engine)")
+    try:
+        if zero_stage == 0:
+            return torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=engine)
+    except Exception as err:  # DeepSpeed and torch raise many kinds; name the folder whatever it was
+        raise CheckpointError(f"{folder}: cannot read the {engine} engine ({err.__class__.__name__}: {err})") from err
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _step_dir(checkpoint: Path, tag: int | None) -> Path:
+    if tag is None:
+        return resolve_checkpoint(checkpoint)
+    for root in (checkpoint / "checkpoints", checkpoint, checkpoint.parent):
+        if (root / tag_for(tag) / "meta.json").is_file():
+            return root / tag_for(tag)
+    raise CheckpointError(f"{checkpoint}: no checkpoint of step {tag} ({tag_for(tag)}/meta.json not found)")
+
+
+def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, online: bool = False,
+            log=print) -> Path:
+    """Write the bundle of ``checkpoint`` to ``out``; returns ``out``."""
+    step_dir, out = _step_dir(Path(checkpoint), tag), Path(out)
+    meta = read_meta(step_dir)
+    try:
+        cfg: Config = load_config(step_dir / "config.yaml")
+    except ConfigError as err:
+        raise CheckpointError(f"{step_dir / 'config.yaml'}: {err}") from None
+    kind = {("model",): "teacher", ("discriminator", "student"): "student"}.get(tuple(meta["engines"]))
+    if kind is None:
+        raise CheckpointError(f"{step_dir}: engines {meta['engines']} are neither a pre-training nor a distillation "
+                              "checkpoint")
+    tokenizer = Path(cfg.data.path) / "tokenizer"
+    try:
+        tok = load_tokenizer(tokenizer)
+    except TokenizerError as err:
+        raise CheckpointError(f"the run's tokenizer (data.path of {step_dir / 'config.yaml'}): {err}") from None
+    if meta.get("tokenizer", tok.fingerprint) != tok.fingerprint or tok.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(f"{tokenizer} (fingerprint {tok.fingerprint}, V = {tok.vocab_size}) is not the tokenizer "
+                              f"the checkpoint was trained with ({meta.get('tokenizer')}, V = {cfg.model.vocab_size})")
+    model = {k: getattr(cfg.model, k) for k in MODEL_KEYS}
+    with torch.device("meta"):
+        shapes = new_dit(model)
+    weights = {"model.safetensors": ema_state_dict(step_dir, shapes)}
+    manifest = {"format": FORMAT, "kind": kind, "source": str(step_dir.resolve()), "step": meta["step"],
+                "model": model, "tokenizer": json.loads((tokenizer / "tokenizer.json").read_text())}
+    if kind == "student":
+        with torch.device("meta"):
+            disc = Discriminator(new_dit(model), cfg.distill.unfreeze_blocks, cfg.distill.sigma_to)
+        state = engine_state_dict(step_dir, "discriminator", cfg.train.zero_stage)
+        expected = set(disc.state_dict())
+        if set(state) != expected:
+            raise CheckpointError(f"{step_dir / 'discriminator'}: tensors {sorted(set(state) ^ expected)[:4]} do not fit "
+                                  "the configured discriminator")
+        weights["discriminator.safetensors"] = state
+        manifest["discriminator"] = {"unfreeze_blocks": cfg.distill.unfreeze_blocks, "sigma_to": cfg.distill.sigma_to}
+    if online:
+        weights["online.safetensors"] = engine_state_dict(step_dir, "student" if kind == "student" else "model",
+                                                          cfg.train.zero_stage)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staging = Path(tmp) / "bundle"
+        staging.mkdir()
+        for name, state in weights.items():
+            save_file(_contiguous(state), staging / name, metadata={"kind": kind, "step": str(meta["step"])})
+        shutil.copytree(tokenizer, staging / "tokenizer")
+        shutil.copy(step_dir / "config.yaml", staging / "config.yaml")
+        manifest["files"] = bundle_files(staging)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if out.exists():
+            return _keep_if_identical(out, manifest, log)
+        staging.rename(out)
+    log(f"wrote {out}: {kind} bundle of step {meta['step']} from {step_dir} ({', '.join(sorted(weights))})")
+    return out
+
+
+def _keep_if_identical(out: Path, manifest: dict, log) -> Path:
+    try:
+        existing = read_manifest(out)
+    except BundleError:
+        existing = None
+    if existing is None or not existing["files"] == manifest["files"] == bundle_files(out):
+        raise BundleError(f"{out} exists and is {'another bundle' if existing else 'not a bundle'}: choose another "
+                          "--out or remove it")
+    log(f"{out}: already holds this bundle")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.convert", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="run directory, checkpoints/ folder or step_N folder")
+    parser.add_argument("--tag", type=int, help="the step to convert (default: the latest)")
+    parser.add_argument("--out", required=True, help="bundle directory to create")
+    parser.add_argument("--online", action="store_true", help="also keep the online (non-EMA) weights")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.checkpoint, args.out, args.tag, args.online)
+    except (CheckpointError, BundleError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
