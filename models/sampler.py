@@ -50,22 +50,33 @@ def time_grid(steps: int, t_end: float = 1e-5) -> list[float]:
     return torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64).tolist()
 
 
+Transition = Callable[[int, torch.Tensor, torch.Tensor, float, float], torch.Tensor]  # (i, z_t, log x_θ, t, s) -> z_s
+
+
 @torch.no_grad()
 def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: int,
                      schedule: LogLinearSchedule = LogLinearSchedule(), generator: Generators = None,
                      cache: bool = True, stats: SamplerStats | None = None,
-                     on_step: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise."""
+                     on_step: Callable[[int, float, torch.Tensor], None] | None = None,
+                     transition: Transition | None = None) -> torch.Tensor:
+    """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise.
+
+    ``transition`` replaces the plain step (RGAS tilts or re-ranks it); the loop, the caching of x_θ while z
+    does not change, the NFE count and the noise removal stay here."""
     stats = stats if stats is not None else SamplerStats()
     grid = time_grid(steps)
-    probs = None
+    log_probs = probs = None
     for i in range(steps):
-        if probs is None:
-            probs = denoise(z).exp()
+        if log_probs is None:
+            log_probs, probs = denoise(z), None
             stats.nfe += 1
-        z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator)
+        if transition is None:
+            probs = log_probs.exp() if probs is None else probs
+            z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator)
+        else:
+            z_next = transition(i, z, log_probs, grid[i], grid[i + 1])
         if not cache or not torch.equal(z_next, z):
-            probs = None
+            log_probs = None
         z = z_next
         if on_step is not None:
             on_step(i, grid[i + 1], z)

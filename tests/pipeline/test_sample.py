@@ -1,0 +1,70 @@
+"""Sampling from bundles: reproducible, independent of the batch size, prefixes kept, RGAS counted, bad input."""
+import json
+
+import pytest
+
+from pipeline.convert import convert
+from pipeline.distributed import run_ranks
+from pipeline.sample import main
+from tests.pipeline.test_distill import _run_distill, distill_settings
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_data, teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles")
+    run_ranks(_run_distill, 1, distill_settings(tiny_data, teacher, out / "run", train__max_steps=1,
+                                                train__checkpoint_every=1))
+    quiet = lambda _: None  # noqa: E731
+    return {"teacher": convert(teacher, out / "teacher", log=quiet),
+            "student": convert(out / "run", out / "student", log=quiet)}
+
+
+def run_sampler(bundle, out, *extra) -> list[dict]:
+    assert main(["--bundle", str(bundle), "--out", str(out), *extra]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_samples_are_reproducible_and_do_not_depend_on_the_batch_size(bundles, tmp_path):
+    args = ["--steps", "8", "--num-samples", "4", "--seed", "3"]
+    a = run_sampler(bundles["teacher"], tmp_path / "a.jsonl", *args, "--batch-size", "4")
+    b = run_sampler(bundles["teacher"], tmp_path / "b.jsonl", *args, "--batch-size", "2")
+    c = run_sampler(bundles["teacher"], tmp_path / "c.jsonl", *args[:-1], "4", "--batch-size", "4")
+    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b]
+    assert [r["token_ids"] for r in a] != [r["token_ids"] for r in c]
+    assert len(a) == 4 and all(len(r["token_ids"]) == 64 and r["masks_left"] == 0 for r in a)
+    assert {r["batch"] for r in b} == {0, 1} and all(1 <= r["nfe"] <= 8 for r in a)
+    assert all(r["discriminator_forward"] == 0 and r["noise_removal_calls"] <= 1 for r in a)
+
+
+def test_a_prefix_survives_sampling(bundles, tmp_path):
+    from data_prep.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(bundles["student"] / "tokenizer")
+    rows = run_sampler(bundles["student"], tmp_path / "p.jsonl", "--steps", "4", "--num-samples", "2",
+                       "--prefix", "MACBETH. So foul and fair a day")
+    expected = [tok.bos_id] + tok.encode("MACBETH. So foul and fair a day")
+    assert all(r["token_ids"][: len(expected)] == expected for r in rows)
+    assert all(r["text"].startswith("MACBETH. So foul and fair a day") for r in rows)
+
+
+def test_rgas_runs_on_a_student_bundle_and_counts_the_discriminator(bundles, tmp_path):
+    rows = run_sampler(bundles["student"], tmp_path / "r.jsonl", "--steps", "8", "--sampler", "rgas",
+                       "--num-samples", "2")
+    # 4 tilting steps (forward and backward), 4 re-ranking steps (one batched forward each)
+    assert all(r["discriminator_forward"] == 8 and r["discriminator_backward"] == 4 for r in rows)
+    plain = run_sampler(bundles["student"], tmp_path / "s.jsonl", "--steps", "8", "--num-samples", "2")
+    assert [r["token_ids"] for r in rows] != [r["token_ids"] for r in plain]
+
+
+def test_bad_requests_are_refused_and_write_nothing(bundles, tmp_path, capsys):
+    out = tmp_path / "x.jsonl"
+    cases = [
+        ([str(bundles["teacher"]), "--steps", "0"], "at least one sampling step"),
+        ([str(bundles["teacher"]), "--steps", "4", "--sampler", "rgas"], "has no discriminator (teacher bundle)"),
+        ([str(bundles["student"]), "--steps", "4", "--prefix", "word " * 200], "leave no room in sequences of 64"),
+        ([str(tmp_path / "nowhere"), "--steps", "4"], "not a bundle (no manifest.json)"),
+    ]
+    for (bundle, *extra), message in cases:
+        assert main(["--bundle", bundle, "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
