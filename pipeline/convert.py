@@ -1,6 +1,7 @@
 """The conversion stage: a training checkpoint → an inference bundle (``pipeline/bundle.py`` has the layout).
 
 ``python -m pipeline.convert --checkpoint DIR [--tag STEP] --out BUNDLE [--online]``
+``python -m pipeline.convert --from-mdlm PATH --tokenizer gpt2:RANKS_FILE --out BUNDLE`` (``pipeline/mdlm.py``)
 
 DIR is a run directory, its ``checkpoints/`` folder or one ``step_N`` folder; ``--tag`` picks a step of the
 run instead of the latest. The EMA weights are consolidated from the per-rank files (ZeRO-3 partitions
@@ -102,24 +103,34 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
         weights["online.safetensors"] = engine_state_dict(step_dir, "student" if kind == "student" else "model",
                                                           cfg.train.zero_stage)
 
+    if write_bundle(out, weights, manifest, {"tokenizer": tokenizer, "config.yaml": step_dir / "config.yaml"}, log):
+        log(f"wrote {out}: {kind} bundle of step {meta['step']} from {step_dir} ({', '.join(sorted(weights))})")
+    return out
+
+
+def write_bundle(out: Path, weights: dict[str, dict[str, torch.Tensor]], manifest: dict, copies: dict[str, Path],
+                 log) -> bool:
+    """Stage the safetensors files, the copied files or folders and the manifest (with every file's hash)
+    beside ``out``, then rename into place; an existing ``out`` is kept if identical (returns False) and
+    refused otherwise."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staging = Path(tmp) / "bundle"
         staging.mkdir()
         for name, state in weights.items():
-            save_file(_contiguous(state), staging / name, metadata={"kind": kind, "step": str(meta["step"])})
-        shutil.copytree(tokenizer, staging / "tokenizer")
-        shutil.copy(step_dir / "config.yaml", staging / "config.yaml")
+            save_file(_contiguous(state), staging / name, metadata={"kind": manifest["kind"]})
+        for name, source in copies.items():
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, staging / name)
         manifest["files"] = bundle_files(staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if out.exists():
-            return _keep_if_identical(out, manifest, log)
+            _keep_if_identical(out, manifest, log)
+            return False
         staging.rename(out)
-    log(f"wrote {out}: {kind} bundle of step {meta['step']} from {step_dir} ({', '.join(sorted(weights))})")
-    return out
+        return True
 
 
-def _keep_if_identical(out: Path, manifest: dict, log) -> Path:
+def _keep_if_identical(out: Path, manifest: dict, log) -> None:
     try:
         existing = read_manifest(out)
     except BundleError:
@@ -128,19 +139,30 @@ def _keep_if_identical(out: Path, manifest: dict, log) -> Path:
         raise BundleError(f"{out} exists and is {'another bundle' if existing else 'not a bundle'}: choose another "
                           "--out or remove it")
     log(f"{out}: already holds this bundle")
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="run directory, checkpoints/ folder or step_N folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory, checkpoints/ folder or step_N folder")
+    source.add_argument("--from-mdlm", help="an upstream MDLM model directory or Lightning .ckpt (pipeline/mdlm.py)")
     parser.add_argument("--tag", type=int, help="the step to convert (default: the latest)")
-    parser.add_argument("--out", required=True, help="bundle directory to create")
     parser.add_argument("--online", action="store_true", help="also keep the online (non-EMA) weights")
+    parser.add_argument("--tokenizer", help="with --from-mdlm: gpt2:RANKS_FILE (or another tokenizer spec)")
+    parser.add_argument("--heads", type=int, help="with --from-mdlm: attention heads, if its config lacks them")
+    parser.add_argument("--seq-len", type=int, help="with --from-mdlm: sequence length (default: its config, or 1024)")
+    parser.add_argument("--out", required=True, help="bundle directory to create")
     args = parser.parse_args(argv)
     try:
-        convert(args.checkpoint, args.out, args.tag, args.online)
-    except (CheckpointError, BundleError) as err:
+        if args.from_mdlm:
+            from pipeline.mdlm import import_mdlm
+
+            if not args.tokenizer:
+                parser.error("--from-mdlm needs --tokenizer (e.g. gpt2:PATH/gpt2.tiktoken)")
+            import_mdlm(args.from_mdlm, args.tokenizer, args.out, args.heads, args.seq_len)
+        else:
+            convert(args.checkpoint, args.out, args.tag, args.online)
+    except (CheckpointError, BundleError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
