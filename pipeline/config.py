@@ -160,7 +160,7 @@ class TrackingConfig:
 class DistillConfig:
     """DiDi-Instruct (spec §2–§5, options of §9); the defaults are the spec's."""
 
-    teacher: str = ""  # a pre-training run directory, its checkpoints/ folder or one step_N folder
+    teacher: str = ""  # a pre-training run directory, its checkpoints/ folder, one step_N folder, or a bundle
     rollout_rows: int = 32  # student samples per rank per iteration, B' = B·G (B data rows per rank)
     group_size: int = 4  # G: consecutive rollout rows normalised together; groups never straddle ranks
     tau_a: float = 1.0  # τ ~ Beta(tau_a, tau_b), clamped to [0.02, 0.98]
@@ -247,7 +247,7 @@ class Config:
         if self.stage != "distill":
             return
         if not self.distill.teacher:
-            raise ConfigError("distill.teacher: required (a pre-training run directory or checkpoint)")
+            raise ConfigError("distill.teacher: required (a pre-training run directory, checkpoint or bundle)")
         rows, group = self.distill.rollout_rows, self.distill.group_size
         if self.data.batch_size is None:
             self.data.batch_size = rows // group

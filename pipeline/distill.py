@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from data_prep.tokenizers import load_tokenizer
@@ -45,6 +46,7 @@ from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, en
                            resume, sample_texts, side_state, start_tracking)
 from pipeline.pretrain import evaluate
 from pipeline.randomness import DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed
+from pipeline.bundle import verify
 from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
 
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -58,23 +60,41 @@ CURVES = {
 }
 
 
+def is_bundle(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
 def check_teacher(cfg: Config) -> Path:
-    """The teacher's checkpoint folder, after checking it is a pre-training checkpoint of the configured
-    model and tokenizer (before any work starts)."""
-    step_dir = resolve_checkpoint(cfg.distill.teacher)
-    meta = read_meta(step_dir)
-    where = f"distill.teacher: {step_dir}"
-    if meta["engines"] != ["model"]:
-        raise CheckpointError(f"{where} holds engines {meta['engines']}, not a pre-training checkpoint")
-    ours = model_signature(cfg)
-    diff = [f"{k} {meta['model'].get(k)} there, {v} in the config" for k, v in ours.items() if meta["model"].get(k) != v]
+    """The teacher's checkpoint folder or inference bundle, after checking that it holds the configured model
+    and tokenizer (before any work starts)."""
+    source = Path(cfg.distill.teacher)
+    if is_bundle(source):
+        manifest = verify(source)
+        where, model, tokenizer = f"distill.teacher: bundle {source}", manifest["model"], manifest["tokenizer"]["fingerprint"]
+    else:
+        source = resolve_checkpoint(source)
+        meta = read_meta(source)
+        where, model, tokenizer = f"distill.teacher: {source}", meta["model"], meta.get("tokenizer")
+        if meta["engines"] != ["model"]:
+            raise CheckpointError(f"{where} holds engines {meta['engines']}, not a pre-training checkpoint")
+    diff = [f"{k} {model.get(k)} there, {v} in the config" for k, v in model_signature(cfg).items() if model.get(k) != v]
     if diff:
         raise CheckpointError(f"{where} holds another model than the config's: {'; '.join(diff)}")
     fingerprint = read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]
-    if meta.get("tokenizer", fingerprint) != fingerprint:
-        raise CheckpointError(f"{where} was trained with tokenizer {meta['tokenizer']}, data.path {cfg.data.path} "
+    if tokenizer not in (None, fingerprint):
+        raise CheckpointError(f"{where} was trained with tokenizer {tokenizer}, data.path {cfg.data.path} "
                               f"holds tokenizer {fingerprint}")
-    return step_dir
+    return source
+
+
+def teacher_weights(cfg: Config, source: Path) -> dict[str, torch.Tensor]:
+    """The teacher's EMA weights: a bundle's model, or a checkpoint's EMA consolidated from its rank files."""
+    if is_bundle(source):
+        return load_file(source / "model.safetensors")
+    m = cfg.model
+    with torch.device("meta"):
+        shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
+    return ema_state_dict(source, shapes)
 
 
 def teacher_copy(cfg: Config, weights: dict[str, torch.Tensor], dropout: float) -> DiT:
@@ -236,15 +256,12 @@ def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, 
 
 
 def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | None = None) -> Distiller:
-    """The DeepSpeed engines of a run, initialised from the teacher checkpoint's EMA weights (or from
-    ``weights``, for benchmarks)."""
+    """The DeepSpeed engines of a run, initialised from the teacher's EMA weights (or from ``weights``, for
+    benchmarks)."""
     teacher_dir = None
     if weights is None:
         teacher_dir = check_teacher(cfg)
-        m = cfg.model
-        with torch.device("meta"):
-            shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
-        weights = ema_state_dict(teacher_dir, shapes)
+        weights = teacher_weights(cfg, teacher_dir)
     student, disc, teacher = initial_models(cfg, weights)
     steps = cfg.train.max_steps
     student, student_opt = build_engine(student, cfg.optim, steps, ds_config(cfg))

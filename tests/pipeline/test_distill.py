@@ -281,3 +281,16 @@ def test_mlflow_run_has_the_stage_metrics_samples_and_curves(tiny_data, teacher,
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert samples == {"samples/step_00000002_4steps.txt", "samples/step_00000002_8steps.txt"}
     assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_teacher_bundle_distils_exactly_as_its_checkpoint(tiny_data, teacher, tmp_path):
+    from pipeline.convert import convert
+
+    bundle = convert(teacher, tmp_path / "teacher_bundle", log=lambda _: None)
+    runs = {}
+    for name, source in (("checkpoint", teacher), ("bundle", bundle)):
+        cfg = distill_settings(tiny_data, source, tmp_path / name, train__max_steps=2, train__checkpoint_every=1000)
+        runs[name] = run_ranks(_run_distill, 1, cfg)[0]
+    assert "error" not in runs["bundle"]
+    assert runs["bundle"]["student/loss"] == runs["checkpoint"]["student/loss"]
+    assert runs["bundle"]["val/nelbo_nats"] == runs["checkpoint"]["val/nelbo_nats"]
