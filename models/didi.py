@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.diffusion import LogLinearSchedule, mask_tokens
-from models.sampler import sample_categorical
+from models.sampler import sample_where
 
 TAU_CLAMP = (0.02, 0.98)
 OMEGA_CLAMP = (0.1, 10.0)
@@ -69,13 +69,13 @@ def two_step_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch
 
     log_p1 = student(z1)
     unmask1 = draw_uniform((seq_len,), generators, device) < ((alpha_tau - alpha_1) / (1 - alpha_1))[:, None]
-    z_tau = torch.where(unmask1, sample_categorical(log_p1.exp()[..., :mask_id], generators), z1)
+    z_tau = torch.where(unmask1, sample_where(log_p1[..., :mask_id], unmask1, generators, torch.exp), z1)
     log_prob = (log_p1.gather(-1, z_tau.unsqueeze(-1)).squeeze(-1) * unmask1).sum(1)
 
     masked2 = z_tau == mask_id
     log_p2 = student(z_tau)
     unmask2 = masked2 & (draw_uniform((seq_len,), generators, device) < ((alpha_0 - alpha_tau) / (1 - alpha_tau))[:, None])
-    x = torch.where(unmask2, sample_categorical(log_p2.exp()[..., :mask_id], generators), z_tau)
+    x = torch.where(unmask2, sample_where(log_p2[..., :mask_id], unmask2, generators, torch.exp), z_tau)
     log_prob = log_prob + (log_p2.gather(-1, x.unsqueeze(-1)).squeeze(-1) * unmask2).sum(1)
     return Rollout(x, z_tau, log_prob, log_p1, log_p2, torch.ones_like(masked2), masked2)
 

@@ -37,13 +37,35 @@ def sample_categorical(probs: torch.Tensor, generator: Generators = None) -> tor
     return (q / e).argmax(dim=-1)
 
 
+def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Draws (B, L) at the positions ``where`` marks only (0 elsewhere): the float64 race costs V draws per
+    position, so positions that keep their token are skipped. ``transform`` maps the selected (n, W)
+    probabilities first; with a list of generators each row draws from its own."""
+    out = torch.zeros(where.shape, dtype=torch.long, device=where.device)
+    transform = transform or (lambda p: p)
+    if isinstance(generator, list):
+        for b, g in enumerate(generator):
+            index = where[b].nonzero(as_tuple=True)[0]
+            if index.numel():
+                out[b, index] = sample_categorical(transform(probs[b, index]), g)
+    elif where.any():
+        out[where] = sample_categorical(transform(probs[where]), generator)
+    return out
+
+
 def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
                    schedule: LogLinearSchedule, generator: Generators = None) -> torch.Tensor:
-    """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s."""
+    """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s (drawn at masked positions only)."""
     alpha_t, alpha_s = (schedule.alpha(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
-    q = x0_probs.double() * ((alpha_s - alpha_t) / (1 - alpha_t))
-    q[..., mask_id] = (1 - alpha_s) / (1 - alpha_t)
-    return torch.where(z == mask_id, sample_categorical(q, generator), z)
+
+    def transition(p: torch.Tensor) -> torch.Tensor:
+        q = p.double() * ((alpha_s - alpha_t) / (1 - alpha_t))
+        q[..., mask_id] = (1 - alpha_s) / (1 - alpha_t)
+        return q
+
+    masked = z == mask_id
+    return torch.where(masked, sample_where(x0_probs, masked, generator, transition), z)
 
 
 def time_grid(steps: int, t_end: float = 1e-5) -> list[float]:
@@ -85,5 +107,5 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
         probs = denoise(z).exp()
         probs[..., mask_id] = 0
         stats.noise_removal_calls += 1
-        z = torch.where(still_masked, sample_categorical(probs, generator), z)
+        z = torch.where(still_masked, sample_where(probs, still_masked, generator), z)
     return z

@@ -22,6 +22,7 @@ from pipeline.bundle import BundleError, load_bundle
 from pipeline.config import ConfigError, EvaluateConfig, load_config, to_dict
 from pipeline.data import TokenShards
 from pipeline.judge import JudgeError, bootstrap_interval, gen_ppl, load_judge, unigram_entropy
+from pipeline.plots import plot_versus_nfe
 from pipeline.sample import sample
 from pipeline.text import render
 from pipeline.tracking import make_tracker
@@ -65,35 +66,6 @@ def markdown(rows: list[dict], judge: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], key: str, label: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys((r["model"], r["sampler"]) for r in rows if r["nfe"] is not None):
-        points = sorted((r["nfe"], r[key], r["interval"]) for r in rows if (r["model"], r["sampler"]) == name)
-        nfe, values = [p[0] for p in points], [p[1] for p in points]
-        if key == "gen_ppl":
-            errors = [[v - p[2][0] for v, p in zip(values, points)], [p[2][1] - v for v, p in zip(values, points)]]
-            ax.errorbar(nfe, values, yerr=errors, marker="o", capsize=3, label=" ".join(name))
-        else:
-            ax.plot(nfe, values, marker="o", label=" ".join(name))
-    if key == "gen_ppl":
-        ax.axhline(rows[0]["gen_ppl"], color="grey", linestyle="--", label="held-out text")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE (denoiser calls)")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
 def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,8 +88,8 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     table = markdown(rows, cfg.judge)
     atomic_write_bytes(out / "results.md", table.encode())
     atomic_write_bytes(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1).encode())
-    plots = [plot(rows, "gen_ppl", "Gen-PPL", out / "genppl_vs_nfe.png"),
-             plot(rows, "seconds_per_sample", "seconds per sample", out / "seconds_vs_nfe.png")]
+    plots = [plot_versus_nfe(rows, "gen_ppl", "Gen-PPL", out / "genppl_vs_nfe.png"),
+             plot_versus_nfe(rows, "seconds_per_sample", "seconds per sample", out / "seconds_vs_nfe.png")]
     tracker = make_tracker(cfg.tracking, True, "evaluate")
     tracker.log_params(to_dict(cfg))
     for r in rows[1:]:

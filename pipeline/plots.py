@@ -38,7 +38,34 @@ def plot_curves(metrics_file: Path, out: Path,
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
+    """Evaluation rows: ``key`` against NFE, one line per (model, sampler), Gen-PPL with its intervals and the
+    held-out reference (the first row) as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys((r["model"], r["sampler"]) for r in rows if r["nfe"] is not None):
+        points = sorted((r["nfe"], r[key], r["interval"]) for r in rows if (r["model"], r["sampler"]) == name)
+        nfe, values = [p[0] for p in points], [p[1] for p in points]
+        if key == "gen_ppl":
+            errors = [[v - p[2][0] for v, p in zip(values, points)], [p[2][1] - v for v, p in zip(values, points)]]
+            ax.errorbar(nfe, values, yerr=errors, marker="o", capsize=3, label=" ".join(name))
+        else:
+            ax.plot(nfe, values, marker="o", label=" ".join(name))
+    if key == "gen_ppl":
+        ax.axhline(rows[0]["gen_ppl"], color="grey", linestyle="--", label="held-out text")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (denoiser calls)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out)

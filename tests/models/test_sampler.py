@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models.diffusion import NEG_INF, LogLinearSchedule
-from models.sampler import SamplerStats, ancestral_sample, sample_categorical, time_grid
+from models.sampler import SamplerStats, ancestral_sample, sample_categorical, sample_where, time_grid
 
 V = 5
 MASK = V
@@ -76,3 +76,14 @@ def test_one_generator_per_row_makes_each_rows_draw_depend_on_its_own_key_only()
     together = sample_categorical(probs, gens(10, 11, 12))
     assert torch.equal(together[1], sample_categorical(probs[1], torch.Generator().manual_seed(11)))
     assert torch.equal(sample_categorical(probs[1:], gens(11, 12)), together[1:])  # another split, same rows
+
+
+def test_draws_are_made_only_where_asked():
+    probs = torch.rand(2, 6, 5)
+    where = torch.tensor([[True, False, True, False, False, True], [False] * 6])
+    draws = sample_where(probs, where, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    assert (draws[~where] == 0).all()
+    # the first row's draws are those of a race over its three selected positions, from its own generator
+    assert torch.equal(draws[0, where[0]], sample_categorical(probs[0, where[0]], torch.Generator().manual_seed(1)))
+    shared = sample_where(probs, where, torch.Generator().manual_seed(3), transform=lambda p: p * 0 + torch.eye(5)[4])
+    assert (shared[where] == 4).all()  # the transform applies to the selected rows before the draw
