@@ -282,6 +282,14 @@ class EvaluateConfig:
     judge_context: int = 1024
     judge_batch_size: int = 8
     bootstrap_rounds: int = 1000
+    # Entropy-matched control (spec §7): per student sampler, the teacher at the temperature whose entropy
+    # matches the student's at control_student_steps; a student that does not beat it has only sharpened.
+    entropy_control: bool = True
+    control_steps: Optional[int] = None  # the control's teacher steps; None: the largest of teacher_steps
+    control_student_steps: int = 16  # must be one of student_steps
+    control_search_steps: int = 32  # teacher steps while searching T (entropy barely depends on the steps)
+    control_search_samples: int = 32
+    control_search_rounds: int = 6  # bisection of log T over [0.1, 1]
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
@@ -290,8 +298,15 @@ class EvaluateConfig:
         for name in ("teacher_steps", "student_steps"):
             if min(getattr(self, name), default=1) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)}: every step count must be at least 1")
-        for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds"):
+        for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds",
+                     "control_student_steps", "control_search_steps", "control_search_samples",
+                     "control_search_rounds"):
             _positive(name, getattr(self, name))
+        if self.control_steps is not None:
+            _positive("control_steps", self.control_steps)
+        if self.entropy_control and self.student and self.control_student_steps not in self.student_steps:
+            raise ConfigError(f"control_student_steps: {self.control_student_steps} is not one of student_steps "
+                              f"{self.student_steps} (or set entropy_control: false)")
 
 
 @dataclass

@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
 from pipeline import config as C
-from pipeline.config import ConfigError, PrepareConfig, load_config, save_resolved
+from pipeline.config import ConfigError, EvaluateConfig, PrepareConfig, load_config, save_resolved
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -123,3 +125,18 @@ def test_training_sections_are_validated(tmp_path):
         load_config(write(tmp_path, GOOD), ["train.ema=1.0"])
     with pytest.raises(ConfigError, match="optim.betas"):
         load_config(write(tmp_path, GOOD), ["optim.betas=[0.9]"])
+
+
+SHIPPED = sorted((Path(__file__).parents[2] / "launch" / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    data = yaml.safe_load(path.read_text())
+    if "inputs" in data:
+        cfg = load_config(path, ["out=/tmp/x"], PrepareConfig)
+        assert cfg.inputs
+    elif "stage" in data:
+        assert load_config(path).stage == data["stage"]
+    else:
+        assert load_config(path, cls=EvaluateConfig).teacher_steps

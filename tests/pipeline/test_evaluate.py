@@ -65,17 +65,36 @@ def test_evaluation_writes_the_table_json_plots_and_samples(bundles, tiny_judge,
     args = ["--config", "/dev/null", "--set", f"teacher={bundles['teacher']}", "--set", f"student={bundles['student']}",
             "--set", f"data={tiny_data}", "--set", f"out={tmp_path / 'eval'}", "--set", f"judge={tiny_judge}",
             "--set", "teacher_steps=[4, 8]", "--set", "student_steps=[4]", "--set", "num_samples=4",
-            "--set", "batch_size=2", "--set", "bootstrap_rounds=50", "--set", "tracking.backend=none"]
+            "--set", "batch_size=2", "--set", "bootstrap_rounds=50", "--set", "tracking.backend=none",
+            "--set", "control_student_steps=4", "--set", "control_search_steps=4", "--set", "control_search_samples=2",
+            "--set", "control_search_rounds=2"]
     assert main(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
-    assert [(r["model"], r["sampler"], r["steps"]) for r in results] == [
-        ("held-out text", "-", None), ("teacher", "ancestral", 4), ("teacher", "ancestral", 8),
-        ("student", "ancestral", 4), ("student", "rgas", 4)]
+    assert [(r["model"], r["sampler"], r["steps"], r["control_for"]) for r in results] == [
+        ("held-out text", "-", None, None), ("teacher", "ancestral", 4, None), ("teacher", "ancestral", 8, None),
+        ("student", "ancestral", 4, None), ("student", "rgas", 4, None),
+        ("teacher", "ancestral", 8, "student ancestral 4"), ("teacher", "ancestral", 8, "student rgas 4")]
     for r in results:
         assert r["samples"] == 4 and r["interval"][0] <= r["gen_ppl"] <= r["interval"][1] and r["masks_left"] == 0
     assert all(r["nfe"] <= r["steps"] for r in results[1:])
+    assert all(0.1 <= r["temperature"] <= 1.0 for r in results[1:])
     table = (tmp_path / "eval" / "results.md").read_text()
-    assert "| teacher | ancestral | 8 |" in table and "| student | rgas | 4 |" in table
+    assert "| teacher | ancestral | 8 | 1.00 |" in table and "| student | rgas | 4 | 1.00 |" in table
+    assert "| teacher (entropy-matched to student rgas 4) | ancestral | 8 |" in table
     for name in ("genppl_vs_nfe.png", "seconds_vs_nfe.png", "samples/student_rgas_4.jsonl"):
         assert (tmp_path / "eval" / name).is_file()
     assert main(args + ["--set", "teacher_steps=[0]"]) == 2
+    assert main(args + ["--set", "control_student_steps=16"]) == 2  # not one of student_steps
+
+
+def test_the_control_temperature_is_found_by_bisection(monkeypatch):
+    from pipeline import evaluate
+    from pipeline.config import EvaluateConfig
+
+    calls = []
+    monkeypatch.setattr(evaluate, "mean_entropy", lambda b, t, c, temperature: calls.append(temperature) or 3 + temperature)
+    cfg = EvaluateConfig(teacher="t", data="d", control_search_rounds=12)
+    assert evaluate.matching_temperature(None, None, cfg, 3.5) == pytest.approx(0.5, rel=1e-3)
+    assert len(calls) == 13 and calls[0] == 1.0
+    assert evaluate.matching_temperature(None, None, cfg, 4.2) == 1.0  # the teacher is not above the target
+    assert evaluate.matching_temperature(None, None, cfg, 2.0) == pytest.approx(0.1, rel=1e-3)  # the floor

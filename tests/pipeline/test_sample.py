@@ -36,6 +36,24 @@ def test_samples_are_reproducible_and_do_not_depend_on_the_batch_size(bundles, t
     assert all(r["discriminator_forward"] == 0 and r["noise_removal_calls"] <= 1 for r in a)
 
 
+def test_a_low_temperature_takes_the_most_likely_token(bundles, tmp_path):
+    """One step from all-[MASK] unmasks every position at once; at T -> 0 each takes argmax x_θ, whatever the seed."""
+    import torch
+
+    from pipeline.bundle import load_bundle
+
+    bundle = load_bundle(bundles["teacher"])
+    z = torch.full((1, bundle.seq_len), bundle.mask_id)
+    with torch.no_grad():
+        logits = bundle.model(z, torch.zeros(1))[0]
+    logits[:, bundle.mask_id] = -float("inf")
+    args = ["--steps", "1", "--num-samples", "2", "--temperature", "1e-4"]
+    cold = [run_sampler(bundles["teacher"], tmp_path / f"{s}.jsonl", *args, "--seed", s) for s in ("0", "1")]
+    assert cold[0][0]["token_ids"] == cold[0][1]["token_ids"] == cold[1][0]["token_ids"] == logits.argmax(-1).tolist()
+    warm = run_sampler(bundles["teacher"], tmp_path / "warm.jsonl", "--steps", "1", "--num-samples", "2")
+    assert warm[0]["token_ids"] != warm[1]["token_ids"] and warm[0]["temperature"] == 1.0
+
+
 def test_a_prefix_survives_sampling(bundles, tmp_path):
     from data_prep.tokenizers import load_tokenizer
 
@@ -60,6 +78,7 @@ def test_bad_requests_are_refused_and_write_nothing(bundles, tmp_path, capsys):
     out = tmp_path / "x.jsonl"
     cases = [
         ([str(bundles["teacher"]), "--steps", "0"], "at least one sampling step"),
+        ([str(bundles["teacher"]), "--steps", "4", "--temperature", "0"], "--temperature: 0.0; it must be positive"),
         ([str(bundles["teacher"]), "--steps", "4", "--sampler", "rgas"], "has no discriminator (teacher bundle)"),
         ([str(bundles["student"]), "--steps", "4", "--prefix", "word " * 200], "leave no room in sequences of 64"),
         ([str(tmp_path / "nowhere"), "--steps", "4"], "not a bundle (no manifest.json)"),
