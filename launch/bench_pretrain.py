@@ -120,7 +120,7 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
 
     from pipeline.distributed import setup
     from pipeline.engine import build_engine, build_model, ds_config
-    from pipeline.pretrain import nelbo_terms
+    from pipeline.pretrain import loss_terms
 
     d = setup()
     cfg = bench_config(size, seq_len, batch, stage)
@@ -130,8 +130,7 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
     autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
     def step(x, i):
-        t, z = corrupt(x, cfg, d, LogLinearSchedule(), 1, i)
-        engine.backward(nelbo_terms(engine, x, t, z, cfg, autocast).mean())
+        engine.backward(loss_terms(engine, x, cfg, d, autocast, 1, i).mean())
         engine.step()
 
     times = time_steps(step, batches(cfg, d, 4), steps, repeats, dist.barrier)

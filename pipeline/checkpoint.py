@@ -62,7 +62,8 @@ def _barrier() -> None:
 
 def model_signature(cfg: Config) -> dict:
     m = cfg.model
-    return {k: getattr(m, k) for k in ("hidden_size", "num_layers", "num_heads", "cond_dim", "vocab_size", "seq_len")}
+    signature = {k: getattr(m, k) for k in ("hidden_size", "num_layers", "num_heads", "cond_dim", "vocab_size", "seq_len")}
+    return {**signature, "causal": True} if m.causal else signature
 
 
 def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side: dict) -> Path:

@@ -70,6 +70,7 @@ class ModelConfig:
     seq_len: int = 1024
     vocab_size: int = 50257  # real tokens V; [MASK] is id V
     tokenizer_fingerprint: Optional[str] = None  # None: accept the dataset's tokenizer
+    causal: bool = False  # an autoregressive LM on next-token loss: the in-domain judge of the evaluation
 
     def validate(self) -> None:
         from models.sizes import SIZES
@@ -246,6 +247,9 @@ class Config:
     def validate(self) -> None:
         if self.stage != "distill":
             return
+        if self.model.causal:
+            raise ConfigError("model.causal: an autoregressive model cannot be distilled (it is a judge, not a "
+                              "diffusion model)")
         if not self.distill.teacher:
             raise ConfigError("distill.teacher: required (a pre-training run directory, checkpoint or bundle)")
         rows, group = self.distill.rollout_rows, self.distill.group_size
@@ -279,6 +283,7 @@ class EvaluateConfig:
     batch_size: int = 16
     seed: int = 0
     judge: str = "smollm2"  # smollm2 | a .gguf file | a transformers model directory
+    in_domain_judge: Optional[str] = None  # a judge bundle trained on this corpus (model.causal: true)
     judge_context: int = 1024
     judge_batch_size: int = 8
     bootstrap_rounds: int = 1000

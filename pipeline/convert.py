@@ -75,6 +75,8 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
     if kind is None:
         raise CheckpointError(f"{step_dir}: engines {meta['engines']} are neither a pre-training nor a distillation "
                               "checkpoint")
+    if kind == "teacher" and cfg.model.causal:
+        kind = "judge"  # an autoregressive model trained by the same stage
     tokenizer = Path(cfg.data.path) / "tokenizer"
     try:
         tok = load_tokenizer(tokenizer)

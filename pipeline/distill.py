@@ -77,6 +77,8 @@ def check_teacher(cfg: Config) -> Path:
         where, model, tokenizer = f"distill.teacher: {source}", meta["model"], meta.get("tokenizer")
         if meta["engines"] != ["model"]:
             raise CheckpointError(f"{where} holds engines {meta['engines']}, not a pre-training checkpoint")
+    if model.get("causal"):
+        raise CheckpointError(f"{where} is an autoregressive model (an in-domain judge), not a diffusion teacher")
     diff = [f"{k} {model.get(k)} there, {v} in the config" for k, v in model_signature(cfg).items() if model.get(k) != v]
     if diff:
         raise CheckpointError(f"{where} holds another model than the config's: {'; '.join(diff)}")

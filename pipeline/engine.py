@@ -20,7 +20,7 @@ def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None 
         context = deepspeed.zero.Init(config_dict_or_path=ds_config)
     with context:
         return DiT(model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim,
-                   dropout=model.dropout)
+                   dropout=model.dropout, causal=model.causal)
 
 
 class GuardedAdamW(torch.optim.AdamW):

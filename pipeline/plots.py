@@ -52,22 +52,24 @@ def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
     """Evaluation rows: ``key`` against NFE, one line per (model, sampler) and one point per entropy-matched
     control, Gen-PPL with its intervals and the held-out reference (the first row) as a dashed line."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    interval = key.replace("gen_ppl", "interval") if "gen_ppl" in key else None  # with a held-out reference
 
     def series(r):
         return (r["model"], r["sampler"], r.get("control_for"))
 
     for name in dict.fromkeys(series(r) for r in rows if r["nfe"] is not None):
-        points = sorted((r["nfe"], r[key], r["interval"], r.get("temperature")) for r in rows if series(r) == name)
+        points = sorted(((r["nfe"], r[key], r.get(interval), r.get("temperature")) for r in rows if series(r) == name),
+                        key=lambda p: p[0])
         nfe, values = [p[0] for p in points], [p[1] for p in points]
-        label = " ".join(name[:2]) if name[2] is None else f"teacher T={points[0][3]:.2f} (entropy of {name[2]})"
+        legend = " ".join(name[:2]) if name[2] is None else f"teacher T={points[0][3]:.2f} (entropy of {name[2]})"
         style = {"marker": "o"} if name[2] is None else {"marker": "*", "markersize": 10, "linestyle": "none"}
-        if key == "gen_ppl":
+        if interval is not None:
             errors = [[v - p[2][0] for v, p in zip(values, points)], [p[2][1] - v for v, p in zip(values, points)]]
-            ax.errorbar(nfe, values, yerr=errors, capsize=3, label=label, **style)
+            ax.errorbar(nfe, values, yerr=errors, capsize=3, label=legend, **style)
         else:
-            ax.plot(nfe, values, label=label, **style)
-    if key == "gen_ppl":
-        ax.axhline(rows[0]["gen_ppl"], color="grey", linestyle="--", label="held-out text")
+            ax.plot(nfe, values, label=legend, **style)
+    if interval is not None:
+        ax.axhline(rows[0][key], color="grey", linestyle="--", label="held-out text")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("NFE (denoiser calls)")

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from data_prep.tokenizers import load_tokenizer
+from models.autoregressive import next_token_nll
 from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
 from pipeline import checkpoint
 from pipeline.config import Config
@@ -41,29 +42,41 @@ def corrupt(x: torch.Tensor, cfg: Config, d: Dist, schedule: LogLinearSchedule, 
     return t, mask_tokens(x, 1 - schedule.alpha(t), cfg.model.vocab_size, u=u)
 
 
-def nelbo_terms(engine, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cfg: Config, autocast) -> torch.Tensor:
+def loss_terms(engine, x: torch.Tensor, cfg: Config, d: Dist, autocast, *keys: int) -> torch.Tensor:
+    """Per-token loss terms: the NELBO's at masked positions of z_t (draws keyed by ``keys``), or, for a causal
+    model, the next-token NLL of every position after the first."""
+    zeros = torch.zeros(x.shape[0], device=x.device)
+    if cfg.model.causal:
+        with autocast():
+            logits = engine(x, zeros)
+        return next_token_nll(logits, x, cfg.model.vocab_size)
+    t, z = corrupt(x, cfg, d, LogLinearSchedule(), *keys)
     with autocast():
-        logits = engine(z, torch.zeros(x.shape[0], device=x.device))
+        logits = engine(z, zeros)
     return nelbo_per_token(subs_log_probs(logits, z, cfg.model.vocab_size), x, z, t, cfg.model.vocab_size,
                            LogLinearSchedule())
 
 
+def val_key(cfg: Config) -> str:
+    return "val/nll_nats" if cfg.model.causal else "val/nelbo_nats"
+
+
 @torch.no_grad()
 def evaluate(engine, ema: EMA, val: TokenLoader, cfg: Config, d: Dist, autocast) -> dict[str, float]:
-    """Validation NELBO of the EMA weights on the first ``eval_batches`` batches, same masks every time."""
+    """Validation NELBO (next-token NLL for a causal model) of the EMA weights on the first ``eval_batches``
+    batches, same masks every time."""
     val.epoch, val.position = 0, 0
     total, count = 0.0, 0
     engine.eval()
     with ema.swapped_in():
         for i, batch in enumerate(itertools.islice(iter(val), cfg.train.eval_batches)):
-            x = batch["input_ids"].to(d.device)
-            t, z = corrupt(x, cfg, d, LogLinearSchedule(), EVAL, i)
-            total += nelbo_terms(engine, x, t, z, cfg, autocast).double().sum().item()
-            count += x.numel()
+            terms = loss_terms(engine, batch["input_ids"].to(d.device), cfg, d, autocast, EVAL, i)
+            total += terms.double().sum().item()
+            count += terms.numel()
     engine.train()
     total, count = all_reduce_sum(total, count, device=d.device)
     nats = total / count
-    return {"val/nelbo_nats": nats, "val/bits_per_token": nats / math.log(2)}
+    return {val_key(cfg): nats, "val/bits_per_token": nats / math.log(2)}
 
 
 def pretrain(cfg: Config, d: Dist) -> dict:
@@ -95,9 +108,8 @@ def pretrain(cfg: Config, d: Dist) -> dict:
         step_loss = 0.0
         for micro in range(cfg.train.grad_accum):
             x = next(stream)["input_ids"].to(d.device)
-            t, z = corrupt(x, cfg, d, LogLinearSchedule(), TRAIN, step, micro)
             torch.manual_seed(keyed_seed(cfg.run.seed, DROPOUT, step, micro, d.rank))
-            loss = nelbo_terms(engine, x, t, z, cfg, autocast).mean()
+            loss = loss_terms(engine, x, cfg, d, autocast, TRAIN, step, micro).mean()
             engine.backward(loss)
             engine.step()
             step_loss += loss.item() / cfg.train.grad_accum
@@ -128,9 +140,9 @@ def pretrain(cfg: Config, d: Dist) -> dict:
             record(tracker, out_dir, d, step, evaluation)
             if d.is_main:
                 tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
-                           f" val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token "
+                           f" val {'NLL' if cfg.model.causal else 'NELBO'} {evaluation[val_key(cfg)]:.4f} nats/token "
                            f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
-        if due(step, cfg.train.sample_every, cfg):
+        if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
             log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
         if due(step, cfg.train.checkpoint_every, cfg):
             checkpoint.save(cfg, {"model": engine}, step, d.rank, d.world_size,

@@ -8,6 +8,7 @@ import torch
 
 from pipeline.evaluate import main
 from pipeline.judge import JudgeError, bootstrap_interval, gen_ppl, load_judge, unigram_entropy
+from tests.pipeline.test_in_domain_judge import judge_bundle  # noqa: F401  (a fixture)
 from tests.pipeline.test_sample import bundles  # noqa: F401  (a fixture)
 
 
@@ -47,11 +48,11 @@ def test_the_judge_scores_every_token_given_its_prefix(tiny_judge):
     texts = ["To be, or not to be", "Fair is foul, and foul is fair: hover through the fog."]
     scores = judge.score(texts)
     for text, (nll, count) in zip(texts, scores):  # brute force: one prefix at a time, no padding
-        ids = [judge.bos] + judge.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = [judge.bos] + judge.encode(text)
         reference = 0.0
         for k in range(1, len(ids)):
             with torch.no_grad():
-                logits = judge.model(input_ids=torch.tensor([ids[:k]])).logits[0, -1]
+                logits = judge.logits(torch.tensor([ids[:k]]), torch.ones(1, k, dtype=torch.long))[0, -1]
             reference -= torch.log_softmax(logits.double(), -1)[ids[k]].item()
         assert count == len(ids) - 1 and nll == pytest.approx(reference, rel=1e-4)
 
@@ -61,13 +62,14 @@ def test_a_missing_judge_says_how_to_install_it(tmp_path):
         load_judge(str(tmp_path / "nowhere"))
 
 
-def test_evaluation_writes_the_table_json_plots_and_samples(bundles, tiny_judge, tiny_data, tmp_path):  # noqa: F811
+def test_evaluation_writes_the_table_json_plots_and_samples(bundles, judge_bundle, tiny_judge, tiny_data,  # noqa: F811
+                                                             tmp_path):
     args = ["--config", "/dev/null", "--set", f"teacher={bundles['teacher']}", "--set", f"student={bundles['student']}",
             "--set", f"data={tiny_data}", "--set", f"out={tmp_path / 'eval'}", "--set", f"judge={tiny_judge}",
             "--set", "teacher_steps=[4, 8]", "--set", "student_steps=[4]", "--set", "num_samples=4",
             "--set", "batch_size=2", "--set", "bootstrap_rounds=50", "--set", "tracking.backend=none",
             "--set", "control_student_steps=4", "--set", "control_search_steps=4", "--set", "control_search_samples=2",
-            "--set", "control_search_rounds=2"]
+            "--set", "control_search_rounds=2", "--set", f"in_domain_judge={judge_bundle}"]
     assert main(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     assert [(r["model"], r["sampler"], r["steps"], r["control_for"]) for r in results] == [
@@ -76,15 +78,19 @@ def test_evaluation_writes_the_table_json_plots_and_samples(bundles, tiny_judge,
         ("teacher", "ancestral", 8, "student ancestral 4"), ("teacher", "ancestral", 8, "student rgas 4")]
     for r in results:
         assert r["samples"] == 4 and r["interval"][0] <= r["gen_ppl"] <= r["interval"][1] and r["masks_left"] == 0
+        assert r["in_domain_interval"][0] <= r["in_domain_gen_ppl"] <= r["in_domain_interval"][1]
+        assert r["in_domain_gen_ppl"] != r["gen_ppl"]
     assert all(r["nfe"] <= r["steps"] for r in results[1:])
     assert all(0.1 <= r["temperature"] <= 1.0 for r in results[1:])
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| teacher | ancestral | 8 | 1.00 |" in table and "| student | rgas | 4 | 1.00 |" in table
     assert "| teacher (entropy-matched to student rgas 4) | ancestral | 8 |" in table
-    for name in ("genppl_vs_nfe.png", "seconds_vs_nfe.png", "samples/student_rgas_4.jsonl"):
+    assert "| Gen-PPL | in-domain Gen-PPL | entropy |" in table and "in-domain judge: " in table
+    for name in ("genppl_vs_nfe.png", "seconds_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "samples/student_rgas_4.jsonl"):
         assert (tmp_path / "eval" / name).is_file()
     assert main(args + ["--set", "teacher_steps=[0]"]) == 2
     assert main(args + ["--set", "control_student_steps=16"]) == 2  # not one of student_steps
+    assert main(args + ["--set", f"in_domain_judge={bundles['teacher']}"]) == 2  # not a judge bundle
 
 
 def test_the_control_temperature_is_found_by_bisection(monkeypatch):

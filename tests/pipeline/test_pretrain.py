@@ -112,9 +112,9 @@ def _run_with_nan_losses(rank, world_size, cfg_dict, poisoned_steps):
     """Pre-training whose loss is NaN on the given (1-based) training steps."""
     import pipeline.pretrain as stage
 
-    real, calls = stage.nelbo_terms, []
+    real, calls = stage.loss_terms, []
 
-    def nelbo_terms(*args, **kwargs):
+    def loss_terms(*args, **kwargs):
         terms = real(*args, **kwargs)
         if torch.is_grad_enabled():
             calls.append(1)
@@ -122,7 +122,7 @@ def _run_with_nan_losses(rank, world_size, cfg_dict, poisoned_steps):
                 return terms * float("nan")
         return terms
 
-    stage.nelbo_terms = nelbo_terms
+    stage.loss_terms = loss_terms
     return _run_pretrain(rank, world_size, cfg_dict)
 
 

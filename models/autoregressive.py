@@ -1,0 +1,17 @@
+"""Next-token log-likelihood of a causal DiT (``DiT(causal=True)``): the loss of the in-domain judge and its score.
+
+The output at position i predicts token i + 1; the [MASK] column is never a target, so it is left out of the
+softmax. The first position ([BOS]) is context only.
+"""
+from __future__ import annotations
+
+import torch
+
+from models.diffusion import NEG_INF
+
+
+def next_token_nll(logits: torch.Tensor, x: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """(B, L − 1) in fp32: −log p(x_{i+1} | x_{≤ i}) from logits (B, L, V + 1) of the causal model on x (B, L)."""
+    logits = logits[:, :-1].float().clone()
+    logits[..., mask_id] += NEG_INF
+    return -torch.log_softmax(logits, dim=-1).gather(-1, x[:, 1:, None]).squeeze(-1)
