@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.diffusion import LogLinearSchedule, mask_tokens
-from models.sampler import sample_where
+from models.sampler import draw_uniform, sample_where
 
 TAU_CLAMP = (0.02, 0.98)
 OMEGA_CLAMP = (0.1, 10.0)
@@ -37,10 +37,6 @@ def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
     """π(τ) of Beta(a, b), for the optional importance weight ω/π."""
     log_norm = torch.lgamma(torch.tensor(a + b)) - torch.lgamma(torch.tensor(a)) - torch.lgamma(torch.tensor(b))
     return torch.exp(log_norm + (a - 1) * torch.log(tau) + (b - 1) * torch.log1p(-tau))
-
-
-def draw_uniform(shape_per_row: tuple[int, ...], generators: list[torch.Generator], device) -> torch.Tensor:
-    return torch.stack([torch.rand(shape_per_row, generator=g, device=g.device) for g in generators]).to(device)
 
 
 @dataclass
@@ -68,13 +64,13 @@ def two_step_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch
     z1 = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
 
     log_p1 = student(z1)
-    unmask1 = draw_uniform((seq_len,), generators, device) < ((alpha_tau - alpha_1) / (1 - alpha_1))[:, None]
+    unmask1 = draw_uniform((rows, seq_len), generators, device) < ((alpha_tau - alpha_1) / (1 - alpha_1))[:, None]
     z_tau = torch.where(unmask1, sample_where(log_p1[..., :mask_id], unmask1, generators, torch.exp), z1)
     log_prob = (log_p1.gather(-1, z_tau.unsqueeze(-1)).squeeze(-1) * unmask1).sum(1)
 
     masked2 = z_tau == mask_id
     log_p2 = student(z_tau)
-    unmask2 = masked2 & (draw_uniform((seq_len,), generators, device) < ((alpha_0 - alpha_tau) / (1 - alpha_tau))[:, None])
+    unmask2 = masked2 & (draw_uniform((rows, seq_len), generators, device) < ((alpha_0 - alpha_tau) / (1 - alpha_tau))[:, None])
     x = torch.where(unmask2, sample_where(log_p2[..., :mask_id], unmask2, generators, torch.exp), z_tau)
     log_prob = log_prob + (log_p2.gather(-1, x.unsqueeze(-1)).squeeze(-1) * unmask2).sum(1)
     return Rollout(x, z_tau, log_prob, log_p1, log_p2, torch.ones_like(masked2), masked2)
@@ -84,7 +80,7 @@ def coupled_corruption(x_fake: torch.Tensor, x_real: torch.Tensor, tau: torch.Te
                        schedule: LogLinearSchedule, generators: list[torch.Generator]):
     """Mask fake and real rows at the same level 1 − α(τ_i) per row (fresh masks for each side)."""
     level = 1 - schedule.alpha(tau)
-    shape, device = (x_fake.shape[1],), x_fake.device
+    shape, device = x_fake.shape, x_fake.device
     z_fake = mask_tokens(x_fake, level, mask_id, u=draw_uniform(shape, generators, device))
     z_real = mask_tokens(x_real, level, mask_id, u=draw_uniform(shape, generators, device))
     return z_fake, z_real

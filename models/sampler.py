@@ -54,18 +54,25 @@ def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators
     return out
 
 
+def draw_uniform(shape: tuple[int, ...], generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
+    """U(0, 1) draws of ``shape`` (B, ...); with a list of generators, row b comes from generator b."""
+    if isinstance(generator, list):
+        return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
 def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
                    schedule: LogLinearSchedule, generator: Generators = None) -> torch.Tensor:
-    """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s (drawn at masked positions only)."""
+    """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s.
+
+    The (V + 1)-way transition in two draws: a masked position unmasks with probability (α_s − α_t)/(1 − α_t)
+    (a float64 uniform), and only then takes a token from x_θ, so the float64 race over V runs where a token
+    appears, not at every masked position of every step."""
     alpha_t, alpha_s = (schedule.alpha(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
-
-    def transition(p: torch.Tensor) -> torch.Tensor:
-        q = p.double() * ((alpha_s - alpha_t) / (1 - alpha_t))
-        q[..., mask_id] = (1 - alpha_s) / (1 - alpha_t)
-        return q
-
-    masked = z == mask_id
-    return torch.where(masked, sample_where(x0_probs, masked, generator, transition), z)
+    unmask = (z == mask_id) & (draw_uniform(z.shape, generator, z.device, torch.float64)
+                               < ((alpha_s - alpha_t) / (1 - alpha_t)).item())
+    return torch.where(unmask, sample_where(x0_probs[..., :mask_id], unmask, generator), z)
 
 
 def time_grid(steps: int, t_end: float = 1e-5) -> list[float]:

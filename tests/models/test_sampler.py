@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models.diffusion import NEG_INF, LogLinearSchedule
-from models.sampler import SamplerStats, ancestral_sample, sample_categorical, sample_where, time_grid
+from models.sampler import SamplerStats, ancestral_sample, ancestral_step, sample_categorical, sample_where, time_grid
 
 V = 5
 MASK = V
@@ -87,3 +87,18 @@ def test_draws_are_made_only_where_asked():
     assert torch.equal(draws[0, where[0]], sample_categorical(probs[0, where[0]], torch.Generator().manual_seed(1)))
     shared = sample_where(probs, where, torch.Generator().manual_seed(3), transform=lambda p: p * 0 + torch.eye(5)[4])
     assert (shared[where] == 4).all()  # the transform applies to the selected rows before the draw
+
+
+def test_one_step_has_the_spec_transition_probabilities():
+    """p(z_s = v) = (α_s − α_t)/(1 − α_t) · x_θ[v], p(z_s = MASK) = (1 − α_s)/(1 − α_t); unmasked positions copied."""
+    schedule = LogLinearSchedule()
+    x0 = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0, 0.0])  # V = 5 real tokens, [MASK] = 5 has probability 0
+    z = torch.full((100_000, 2), MASK)
+    z[:, 1] = 3
+    out = ancestral_step(z, x0.expand(*z.shape, V + 1), 0.8, 0.3, MASK, schedule, torch.Generator().manual_seed(4))
+    alpha = lambda t: schedule.alpha(torch.tensor(t, dtype=torch.float64)).item()  # noqa: E731
+    unmask = (alpha(0.3) - alpha(0.8)) / (1 - alpha(0.8))
+    expected = torch.cat([unmask * x0[:V].double(), torch.tensor([1 - unmask], dtype=torch.float64)])
+    freq = torch.bincount(out[:, 0], minlength=V + 1).double() / len(out)
+    assert torch.allclose(freq, expected, atol=0.005)  # sd at most 0.0016
+    assert (out[:, 1] == 3).all()
