@@ -3,7 +3,7 @@
 #   bash launch/regime.sh NAME [--set key=value ...]
 # prepares launch/configs/regimes/NAME_prepare.yaml, pre-trains NAME_pretrain.yaml (overrides apply there) on
 # RANKS ranks, converts the teacher and judges it with the plain sampler at every step count of
-# teacher_steps.yaml. Writes runs/regimes/NAME/ and the table to launch/results/regimes/NAME_STEPSsteps.{md,json}.
+# teacher_steps.yaml. Writes runs/regimes/NAME/, and the table and plot to launch/results/regimes/NAME_STEPSsteps.*
 # Rerunning reuses finished work and resumes training: `--set train.max_steps=N` trains the same teacher longer.
 source "$(dirname "$0")/setup_env.sh"
 NAME="${1:?usage: bash launch/regime.sh NAME [--set key=value ...]}"
@@ -50,6 +50,7 @@ summary = (f"Regime `{name}`: tokenizer {manifest['tokenizer']['kind']} (V = {ma
            f"{ratio:.2f}.\n\n")
 results = Path("launch/results/regimes")
 results.mkdir(parents=True, exist_ok=True)
+(results / f"{name}_{step}steps.png").write_bytes((out / "evaluate" / "genppl_vs_nfe.png").read_bytes())
 (results / f"{name}_{step}steps.md").write_text(summary + (out / "evaluate" / "results.md").read_text())
 (results / f"{name}_{step}steps.json").write_text(json.dumps({"regime": name, "train_seconds": seconds, "val_nelbo_nats":
     last["val/nelbo_nats"], "steps_ratio": ratio, **json.loads((out / "evaluate" / "results.json").read_text())}, indent=1))
