@@ -22,7 +22,7 @@ def read_metrics(path: Path) -> dict[int, dict]:
 def plot_curves(metrics_file: Path, out: Path,
                 panels: dict[str, tuple[str, ...]] | None = None) -> Path:
     """One panel per entry of ``panels`` (title → metric keys); default: the pre-training losses."""
-    panels = panels or {"nats per token": ("train/loss_nats", "val/nelbo_nats")}
+    panels = panels or {"nats per token": ("train/loss_nats", "val/nelbo_nats", "val/nll_nats")}
     rows = read_metrics(metrics_file)
     columns = min(3, len(panels))
     rows_of_panels = -(-len(panels) // columns)

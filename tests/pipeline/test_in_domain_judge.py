@@ -13,6 +13,7 @@ from pipeline.convert import convert
 from pipeline.data import TokenShards
 from pipeline.distributed import run_ranks
 from pipeline.judge import JudgeError, gen_ppl, in_domain_judge, load_judge
+from pipeline.plots import read_metrics
 from pipeline.text import render
 from tests.pipeline.test_pretrain import _run_pretrain, settings
 
@@ -28,6 +29,9 @@ def judge_bundle(tiny_data, tmp_path_factory):
 def test_the_judge_bundle_scores_every_token_given_its_prefix(judge_bundle):
     bundle = load_bundle(judge_bundle)
     assert bundle.manifest["kind"] == "judge" and bundle.manifest["model"]["causal"] is True
+    logged = read_metrics(judge_bundle.parent / "run" / "metrics.jsonl")[60]
+    assert "val/nll_nats" in logged and "val/nelbo_nats" not in logged  # the causal model's own metric
+    assert (judge_bundle.parent / "run" / "curves.png").is_file()
     judge = load_judge(str(judge_bundle), batch_size=2)
     texts = ["To be, or not to be", "Fair is foul, and foul is fair: hover through the fog.", "A"]
     for text, (nll, count) in zip(texts, judge.score(texts)):  # brute force: one prefix at a time, no padding
