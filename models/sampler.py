@@ -1,9 +1,11 @@
-"""The MDLM ancestral sampler with float64 categorical draws, caching of unchanged steps and an honest NFE count.
+"""The MDLM ancestral sampler with float64 categorical draws, caching of unchanged rows and an honest NFE count.
 
 For s < t, a masked position becomes token v with probability (α_s − α_t)/(1 − α_t) · x_θ(z_t)[v] and stays
 masked with probability (1 − α_s)/(1 − α_t); unmasked positions are copied. The network is not
-time-conditioned, so when a step changes no token the previous x_θ is reused: NFE counts the denoiser calls
-actually made in the N-step loop. A final noise-removal pass (counted apart) fills any position still masked.
+time-conditioned, so a row that a step leaves unchanged keeps its previous x_θ: only the rows that changed are
+recomputed, and NFE counts the denoiser evaluations each row actually got in the N-step loop (with many
+steps and L tokens, at most about L per row). A final noise-removal pass (counted apart) fills any position
+still masked.
 """
 from __future__ import annotations
 
@@ -19,8 +21,13 @@ Denoiser = Callable[[torch.Tensor], torch.Tensor]  # z (B, L) -> SUBS log-probab
 
 @dataclass
 class SamplerStats:
-    nfe: int = 0  # denoiser calls inside the N-step loop
+    row_nfe: torch.Tensor | None = None  # (B,) denoiser evaluations of each row inside the N-step loop
     noise_removal_calls: int = 0
+
+    @property
+    def nfe(self) -> float:
+        """Denoiser evaluations per sample, averaged over the rows (0 before any step)."""
+        return 0.0 if self.row_nfe is None else self.row_nfe.double().mean().item()
 
 
 Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
@@ -90,22 +97,28 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                      transition: Transition | None = None) -> torch.Tensor:
     """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise.
 
-    ``transition`` replaces the plain step (RGAS tilts or re-ranks it); the loop, the caching of x_θ while z
-    does not change, the NFE count and the noise removal stay here."""
+    ``transition`` replaces the plain step (RGAS tilts or re-ranks it); the loop, the per-row caching of x_θ,
+    the NFE count and the noise removal stay here. ``cache=False`` evaluates every row at every step (under
+    ZeRO-3 every rank must make the same calls)."""
     stats = stats if stats is not None else SamplerStats()
+    stats.row_nfe = torch.zeros(z.shape[0], dtype=torch.long)
     grid = time_grid(steps)
+    stale = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
     log_probs = probs = None
     for i in range(steps):
-        if log_probs is None:
-            log_probs, probs = denoise(z), None
-            stats.nfe += 1
+        if bool(stale.all()):
+            log_probs = denoise(z).contiguous()
+            probs = log_probs.exp() if transition is None else None
+        elif bool(stale.any()):
+            log_probs[stale] = denoise(z[stale])
+            if probs is not None:
+                probs[stale] = log_probs[stale].exp()
+        stats.row_nfe += stale.cpu()
         if transition is None:
-            probs = log_probs.exp() if probs is None else probs
             z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator)
         else:
             z_next = transition(i, z, log_probs, grid[i], grid[i + 1])
-        if not cache or not torch.equal(z_next, z):
-            log_probs = None
+        stale = (z_next != z).any(1) if cache else torch.ones_like(stale)
         z = z_next
         if on_step is not None:
             on_step(i, grid[i + 1], z)

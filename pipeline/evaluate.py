@@ -61,7 +61,7 @@ def sampled_row(judges: dict, cfg: EvaluateConfig, bundle, tok, model: str, samp
     batches = {r["batch"]: r for r in rows}.values()
     return judged_row(judges, cfg, [r["text"] for r in rows], [r["token_ids"] for r in rows], model=model,
                       sampler=sampler, steps=steps, temperature=temperature, control_for=control_for,
-                      nfe=sum(b["nfe"] for b in batches) / len(batches), masks_left=sum(r["masks_left"] for r in rows),
+                      nfe=sum(r["nfe"] for r in rows) / len(rows), masks_left=sum(r["masks_left"] for r in rows),
                       seconds_per_sample=sum(b["batch_seconds"] for b in batches) / len(rows))
 
 

@@ -160,4 +160,4 @@ def log_samples(tracker, results, step: int, verbose: bool) -> None:
         tracker.log_text("\n\n=====\n\n".join(texts), f"samples/step_{step:08d}_{steps}steps.txt")
         tracker.log_metrics({f"sample/nfe_{steps}steps": stats.nfe}, step)
         if verbose:
-            tqdm.write(f"step {step}: sample ({steps} steps, NFE {stats.nfe}):\n{texts[0][:400]}", file=sys.stderr)
+            tqdm.write(f"step {step}: sample ({steps} steps, NFE {stats.nfe:.1f}):\n{texts[0][:400]}", file=sys.stderr)

@@ -76,7 +76,7 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
             text, masks = render(ids, tok)
             rows.append({"sample": first + i, "batch": first // batch_size, "text": text, "token_ids": ids,
                          "masks_left": masks, "steps": steps, "sampler": sampler, "temperature": temperature,
-                         "nfe": stats.nfe,
+                         "nfe": int(stats.row_nfe[i]),
                          "noise_removal_calls": stats.noise_removal_calls,
                          "discriminator_forward": stats.discriminator_forward,
                          "discriminator_backward": stats.discriminator_backward, "batch_seconds": seconds})
