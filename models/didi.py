@@ -7,7 +7,7 @@ Random draws take one generator per row, so that a row's draws depend only on it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,38 +42,37 @@ def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
 @dataclass
 class Rollout:
     x: torch.Tensor  # (B', L) final student sample
-    z_tau: torch.Tensor  # (B', L) intermediate state at τ
+    states: list[torch.Tensor]  # (B', L) state before each step: z_1 (all [MASK]) and, with two steps, z_τ
+    log_probs: list[torch.Tensor]  # (B', L, V + 1) student SUBS log-probs at each state, with grad
+    masked: list[torch.Tensor]  # positions masked before each step (the KL and entropy run over them)
     log_prob: torch.Tensor  # (B',) log P_ν(trajectory), with grad
-    log_p1: torch.Tensor  # (B', L, V + 1) student SUBS log-probs at z_1 (all masked)
-    log_p2: torch.Tensor  # (B', L, V + 1) student SUBS log-probs at z_τ
-    masked1: torch.Tensor  # positions masked before step 1 (all)
-    masked2: torch.Tensor  # positions masked before step 2
 
 
-def two_step_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch.Tensor, seq_len: int,
-                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
-                     t0: float = 1e-3) -> Rollout:
-    """1 → τ → t0 with one student forward per step; samples come from the detached probabilities.
+def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch.Tensor, seq_len: int,
+                    mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
+                    t0: float = 1e-3, intermediate: bool = True) -> Rollout:
+    """1 → τ → t0 (or, without the intermediate state, 1 → t0 in one step, the ablation's baseline) with one
+    student forward per step; samples come from the detached probabilities.
 
     ``student(z)`` returns SUBS log-probabilities with grad. log P sums, per row, the log-probabilities of the
     newly unmasked positions only (a position that stays masked has a ν-independent probability).
     """
     rows, device = tau.shape[0], tau.device
     one = torch.ones_like(tau)
-    alpha_1, alpha_tau, alpha_0 = schedule.alpha(one), schedule.alpha(tau), schedule.alpha(t0 * one)
-    z1 = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
-
-    log_p1 = student(z1)
-    unmask1 = draw_uniform((rows, seq_len), generators, device) < ((alpha_tau - alpha_1) / (1 - alpha_1))[:, None]
-    z_tau = torch.where(unmask1, sample_where(log_p1[..., :mask_id], unmask1, generators, torch.exp), z1)
-    log_prob = (log_p1.gather(-1, z_tau.unsqueeze(-1)).squeeze(-1) * unmask1).sum(1)
-
-    masked2 = z_tau == mask_id
-    log_p2 = student(z_tau)
-    unmask2 = masked2 & (draw_uniform((rows, seq_len), generators, device) < ((alpha_0 - alpha_tau) / (1 - alpha_tau))[:, None])
-    x = torch.where(unmask2, sample_where(log_p2[..., :mask_id], unmask2, generators, torch.exp), z_tau)
-    log_prob = log_prob + (log_p2.gather(-1, x.unsqueeze(-1)).squeeze(-1) * unmask2).sum(1)
-    return Rollout(x, z_tau, log_prob, log_p1, log_p2, torch.ones_like(masked2), masked2)
+    alphas = [schedule.alpha(one), *([schedule.alpha(tau)] if intermediate else []), schedule.alpha(t0 * one)]
+    z = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
+    states, log_probs, masked, log_prob = [], [], [], torch.zeros(rows, device=device)
+    for alpha_t, alpha_s in zip(alphas, alphas[1:]):
+        log_p = student(z)
+        unmask = (z == mask_id) & (draw_uniform((rows, seq_len), generators, device)
+                                   < ((alpha_s - alpha_t) / (1 - alpha_t))[:, None])
+        z_next = torch.where(unmask, sample_where(log_p[..., :mask_id], unmask, generators, torch.exp), z)
+        log_prob = log_prob + (log_p.gather(-1, z_next.unsqueeze(-1)).squeeze(-1) * unmask).sum(1)
+        states.append(z)
+        log_probs.append(log_p)
+        masked.append(z == mask_id)
+        z = z_next
+    return Rollout(z, states, log_probs, masked, log_prob)
 
 
 def coupled_corruption(x_fake: torch.Tensor, x_real: torch.Tensor, tau: torch.Tensor, mask_id: int,
@@ -144,9 +143,11 @@ def entropy(log_p: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None 
     return masked_mean(-(log_p.exp() * log_p).sum(-1), mask, count)
 
 
-def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor, kl1: torch.Tensor,
-                 kl2: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor, c1: float = 0.01, c2: float = 0.01,
+def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor,
+                 kls: Sequence[torch.Tensor], entropies: Sequence[torch.Tensor], cs: Sequence[float] = (0.01, 0.01),
                  lambda_kl: float = 1.0, lambda_h: float = 5e-4) -> torch.Tensor:
-    """L_S = −mean(ω·Â·log P) + λ_KL(c1 KL1 + c2 KL2) − λ_H·½(H1 + H2); ω and Â are detached."""
+    """L_S = −mean(ω·Â·log P) + λ_KL Σ_k c_k KL_k − λ_H·mean_k H_k over the rollout's steps (two: c1 KL1 + c2 KL2
+    and ½(H1 + H2)); ω and Â are detached."""
     pg = -(weight.detach() * advantages.detach() * log_prob).mean()
-    return pg + lambda_kl * (c1 * kl1 + c2 * kl2) - lambda_h * 0.5 * (h1 + h2)
+    kl = sum(c * k for c, k in zip(cs, kls, strict=True))
+    return pg + lambda_kl * kl - lambda_h * sum(entropies) / len(entropies)

@@ -162,6 +162,11 @@ class DistillConfig:
     """DiDi-Instruct (spec §2–§5, options of §9); the defaults are the spec's."""
 
     teacher: str = ""  # a pre-training run directory, its checkpoints/ folder, one step_N folder, or a bundle
+    # the techniques, each switchable for the paper's cumulative ablation (all on is DiDi-Instruct)
+    intermediate_state: bool = True  # two-step rollout 1 → τ → t0 with matching at z_τ; off: one step 1 → t0
+    coupled_time: bool = True  # the discriminator sees the rollout's τ; off: an independent t ~ Beta per row
+    omega_weight: bool = True  # policy-gradient weight ω(t); off: 1
+    regularisation: bool = True  # λ_KL·KL + λ_H·entropy terms; off: logged, not in the loss
     rollout_rows: int = 32  # student samples per rank per iteration, B' = B·G (B data rows per rank)
     group_size: int = 4  # G: consecutive rollout rows normalised together; groups never straddle ranks
     tau_a: float = 1.0  # τ ~ Beta(tau_a, tau_b), clamped to [0.02, 0.98]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data_prep.tokenizers import load_tokenizer
 from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
                          group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
-                         two_step_rollout)
+                         student_rollout)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
@@ -45,7 +45,8 @@ from pipeline.engine import build_engine, build_frozen_engine, ds_config
 from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, endless, finish, log_samples, record,
                            resume, sample_texts, side_state, start_tracking)
 from pipeline.pretrain import evaluate
-from pipeline.randomness import DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed
+from pipeline.randomness import (DISCRIMINATOR_TIME, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator,
+                                 keyed_seed)
 from pipeline.bundle import verify
 from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
 
@@ -188,16 +189,18 @@ class Distiller:
         gens = self.generators(step, ROLLOUT, c.rollout_rows)
         tau = self.taus(step, gens)
         with timer("rollout"):
-            roll = two_step_rollout(lambda z: self._log_probs(self.student, z), tau, self.cfg.model.seq_len,
-                                    mask_id, schedule, gens, c.t0)
+            roll = student_rollout(lambda z: self._log_probs(self.student, z), tau, self.cfg.model.seq_len,
+                                   mask_id, schedule, gens, c.t0, c.intermediate_state)
         with timer("teacher"), torch.no_grad():
-            z1 = torch.full_like(roll.x, mask_id)
-            t1, t2 = self._log_probs(self.teacher, z1), self._log_probs(self.teacher, roll.z_tau)
+            targets = [self._log_probs(self.teacher, z) for z in roll.states]
             real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
-        z_fake, z_real = coupled_corruption(roll.x, real.repeat_interleave(c.group_size, 0), tau, mask_id,
+        # the time of the discriminator's corruption, of its σ and of ω: the rollout's τ when coupled
+        t = tau if c.coupled_time else sample_tau(self.generators(step, DISCRIMINATOR_TIME, c.rollout_rows),
+                                                  c.tau_a, c.tau_b).to(tau.device)
+        z_fake, z_real = coupled_corruption(roll.x, real.repeat_interleave(c.group_size, 0), t, mask_id,
                                             schedule, gens)
         m_fake, m_real = z_fake == mask_id, z_real == mask_id
-        sigma = schedule.sigma(tau)
+        sigma = schedule.sigma(t)
 
         with timer("discriminator"):
             with self.autocast():
@@ -214,20 +217,20 @@ class Distiller:
             self.disc.train()
             rewards = row_rewards(d_fake, m_fake, c.reward_clip)
             advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
-            weight = omega(tau, schedule)
+            weight = omega(t, schedule) if c.omega_weight else torch.ones_like(t)
             if c.importance_weight:
-                weight = weight / beta_density(tau, c.tau_a, c.tau_b)
+                weight = weight / beta_density(t, c.tau_a, c.tau_b)
 
         with timer("student"):
-            n1, n2 = self._global_count(roll.masked1), self._global_count(roll.masked2)
+            counts = [self._global_count(m) for m in roll.masked]
+            steps = list(zip(targets, roll.log_probs, roll.masked, counts))
             if c.kl == "forward":
-                kl1, kl2 = forward_kl(t1, roll.log_p1, roll.masked1, n1), forward_kl(t2, roll.log_p2, roll.masked2, n2)
+                kls = [forward_kl(target, p, m, n) for target, p, m, n in steps]
             else:
-                kl1 = jeffreys(t1, roll.log_p1, roll.masked1, c.jeffreys_beta, n1)
-                kl2 = jeffreys(t2, roll.log_p2, roll.masked2, c.jeffreys_beta, n2)
-            h1, h2 = entropy(roll.log_p1, roll.masked1, n1), entropy(roll.log_p2, roll.masked2, n2)
-            loss_s = student_loss(weight, advantages, roll.log_prob, kl1, kl2, h1, h2, c.c1, c.c2, c.lambda_kl,
-                                  c.lambda_h)
+                kls = [jeffreys(target, p, m, c.jeffreys_beta, n) for target, p, m, n in steps]
+            hs = [entropy(p, m, n) for _, p, m, n in steps]
+            lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
+            loss_s = student_loss(weight, advantages, roll.log_prob, kls, hs, (c.c1, c.c2)[:len(kls)], *lambdas)
             self.student.backward(loss_s)
             self.student.step()
             if not self.student_opt.last_step_skipped:
@@ -241,9 +244,10 @@ class Distiller:
             "reward/group_std": rewards.view(-1, c.group_size).std(1).mean().item(),
             "advantage/abs_max": advantages.abs().max().item(),
             "advantage/clipped_fraction": (advantages.abs() >= c.advantage_clip).float().mean().item(),
-            "student/loss": loss_s.item(), "student/kl_step1": kl1.item(), "student/kl_step2": kl2.item(),
-            "student/entropy": 0.5 * (h1 + h2).item(), "student/log_prob": roll.log_prob.mean().item(),
-            "student/omega_mean": weight.mean().item(), "student/tau_mean": tau.mean().item(),
+            "student/loss": loss_s.item(), **{f"student/kl_step{k + 1}": kl.item() for k, kl in enumerate(kls)},
+            "student/kl_last": kls[-1].item(), "student/entropy": (sum(hs) / len(hs)).item(),
+            "student/log_prob": roll.log_prob.mean().item(), "student/omega_mean": weight.mean().item(),
+            "student/tau_mean": tau.mean().item(), "discriminator/t_mean": t.mean().item(),
         }
 
 
@@ -325,7 +329,7 @@ def distill(cfg: Config, d: Dist) -> dict:
                             "time/iteration_s": elapsed / window_steps,
                             "train/rollout_tokens_per_s": rollout_tokens * window_steps / elapsed})
             record(tracker, out_dir, d, step, metrics)
-            bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}", kl=f"{metrics['student/kl_step2']:.3f}",
+            bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}", kl=f"{metrics['student/kl_last']:.3f}",
                             r=f"{metrics['reward/mean']:.2f}")
             window, window_steps, timer, window_start = defaultdict(float), 0, PhaseTimer(d.device), time.perf_counter()
         if due(step, cfg.train.eval_every, cfg):
@@ -334,7 +338,7 @@ def distill(cfg: Config, d: Dist) -> dict:
             record(tracker, out_dir, d, step, evaluation)
             if d.is_main:
                 tqdm.write(f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
-                           f"reward {metrics.get('reward/mean', 0):+.3f}, KL {metrics.get('student/kl_step2', 0):.4f}, "
+                           f"reward {metrics.get('reward/mean', 0):+.3f}, KL {metrics.get('student/kl_last', 0):.4f}, "
                            f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token", file=sys.stderr)
         if due(step, cfg.train.sample_every, cfg):
             log_samples(tracker, sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok), step, d.is_main)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE = 1, 2, 3, 4, 5, 6, 7  # purposes
+TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME = 1, 2, 3, 4, 5, 6, 7, 8  # purposes
 
 
 def keyed_seed(*keys: int) -> int:

@@ -5,7 +5,7 @@ import torch
 
 from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
                          group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
-                         masked_mean, two_step_rollout)
+                         masked_mean, student_rollout)
 from models.diffusion import NEG_INF, LogLinearSchedule, subs_log_probs
 
 S = LogLinearSchedule()
@@ -51,28 +51,47 @@ def test_two_step_rollout_log_probability_counts_newly_unmasked_positions_only()
     V, L, rows = 6, 12, 8
     student = TableStudent(L, V, V)
     tau = torch.full((rows,), 0.5)
-    r = two_step_rollout(student, tau, L, V, S, gens(rows))
-    assert r.x.shape == r.z_tau.shape == (rows, L) and r.log_prob.shape == (rows,)
+    r = student_rollout(student, tau, L, V, S, gens(rows))
+    z_tau = r.states[1]
+    assert r.x.shape == z_tau.shape == (rows, L) and r.log_prob.shape == (rows,) and len(r.log_probs) == 2
     table_lp = torch.log_softmax(student.table[:, :V], -1).detach()
-    new1 = r.z_tau != V
-    new2 = r.masked2 & (r.x != V)
+    new1 = z_tau != V
+    new2 = r.masked[1] & (r.x != V)
     expected = torch.stack([
-        sum(table_lp[l, r.z_tau[i, l]] for l in range(L) if new1[i, l]) +
+        sum(table_lp[l, z_tau[i, l]] for l in range(L) if new1[i, l]) +
         sum(table_lp[l, r.x[i, l]] for l in range(L) if new2[i, l]) for i in range(rows)])
     assert torch.allclose(r.log_prob.detach(), expected, atol=1e-5)
     r.log_prob.sum().backward()
     assert torch.isfinite(student.table.grad).all()
     assert student.table.grad[:, V].abs().max() < 1e-6  # no gradient into the [MASK] logit
-    assert torch.equal(r.masked2, r.z_tau == V) and r.masked1.all()
+    assert torch.equal(r.masked[1], z_tau == V) and r.masked[0].all() and (r.states[0] == V).all()
+
+
+def test_one_step_rollout_without_intermediate_state_samples_everything_from_p1():
+    """The ablation's baseline: 1 → t0 in one student call; log P = Σ over unmasked positions of log p1(x)."""
+    V, L, rows = 6, 12, 8
+    student = TableStudent(L, V, V)
+    calls = []
+    r = student_rollout(lambda z: calls.append(z) or student(z), torch.full((rows,), 0.5), L, V, S, gens(rows),
+                        intermediate=False)
+    assert len(calls) == len(r.states) == len(r.log_probs) == len(r.masked) == 1 and r.masked[0].all()
+    table_lp = torch.log_softmax(student.table[:, :V], -1).detach()
+    new = r.x != V
+    expected = torch.stack([sum(table_lp[l, r.x[i, l]] for l in range(L) if new[i, l]) for i in range(rows)])
+    assert torch.allclose(r.log_prob.detach(), expected, atol=1e-5)
+    # each position unmasks with probability (α_t0 − α_1)/(1 − α_1) ≈ 0.999 whatever τ
+    many = student_rollout(TableStudent(64, V, V), torch.full((400,), 0.1), 64, V, S, gens(400, 3), intermediate=False)
+    a1, a0 = S.alpha(torch.tensor(1.0)), S.alpha(torch.tensor(1e-3))
+    assert (many.x != V).double().mean().item() == pytest.approx(((a0 - a1) / (1 - a1)).item(), abs=0.002)
 
 
 def test_rollout_unmasks_at_the_scheduled_rates():
     V, L, rows = 5, 64, 400
     student = TableStudent(L, V, V)
     tau = torch.full((rows,), 0.3)
-    r = two_step_rollout(student, tau, L, V, S, gens(rows, 2))
+    r = student_rollout(student, tau, L, V, S, gens(rows, 2))
     a1, at = S.alpha(torch.tensor(1.0)), S.alpha(torch.tensor(0.3))
-    assert (r.z_tau != V).double().mean().item() == pytest.approx(((at - a1) / (1 - a1)).item(), abs=0.01)
+    assert (r.states[1] != V).double().mean().item() == pytest.approx(((at - a1) / (1 - a1)).item(), abs=0.01)
     still = (r.x == V).double().mean().item()  # (1 − α_t0)/(1 − α_τ) of the masked ones survive
     a0 = S.alpha(torch.tensor(1e-3))
     assert still == pytest.approx(((1 - at) / (1 - a1) * (1 - a0) / (1 - at)).item(), abs=0.003)
@@ -143,13 +162,18 @@ def test_student_loss_by_hand_and_detached_weights():
     a = torch.tensor([0.5, -1.0], requires_grad=True)
     lp = torch.tensor([-3.0, -4.0], requires_grad=True)
     kl1, kl2, h1, h2 = (torch.tensor(v, requires_grad=True) for v in (0.2, 0.4, 1.0, 3.0))
-    loss = student_loss(w, a, lp, kl1, kl2, h1, h2)
+    loss = student_loss(w, a, lp, (kl1, kl2), (h1, h2))
     pg = -((2 * 0.5 * -3.0) + (1 * -1.0 * -4.0)) / 2
     assert loss.item() == pytest.approx(pg + 1.0 * (0.01 * 0.2 + 0.01 * 0.4) - 5e-4 * 0.5 * 4.0)
     loss.backward()
     assert w.grad is None and a.grad is None
     assert torch.allclose(lp.grad, torch.tensor([-1.0 * 0.5, 1.0]) / 2 * torch.tensor([2.0, 1.0]))
     assert kl1.grad.item() == pytest.approx(0.01) and h2.grad.item() == pytest.approx(-2.5e-4)
+    # one rollout step (no intermediate state): c1·KL1 and the entropy of that step alone
+    one = student_loss(w, a, lp, (kl1,), (h1,), (0.3,), lambda_kl=2.0, lambda_h=0.1)
+    assert one.item() == pytest.approx(pg + 2.0 * 0.3 * 0.2 - 0.1 * 1.0)
+    with pytest.raises(ValueError):
+        student_loss(w, a, lp, (kl1,), (h1,), (0.01, 0.01))
 
 
 def test_masked_means_with_a_shared_count_average_to_the_global_mean():

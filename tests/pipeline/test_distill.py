@@ -167,6 +167,60 @@ def test_every_option_of_the_spec_runs_and_changes_the_run(tiny_data, teacher, t
     assert result["discriminator/loss"] != base["discriminator/loss"]
 
 
+ARMS = {"all": {}, "one_step": {"intermediate_state": False}, "uncoupled": {"coupled_time": False},
+        "no_omega": {"omega_weight": False}, "unregularised": {"regularisation": False}}
+
+
+def _first_iterations(rank, world_size, cfg_dict):
+    """The first iteration of each ablation arm (same seed, same batch), with the student's rollout calls."""
+    import copy
+
+    import pipeline.distill as stage
+    from pipeline.data import loader_from_config
+    from pipeline.distributed import setup
+
+    d, results = setup(), {}
+    for name, switch in ARMS.items():
+        arm = copy.deepcopy(cfg_dict)
+        arm["distill"].update(switch)
+        cfg = from_dict(Config, arm)
+        run, calls = stage.build_distiller(cfg, d), []
+        log_probs = run._log_probs
+        run._log_probs = lambda engine, z: (calls.append(z.shape[0]) if engine is run.student else None,
+                                            log_probs(engine, z))[1]
+        x = next(iter(loader_from_config(cfg, "train", d.rank, d.world_size)))["input_ids"]
+        results[name] = {**run.iteration(0, x, stage.PhaseTimer(d.device)),
+                         "student_calls": calls.count(cfg.distill.rollout_rows)}
+    return results
+
+
+def test_ablation_switches_do_what_they_say(tiny_data, teacher, tmp_path):
+    cfg = distill_settings(tiny_data, teacher, tmp_path)
+    cfg["distill"].update(lambda_kl=100.0, lambda_h=0.5)  # regularisation terms well above the fp32 loss's rounding
+    arms = run_ranks(_first_iterations, 1, cfg)[0]
+    base = arms["all"]
+    assert base["student_calls"] == 2 and base["discriminator/t_mean"] == base["student/tau_mean"]
+    # one step 1 → t0: one student call, one KL term
+    one = arms["one_step"]
+    assert one["student_calls"] == 1 and "student/kl_step2" not in one and math.isfinite(one["student/loss"])
+    assert one["student/kl_last"] == one["student/kl_step1"] and one["discriminator/loss"] != base["discriminator/loss"]
+    # uncoupled: same rollout, the discriminator (and ω) at independent times
+    uncoupled = arms["uncoupled"]
+    assert uncoupled["student/tau_mean"] == base["student/tau_mean"]
+    assert uncoupled["discriminator/t_mean"] != base["student/tau_mean"]
+    assert uncoupled["student/omega_mean"] != base["student/omega_mean"]
+    assert uncoupled["discriminator/loss"] != base["discriminator/loss"]
+    # ω off: weight 1, the discriminator's step untouched
+    no_omega = arms["no_omega"]
+    assert no_omega["student/omega_mean"] == 1.0 and base["student/omega_mean"] > 1.0
+    assert no_omega["discriminator/loss"] == base["discriminator/loss"] and no_omega["student/loss"] != base["student/loss"]
+    # regularisation off: the loss loses exactly λ_KL(c1 KL1 + c2 KL2) − λ_H H̄ (c1 = c2 = 0.01)
+    off = arms["unregularised"]
+    assert off["student/kl_step1"] == base["student/kl_step1"] and off["student/entropy"] == base["student/entropy"]
+    terms = 100 * 0.01 * (base["student/kl_step1"] + base["student/kl_step2"]) - 0.5 * base["student/entropy"]
+    assert base["student/loss"] - off["student/loss"] == pytest.approx(terms, rel=1e-3)
+
+
 def test_tau_per_group_gives_each_group_one_tau(tiny_data, teacher, tmp_path):
     run_ranks(_check_taus, 1, distill_settings(tiny_data, teacher, tmp_path, distill__tau_per="group"))
 
