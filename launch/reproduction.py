@@ -1,0 +1,169 @@
+"""The small-scale reproduction's tables, written from the files its runs left (launch/reproduce.sh,
+launch/ablation.sh), and the ablation's switches:
+
+    python launch/reproduction.py main OUT        # launch/results/reproduce/main.{md,json} and plots
+    python launch/reproduction.py ablation OUT    # launch/results/reproduce/ablation.{md,json}
+    python launch/reproduction.py switches ARM    # the --set arguments of one ablation arm
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.evaluate import IN_DOMAIN, gen_ppl_text
+from pipeline.plots import read_metrics
+
+RESULTS = Path("launch/results/reproduce")
+# The paper's cumulative ablation: arm k has the first k techniques on and the others off, so each arm differs
+# from the previous one in one key. All four on is the main arm (+ regularisation); RGAS is its sampler.
+TECHNIQUES = ("intermediate_state", "coupled_time", "omega_weight", "regularisation")
+ARMS = ("none", *TECHNIQUES[:-1])
+LABELS = {"none": "no technique (one-step rollout, per-row reward)", "intermediate_state": "+ intermediate state",
+          "coupled_time": "+ coupled time", "omega_weight": "+ ω weighting"}
+
+
+def switches(arm: str) -> list[str]:
+    if arm not in ARMS:
+        raise SystemExit(f"error: unknown ablation arm {arm!r}; one of {', '.join(ARMS)}")
+    on = ARMS.index(arm)
+    return [f"--set=distill.{name}={'true' if k < on else 'false'}" for k, name in enumerate(TECHNIQUES)]
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch "
+            f"{torch.__version__}, {datetime.date.today().isoformat()}")
+
+
+def rows_of(out: Path) -> list[dict]:
+    return json.loads((out / "evaluate" / "results.json").read_text())["rows"]
+
+
+def cell(rows: list[dict], model: str, sampler: str, steps: int, control_for: str | None = None) -> dict | None:
+    return next((r for r in rows if (r["model"], r["sampler"], r["steps"], r["control_for"]) ==
+                 (model, sampler, steps, control_for)), None)
+
+
+def last(metrics: dict[int, dict], key: str) -> float:
+    return max((step, row[key]) for step, row in metrics.items() if key in row)[1]
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets for the 16-NFE student against the 256-step teacher, each marked met or missed."""
+    teacher = cell(rows, "teacher", "ancestral", 256)
+    lines = []
+    for sampler in ("ancestral", "rgas"):
+        student = cell(rows, "student", sampler, 16)
+        control = next((r for r in rows if r["control_for"] == f"student {sampler} 16"), None)
+        if student is None or teacher is None:
+            continue
+        checks = [("Gen-PPL ≤ the 256-step teacher's", student["gen_ppl"] <= teacher["gen_ppl"],
+                   f"{student['gen_ppl']:.1f} vs {teacher['gen_ppl']:.1f}")]
+        if f"{IN_DOMAIN}gen_ppl" in student:
+            checks.append(("in-domain Gen-PPL ≤ the 256-step teacher's",
+                           student[f"{IN_DOMAIN}gen_ppl"] <= teacher[f"{IN_DOMAIN}gen_ppl"],
+                           f"{student[f'{IN_DOMAIN}gen_ppl']:.1f} vs {teacher[f'{IN_DOMAIN}gen_ppl']:.1f}"))
+        drift = student["entropy"] / teacher["entropy"] - 1
+        checks.append(("entropy within 5 % of the teacher's", abs(drift) <= 0.05,
+                       f"{student['entropy']:.2f} vs {teacher['entropy']:.2f} ({drift:+.1%})"))
+        if control is not None:
+            checks.append((f"beats the entropy-matched teacher (T = {control['temperature']:.2f})",
+                           student["gen_ppl"] < control["gen_ppl"],
+                           f"{student['gen_ppl']:.1f} vs {control['gen_ppl']:.1f}"))
+        speed = teacher["seconds_per_sample"] / student["seconds_per_sample"]
+        if sampler == "ancestral":
+            checks.append(("≥ 10× less wall-clock per sample than the 256-step teacher", speed >= 10, f"{speed:.1f}×"))
+        else:
+            checks.append(("wall-clock per sample vs the 256-step teacher (reported, no target)", True, f"{speed:.1f}×"))
+        lines += [f"- student {sampler} 16 NFE: {what}: **{'met' if ok else 'missed'}** ({numbers})"
+                  for what, ok, numbers in checks]
+    return lines
+
+
+def main_table(out: Path) -> str:
+    rows = rows_of(out)
+    timings = dict(line.split("\t") for line in (out / "timings.tsv").read_text().splitlines())
+    teacher, judge, student = (read_metrics(out / name / "metrics.jsonl") for name in ("pretrain", "judge", "distill"))
+    lines = [
+        f"Main arm of `bash launch/reproduce.sh` on {machine()}.",
+        "Corpus: Macbeth (embedded Shakespeare), SentencePiece BPE 1k, L = 128; teacher, student and judge are the "
+        "`tiny` DiT. A different corpus, model size and judge from the paper's (spec §8): compare shapes, not values.",
+        "",
+        "Wall-clock of this invocation per stage (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())
+        + f" (total {sum(int(v) for v in timings.values()) / 60:.0f} min).",
+        f"Teacher: {max(teacher)} steps, validation NELBO {last(teacher, 'val/nelbo_nats'):.3f} nats/token. "
+        f"In-domain judge: {max(judge)} steps, validation NLL {last(judge, 'val/nll_nats'):.3f} nats/token. "
+        f"Student: {max(student)} iterations; last logged window: discriminator accuracy "
+        f"{last(student, 'discriminator/accuracy'):.3f}, student entropy {last(student, 'student/entropy'):.3f} nats, "
+        f"KL(teacher ‖ student) {last(student, 'student/kl_last'):.4f} nats, EMA student validation NELBO "
+        f"{last(student, 'val/nelbo_nats'):.3f}.",
+        "", "Targets (the issue's, for the 16-NFE student):", *targets(rows), "",
+        (out / "evaluate" / "results.md").read_text(),
+    ]
+    return "\n".join(lines)
+
+
+def ablation_rows(out: Path) -> list[dict]:
+    """One row per finished arm in the ablation's order, then the main arm (+ regularisation) and its RGAS."""
+    arms = [(LABELS[a], out / "ablation" / a, "ancestral") for a in ARMS]
+    arms += [("+ regularisation (main arm)", out, "ancestral"), ("+ RGAS (main arm)", out, "rgas")]
+    table = []
+    for label, where, sampler in arms:
+        if not (where / "evaluate" / "results.json").is_file():
+            continue
+        rows, metrics = rows_of(where), read_metrics(where / "distill" / "metrics.jsonl")
+        table.append({"arm": label, "sampler": sampler, **{f"nfe{n}": cell(rows, "student", sampler, n) for n in (8, 32)},
+                      "discriminator_accuracy": last(metrics, "discriminator/accuracy"),
+                      "student_entropy": last(metrics, "student/entropy"), "kl": last(metrics, "student/kl_last")})
+    return table
+
+
+def ablation_table(out: Path) -> str:
+    table = ablation_rows(out)
+    lines = [f"Cumulative ablation (`bash launch/ablation.sh ARM`, then the main arm) on {machine()}.",
+             "Student Gen-PPL at 8 and 32 NFE, 256 samples a cell, 95 % bootstrap interval; the distillation "
+             "columns are the last logged window of each run.", "",
+             "| arm | Gen-PPL 8 | Gen-PPL 32 | in-domain 8 | in-domain 32 | entropy 8 / 32 | discriminator accuracy | "
+             "student entropy (nats) | KL (nats) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        a, b = r["nfe8"], r["nfe32"]
+        lines.append(f"| {r['arm']} | {gen_ppl_text(a)} | {gen_ppl_text(b)} | {gen_ppl_text(a, IN_DOMAIN)} | "
+                     f"{gen_ppl_text(b, IN_DOMAIN)} | {a['entropy']:.2f} / {b['entropy']:.2f} | "
+                     f"{r['discriminator_accuracy']:.3f} | {r['student_entropy']:.3f} | {r['kl']:.4f} |")
+    reference = next(r for r in rows_of(out) if r["model"] == "held-out text")
+    teacher = {n: cell(rows_of(out), "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
+    lines += ["", "For reference: held-out text " + gen_ppl_text(reference) + "; teacher "
+              + ", ".join(f"{n} steps {gen_ppl_text(r)}" for n, r in teacher.items() if r) + "."]
+    (RESULTS / "ablation.json").write_text(json.dumps(table, indent=1))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("main", "ablation", "switches"):
+        raise SystemExit(__doc__)
+    if argv[0] == "switches":
+        print(" ".join(switches(argv[1])))
+        return 0
+    out = Path(argv[1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if argv[0] == "main":
+        text = main_table(out)
+        (RESULTS / "main.json").write_text(json.dumps({"timings": (out / "timings.tsv").read_text(),
+                                                       "rows": rows_of(out)}, indent=1))
+        for plot in ("genppl_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "seconds_vs_nfe.png"):
+            shutil.copyfile(out / "evaluate" / plot, RESULTS / plot)
+    else:
+        text = ablation_table(out)
+    (RESULTS / f"{argv[0]}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,41 @@
+"""The reproduction's ablation arms and target checks (launch/reproduction.py)."""
+from dataclasses import asdict
+
+from launch.reproduction import ARMS, TECHNIQUES, switches, targets
+from pipeline.config import load_config
+
+DISTILL = "launch/configs/reproduce/distill.yaml"
+
+
+def arm_config(arm: str | None):
+    """The distillation config of an ablation arm (None: the main arm), with its overrides applied."""
+    overrides = [] if arm is None else [s.removeprefix("--set=") for s in switches(arm)]
+    return asdict(load_config(DISTILL, overrides).distill)
+
+
+def test_each_ablation_arm_adds_one_technique_to_the_previous():
+    configs = [arm_config(arm) for arm in ARMS] + [arm_config(None)]
+    assert not any(configs[0][t] for t in TECHNIQUES) and all(configs[-1][t] for t in TECHNIQUES)
+    for k, (before, after) in enumerate(zip(configs, configs[1:])):
+        assert [key for key in before if before[key] != after[key]] == [TECHNIQUES[k]]
+
+
+def row(model, sampler, steps, gen_ppl, entropy, seconds, control_for=None, temperature=1.0):
+    return {"model": model, "sampler": sampler, "steps": steps, "gen_ppl": gen_ppl, "in_domain_gen_ppl": gen_ppl,
+            "entropy": entropy, "seconds_per_sample": seconds, "control_for": control_for, "temperature": temperature}
+
+
+def test_targets_are_marked_met_or_missed_from_the_numbers():
+    rows = [row("teacher", "ancestral", 256, 100.0, 4.0, 1.0),
+            row("student", "ancestral", 16, 90.0, 3.9, 0.05),
+            row("student", "rgas", 16, 120.0, 3.0, 0.2),
+            row("teacher", "ancestral", 1024, 95.0, 3.9, 1.0, control_for="student ancestral 16", temperature=0.9),
+            row("teacher", "ancestral", 1024, 80.0, 3.0, 1.0, control_for="student rgas 16", temperature=0.5)]
+    lines = "\n".join(targets(rows))
+    assert "ancestral 16 NFE: Gen-PPL ≤ the 256-step teacher's: **met** (90.0 vs 100.0)" in lines
+    assert "ancestral 16 NFE: entropy within 5 % of the teacher's: **met**" in lines
+    assert "ancestral 16 NFE: beats the entropy-matched teacher (T = 0.90): **met**" in lines
+    assert "ancestral 16 NFE: ≥ 10× less wall-clock per sample than the 256-step teacher: **met** (20.0×)" in lines
+    assert "rgas 16 NFE: Gen-PPL ≤ the 256-step teacher's: **missed**" in lines
+    assert "rgas 16 NFE: entropy within 5 % of the teacher's: **missed**" in lines
+    assert "rgas 16 NFE: beats the entropy-matched teacher (T = 0.50): **missed**" in lines
