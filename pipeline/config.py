@@ -317,6 +317,9 @@ class EvaluateConfig:
         if self.entropy_control and self.student and self.control_student_steps not in self.student_steps:
             raise ConfigError(f"control_student_steps: {self.control_student_steps} is not one of student_steps "
                               f"{self.student_steps} (or set entropy_control: false)")
+        if self.entropy_control and self.student and self.control_steps is None and not self.teacher_steps:
+            raise ConfigError("control_steps: the entropy-matched control needs teacher steps, and teacher_steps is "
+                              "empty (set control_steps, or entropy_control: false)")
 
 
 @dataclass

@@ -139,4 +139,4 @@ def test_every_shipped_config_loads(path):
     elif "stage" in data:
         assert load_config(path).stage == data["stage"]
     else:
-        assert load_config(path, cls=EvaluateConfig).teacher_steps
+        assert load_config(path, cls=EvaluateConfig).teacher

@@ -90,6 +90,7 @@ def test_evaluation_writes_the_table_json_plots_and_samples(bundles, judge_bundl
         assert (tmp_path / "eval" / name).is_file()
     assert main(args + ["--set", "teacher_steps=[0]"]) == 2
     assert main(args + ["--set", "control_student_steps=16"]) == 2  # not one of student_steps
+    assert main(args + ["--set", "teacher_steps=[]"]) == 2  # a control needs teacher steps
     assert main(args + ["--set", f"in_domain_judge={bundles['teacher']}"]) == 2  # not a judge bundle
 
 
