@@ -76,13 +76,14 @@ def targets(rows: list[dict]) -> list[str]:
             checks.append((f"beats the entropy-matched teacher (T = {control['temperature']:.2f})",
                            student["gen_ppl"] < control["gen_ppl"],
                            f"{student['gen_ppl']:.1f} vs {control['gen_ppl']:.1f}"))
-        speed = teacher["seconds_per_sample"] / student["seconds_per_sample"]
-        if sampler == "ancestral":
-            checks.append(("≥ 10× less wall-clock per sample than the 256-step teacher", speed >= 10, f"{speed:.1f}×"))
-        else:
-            checks.append(("wall-clock per sample vs the 256-step teacher (reported, no target)", True, f"{speed:.1f}×"))
         lines += [f"- student {sampler} 16 NFE: {what}: **{'met' if ok else 'missed'}** ({numbers})"
                   for what, ok, numbers in checks]
+        speed = teacher["seconds_per_sample"] / student["seconds_per_sample"]
+        if sampler == "ancestral":
+            lines.append(f"- student ancestral 16 NFE: ≥ 10× less wall-clock per sample than the 256-step teacher: "
+                         f"**{'met' if speed >= 10 else 'missed'}** ({speed:.1f}×)")
+        else:
+            lines.append(f"- student rgas 16 NFE: wall-clock per sample, 256-step teacher ÷ student (no target): {speed:.1f}×")
     return lines
 
 
