@@ -137,8 +137,9 @@ def ablation_table(out: Path) -> str:
         lines.append(f"| {r['arm']} | {gen_ppl_text(a)} | {gen_ppl_text(b)} | {gen_ppl_text(a, IN_DOMAIN)} | "
                      f"{gen_ppl_text(b, IN_DOMAIN)} | {a['entropy']:.2f} / {b['entropy']:.2f} | "
                      f"{r['discriminator_accuracy']:.3f} | {r['student_entropy']:.3f} | {r['kl']:.4f} |")
-    reference = next(r for r in rows_of(out) if r["model"] == "held-out text")
-    teacher = {n: cell(rows_of(out), "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
+    main_rows = rows_of(out)
+    reference = next(r for r in main_rows if r["model"] == "held-out text")
+    teacher = {n: cell(main_rows, "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
     lines += ["", "For reference: held-out text " + gen_ppl_text(reference) + "; teacher "
               + ", ".join(f"{n} steps {gen_ppl_text(r)}" for n, r in teacher.items() if r) + "."]
     (RESULTS / "ablation.json").write_text(json.dumps(table, indent=1))

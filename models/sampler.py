@@ -110,9 +110,10 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
             log_probs = denoise(z).contiguous()
             probs = log_probs.exp() if transition is None else None
         elif bool(stale.any()):
-            log_probs[stale] = denoise(z[stale])
+            fresh = denoise(z[stale])
+            log_probs[stale] = fresh
             if probs is not None:
-                probs[stale] = log_probs[stale].exp()
+                probs[stale] = fresh.exp()
         stats.row_nfe += stale.cpu()
         if transition is None:
             z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator)
