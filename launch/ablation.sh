@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# One arm of the cumulative ablation (after launch/reproduce.sh, whose data, teacher and judge it reuses):
-#   bash launch/ablation.sh ARM     ARM: none | intermediate_state | coupled_time | omega_weight
-# distils with the techniques up to ARM on and the later ones off (launch/reproduction.py lists them; each arm
-# differs from the previous one in one key), converts the student and judges it at 8 and 32 NFE like the main
-# arm. The last two rows of the ablation (+ regularisation, + RGAS) are the main arm. Then rewrites
-# launch/results/reproduce/ablation.md from every arm finished so far.
+# One arm of the cumulative ablation, or one variant of the student's settings (after launch/reproduce.sh, whose
+# data, teacher and judge it reuses):
+#   bash launch/ablation.sh ARM   ARM: none | intermediate_state | coupled_time | omega_weight (the ablation)
+#                                      lr2e-5 | lr1e-4 | real_teacher | tau_small | iterations1200 (variants)
+# An ablation arm distils with the techniques up to ARM on and the later ones off (each arm differs from the
+# previous one in one key); a variant changes one key of the main arm (launch/reproduction.py lists both). Then
+# converts the student, judges it at 8 and 32 NFE like the main arm (the last two rows of the ablation,
+# + regularisation and + RGAS, are the main arm) and rewrites launch/results/reproduce/{ablation,variants}.md
+# from every arm finished so far.
 source "$(dirname "$0")/setup_env.sh"
-ARM="${1:?usage: bash launch/ablation.sh none|intermediate_state|coupled_time|omega_weight}"
+ARM="${1:?usage: bash launch/ablation.sh ARM (an ablation arm or a settings variant, see the header)}"
 OUT="${OUT:-runs/reproduce}"
 RANKS="${RANKS:-2}"
 [ -d "$OUT/bundles/judge" ] || { echo "error: $OUT/bundles/judge missing: run bash launch/reproduce.sh first" >&2; exit 2; }

@@ -2,8 +2,8 @@
 launch/ablation.sh), and the ablation's switches:
 
     python launch/reproduction.py main OUT        # launch/results/reproduce/main.{md,json} and plots
-    python launch/reproduction.py ablation OUT    # launch/results/reproduce/ablation.{md,json}
-    python launch/reproduction.py switches ARM    # the --set arguments of one ablation arm
+    python launch/reproduction.py ablation OUT    # launch/results/reproduce/{ablation,variants}.{md,json}
+    python launch/reproduction.py switches ARM    # the --set arguments of one ablation arm or settings variant
 """
 from __future__ import annotations
 
@@ -27,11 +27,17 @@ TECHNIQUES = ("intermediate_state", "coupled_time", "omega_weight", "regularisat
 ARMS = ("none", *TECHNIQUES[:-1])
 LABELS = {"none": "no technique (one-step rollout, per-row reward)", "intermediate_state": "+ intermediate state",
           "coupled_time": "+ coupled time", "omega_weight": "+ ω weighting"}
+# The student's settings tried beyond the main arm's: each variant changes one key of the main arm's config.
+VARIANTS = {"lr2e-5": "optim.lr=2.0e-5", "lr1e-4": "optim.lr=1.0e-4", "real_teacher": "distill.real_side=teacher",
+            "tau_small": "distill.tau_b=3.0", "iterations1200": "train.max_steps=1200"}
 
 
 def switches(arm: str) -> list[str]:
+    if arm in VARIANTS:
+        return [f"--set={VARIANTS[arm]}"]
     if arm not in ARMS:
-        raise SystemExit(f"error: unknown ablation arm {arm!r}; one of {', '.join(ARMS)}")
+        raise SystemExit(f"error: unknown arm {arm!r}; an ablation arm ({', '.join(ARMS)}) "
+                         f"or a settings variant ({', '.join(VARIANTS)})")
     on = ARMS.index(arm)
     return [f"--set=distill.{name}={'true' if k < on else 'false'}" for k, name in enumerate(TECHNIQUES)]
 
@@ -110,10 +116,8 @@ def main_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def ablation_rows(out: Path) -> list[dict]:
-    """One row per finished arm in the ablation's order, then the main arm (+ regularisation) and its RGAS."""
-    arms = [(LABELS[a], out / "ablation" / a, "ancestral") for a in ARMS]
-    arms += [("+ regularisation (main arm)", out, "ancestral"), ("+ RGAS (main arm)", out, "rgas")]
+def arm_rows(arms: list[tuple[str, Path, str]]) -> list[dict]:
+    """One row per finished arm (label, run directory, sampler): its 8- and 32-NFE cells and distillation state."""
     table = []
     for label, where, sampler in arms:
         if not (where / "evaluate" / "results.json").is_file():
@@ -125,9 +129,10 @@ def ablation_rows(out: Path) -> list[dict]:
     return table
 
 
-def ablation_table(out: Path) -> str:
-    table = ablation_rows(out)
-    lines = [f"Cumulative ablation (`bash launch/ablation.sh ARM`, then the main arm) on {machine()}.",
+def arms_table(out: Path, name: str, title: str, arms: list[tuple[str, Path, str]]) -> str:
+    """launch/results/reproduce/NAME.{md,json}: the arms side by side with the main arm's teacher for reference."""
+    table = arm_rows(arms)
+    lines = [f"{title} on {machine()}.",
              "Student Gen-PPL at 8 and 32 NFE, 256 samples a cell, 95 % bootstrap interval; the distillation "
              "columns are the last logged window of each run.", "",
              "| arm | Gen-PPL 8 | Gen-PPL 32 | in-domain 8 | in-domain 32 | entropy 8 / 32 | discriminator accuracy | "
@@ -142,8 +147,20 @@ def ablation_table(out: Path) -> str:
     teacher = {n: cell(main_rows, "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
     lines += ["", "For reference: held-out text " + gen_ppl_text(reference) + "; teacher "
               + ", ".join(f"{n} steps {gen_ppl_text(r)}" for n, r in teacher.items() if r) + "."]
-    (RESULTS / "ablation.json").write_text(json.dumps(table, indent=1))
+    (RESULTS / f"{name}.json").write_text(json.dumps(table, indent=1))
     return "\n".join(lines) + "\n"
+
+
+def ablation_tables(out: Path) -> dict[str, str]:
+    """The cumulative ablation (arms, then the main arm and its RGAS) and the settings variants (main arm first)."""
+    main_arm = [("+ regularisation (main arm)", out, "ancestral"), ("+ RGAS (main arm)", out, "rgas")]
+    ablation = [(LABELS[a], out / "ablation" / a, "ancestral") for a in ARMS] + main_arm
+    variants = [("main arm", out, "ancestral")]
+    variants += [(f"`{VARIANTS[v]}`", out / "ablation" / v, "ancestral") for v in VARIANTS]
+    return {"ablation": arms_table(out, "ablation", "Cumulative ablation (`bash launch/ablation.sh ARM`, then the "
+                                   "main arm)", ablation),
+            "variants": arms_table(out, "variants", "Student settings, each one key off the main arm "
+                                   "(`bash launch/ablation.sh VARIANT`)", variants)}
 
 
 def main(argv: list[str]) -> int:
@@ -155,15 +172,16 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1])
     RESULTS.mkdir(parents=True, exist_ok=True)
     if argv[0] == "main":
-        text = main_table(out)
+        tables = {"main": main_table(out)}
         (RESULTS / "main.json").write_text(json.dumps({"timings": (out / "timings.tsv").read_text(),
                                                        "rows": rows_of(out)}, indent=1))
         for plot in ("genppl_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "seconds_vs_nfe.png"):
             shutil.copyfile(out / "evaluate" / plot, RESULTS / plot)
     else:
-        text = ablation_table(out)
-    (RESULTS / f"{argv[0]}.md").write_text(text)
-    print(text)
+        tables = ablation_tables(out)
+    for name, text in tables.items():
+        (RESULTS / f"{name}.md").write_text(text)
+        print(text)
     return 0
 
 

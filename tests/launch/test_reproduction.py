@@ -1,16 +1,16 @@
 """The reproduction's ablation arms and target checks (launch/reproduction.py)."""
 from dataclasses import asdict
 
-from launch.reproduction import ARMS, TECHNIQUES, switches, targets
+from launch.reproduction import ARMS, TECHNIQUES, VARIANTS, switches, targets
 from pipeline.config import load_config
 
 DISTILL = "launch/configs/reproduce/distill.yaml"
 
 
-def arm_config(arm: str | None):
-    """The distillation config of an ablation arm (None: the main arm), with its overrides applied."""
+def arm_config(arm: str | None, section: str = "distill"):
+    """One section of the distillation config of an arm (None: the main arm), with its overrides applied."""
     overrides = [] if arm is None else [s.removeprefix("--set=") for s in switches(arm)]
-    return asdict(load_config(DISTILL, overrides).distill)
+    return asdict(getattr(load_config(DISTILL, overrides), section))
 
 
 def test_each_ablation_arm_adds_one_technique_to_the_previous():
@@ -18,6 +18,15 @@ def test_each_ablation_arm_adds_one_technique_to_the_previous():
     assert not any(configs[0][t] for t in TECHNIQUES) and all(configs[-1][t] for t in TECHNIQUES)
     for k, (before, after) in enumerate(zip(configs, configs[1:])):
         assert [key for key in before if before[key] != after[key]] == [TECHNIQUES[k]]
+
+
+def test_each_settings_variant_changes_one_key_of_the_main_arm():
+    for variant, override in VARIANTS.items():
+        section, key = override.split("=")[0].split(".")
+        main, changed = arm_config(None, section), arm_config(variant, section)
+        assert [k for k in main if main[k] != changed[k]] == [key], variant
+        assert all(arm_config(None, other) == arm_config(variant, other)
+                   for other in ("distill", "optim", "train", "model", "discriminator_optim") if other != section)
 
 
 def row(model, sampler, steps, gen_ppl, entropy, seconds, control_for=None, temperature=1.0):
