@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from models.diffusion import NEG_INF
+from models.vocab_parallel import NEG_INF, VocabShard, add_to_column, log_softmax, take
 
 
-def next_token_nll(logits: torch.Tensor, x: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """(B, L − 1) in fp32: −log p(x_{i+1} | x_{≤ i}) from logits (B, L, V + 1) of the causal model on x (B, L)."""
-    logits = logits[:, :-1].float().clone()
-    logits[..., mask_id] += NEG_INF
-    return -torch.log_softmax(logits, dim=-1).gather(-1, x[:, 1:, None]).squeeze(-1)
+def next_token_nll(logits: torch.Tensor, x: torch.Tensor, mask_id: int, shard: VocabShard | None = None) -> torch.Tensor:
+    """(B, L − 1) in fp32: −log p(x_{i+1} | x_{≤ i}) from logits (B, L, V + 1) of the causal model on x (B, L)
+    (this rank's columns under a vocabulary ``shard``)."""
+    logits = add_to_column(logits[:, :-1].float().clone(), mask_id, NEG_INF, shard)
+    return -take(log_softmax(logits, shard), x[:, 1:], shard)

@@ -2,7 +2,9 @@
 
 Conventions: rows are rollout rows (B' = B·G), consecutive groups of G rows form a group; masks are bool
 (B', L) tensors marking the positions an average runs over; log-probabilities are SUBS-processed (B', L, V + 1).
-Random draws take one generator per row, so that a row's draws depend only on its global key.
+Random draws take one generator per row, so that a row's draws depend only on its global key. Under tensor
+parallelism log-probabilities are this rank's vocabulary columns and the functions that reduce over the
+vocabulary take its ``shard`` (``models.vocab_parallel``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from models.diffusion import LogLinearSchedule, mask_tokens
 from models.sampler import draw_uniform, sample_where
+from models.vocab_parallel import VocabShard, take, vocab_sum
 
 TAU_CLAMP = (0.02, 0.98)
 OMEGA_CLAMP = (0.1, 10.0)
@@ -50,7 +53,7 @@ class Rollout:
 
 def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch.Tensor, seq_len: int,
                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
-                    t0: float = 1e-3, intermediate: bool = True) -> Rollout:
+                    t0: float = 1e-3, intermediate: bool = True, shard: VocabShard | None = None) -> Rollout:
     """1 → τ → t0 (or, without the intermediate state, 1 → t0 in one step, the ablation's baseline) with one
     student forward per step; samples come from the detached probabilities.
 
@@ -66,8 +69,8 @@ def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch.
         log_p = student(z)
         unmask = (z == mask_id) & (draw_uniform((rows, seq_len), generators, device)
                                    < ((alpha_s - alpha_t) / (1 - alpha_t))[:, None])
-        z_next = torch.where(unmask, sample_where(log_p[..., :mask_id], unmask, generators, torch.exp), z)
-        log_prob = log_prob + (log_p.gather(-1, z_next.unsqueeze(-1)).squeeze(-1) * unmask).sum(1)
+        z_next = torch.where(unmask, sample_where(log_p, unmask, generators, mask_id, shard, torch.exp), z)
+        log_prob = log_prob + (take(log_p, z_next, shard) * unmask).sum(1)
         states.append(z)
         log_probs.append(log_p)
         masked.append(z == mask_id)
@@ -125,22 +128,23 @@ def group_normalised_advantages(rewards: torch.Tensor, group_size: int, clip: fl
 
 
 def forward_kl(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor,
-               count: torch.Tensor | None = None) -> torch.Tensor:
+               count: torch.Tensor | None = None, shard: VocabShard | None = None) -> torch.Tensor:
     """Mean over masked positions of KL(T ‖ p) = Σ_v T_v (log T_v − log p_v); teacher without grad."""
     t = teacher_log_p.detach()
-    return masked_mean((t.exp() * (t - student_log_p)).sum(-1), mask, count)
+    return masked_mean(vocab_sum(t.exp() * (t - student_log_p), shard), mask, count)
 
 
 def jeffreys(teacher_log_p: torch.Tensor, student_log_p: torch.Tensor, mask: torch.Tensor,
-             beta: float = 1.0, count: torch.Tensor | None = None) -> torch.Tensor:
+             beta: float = 1.0, count: torch.Tensor | None = None, shard: VocabShard | None = None) -> torch.Tensor:
     """KL(T ‖ p) + β·KL(p ‖ T)."""
-    reverse = masked_mean((student_log_p.exp() * (student_log_p - teacher_log_p.detach())).sum(-1), mask, count)
-    return forward_kl(teacher_log_p, student_log_p, mask, count) + beta * reverse
+    reverse = vocab_sum(student_log_p.exp() * (student_log_p - teacher_log_p.detach()), shard)
+    return forward_kl(teacher_log_p, student_log_p, mask, count, shard) + beta * masked_mean(reverse, mask, count)
 
 
-def entropy(log_p: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+def entropy(log_p: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None,
+            shard: VocabShard | None = None) -> torch.Tensor:
     """Mean over masked positions of H(p) = −Σ_v p_v log p_v."""
-    return masked_mean(-(log_p.exp() * log_p).sum(-1), mask, count)
+    return masked_mean(-vocab_sum(log_p.exp() * log_p, shard), mask, count)
 
 
 def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor,

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-NEG_INF = -1e6  # "zero probability" in log space, finite so that products with zero stay zero
+from models.vocab_parallel import NEG_INF, VocabShard, add_to_column, log_softmax, one_hot_log, take
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,14 @@ def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, mask_id: int, generato
     return torch.where(u < mask_prob.view(-1, *([1] * (x.dim() - 1))), mask_id, x)
 
 
-def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """SUBS: log x_θ(z), (B, L, V + 1) in fp32.
+def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int, shard: VocabShard | None = None) -> torch.Tensor:
+    """SUBS: log x_θ(z), (B, L, V + 1) in fp32 (this rank's columns under a vocabulary ``shard``).
 
     The [MASK] logit gets −1e6 before the log-softmax (zero masking probability); every unmasked position
     carries its token over (log-probability 0 there, −1e6 elsewhere).
     """
-    logits = logits.float().clone()
-    logits[..., mask_id] += NEG_INF
-    log_probs = torch.log_softmax(logits, dim=-1)
-    carry = torch.full_like(log_probs, NEG_INF).scatter_(-1, z.unsqueeze(-1), 0.0)
+    log_probs = log_softmax(add_to_column(logits.float().clone(), mask_id, NEG_INF, shard), shard)
+    carry = one_hot_log(z, log_probs, shard)
     return torch.where((z != mask_id).unsqueeze(-1), carry, log_probs)
 
 
@@ -61,8 +59,8 @@ def sample_times(batch: int, t_min: float = 1e-3, antithetic: bool = True,
 
 
 def nelbo_per_token(log_probs: torch.Tensor, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                    mask_id: int, schedule: LogLinearSchedule) -> torch.Tensor:
+                    mask_id: int, schedule: LogLinearSchedule, shard: VocabShard | None = None) -> torch.Tensor:
     """(B, L) terms of the continuous-time NELBO: −α'_t/(1 − α_t) · log x_θ(z_t)[x] at masked positions, 0 elsewhere."""
-    token_log_prob = log_probs.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    token_log_prob = take(log_probs, x, shard)
     weight = schedule.loss_weight(t).view(-1, 1)
     return torch.where(z == mask_id, -weight * token_log_prob, torch.zeros_like(token_log_prob))

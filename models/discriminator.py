@@ -53,6 +53,7 @@ class Discriminator(nn.Module):
         if not 0 <= unfreeze_blocks <= depth:
             raise ValueError(f"unfreeze_blocks = {unfreeze_blocks} must be between 0 and the depth {depth}")
         self.num_heads, self.first_trainable, self.sigma_to = teacher.num_heads, depth - unfreeze_blocks, sigma_to
+        self.vocab_shard = teacher.vocab_shard  # the float (RGAS) input's columns on this rank
         self.vocab_embed = copy.deepcopy(teacher.vocab_embed)
         self.sigma_map = copy.deepcopy(teacher.sigma_map)
         self.blocks = copy.deepcopy(teacher.blocks)

@@ -72,9 +72,9 @@ class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, cond_dim: int, mlp_ratio: int, dropout: float, layers: DenseLayers,
                  causal: bool = False):
         super().__init__()
-        self.heads, self.causal = heads, causal
+        self.heads, self.causal = layers.local_heads(heads), causal
         self.norm1 = LayerNorm(dim)
-        self.attn_qkv = layers.linear(dim, 3 * dim, bias=False, role="column")
+        self.attn_qkv = layers.linear(dim, 3 * dim, bias=False, role="qkv")
         self.attn_out = layers.linear(dim, dim, bias=False, role="row")
         self.norm2 = LayerNorm(dim)
         self.mlp = nn.Sequential(layers.linear(dim, mlp_ratio * dim, bias=True, role="column"),
@@ -108,7 +108,8 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """``forward(x, sigma)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); returns (B, L, V + 1)."""
+    """``forward(x, sigma)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); returns (B, L, V + 1)
+    (under tensor parallelism, this rank's ``vocab_shard`` of the columns)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, cond_dim: int = 128,
                  mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None, causal: bool = False):
@@ -117,6 +118,7 @@ class DiT(nn.Module):
             raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even size")
         layers = layers or DenseLayers()
         self.vocab_size, self.num_heads, self.causal = vocab_size, num_heads, causal
+        self.vocab_shard = layers.vocab_shard(vocab_size + 1)  # this rank's output columns (None: all)
         self.vocab_embed = layers.embedding(vocab_size + 1, hidden_size)
         self.sigma_map = SigmaEmbedder(cond_dim)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers, causal)

@@ -1,8 +1,9 @@
 """The one place where the DiT gets its linear layers, token embedding and vocabulary projection.
 
-Each layer is requested with its tensor-parallel role (``column``: output features split; ``row``: input
-features split; ``replicated``), so a tensor-parallel factory can return megatron-core layers without any
-change to the block code. ``DenseLayers`` is the plain single-device version.
+Each layer is requested with its tensor-parallel role (``column``: output features split; ``qkv``: the fused
+attention input, split by heads; ``row``: input features split; ``replicated``), so the tensor-parallel factory
+(``models.tensor_parallel.MegatronLayers``) can return megatron-core layers without any change to the block
+code. ``DenseLayers`` is the plain single-device version.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Role = Literal["column", "row", "replicated"]
+from models.vocab_parallel import VocabShard
+
+Role = Literal["column", "qkv", "row", "replicated"]
 
 
 class TokenEmbedding(nn.Module):
@@ -61,3 +64,11 @@ class DenseLayers:
     def vocab_projection(self, dim: int, num_outputs: int) -> nn.Module:
         """Zero-initialised, as in MDLM: the untrained model predicts the uniform distribution."""
         return ZeroLinear(dim, num_outputs, bias=True)
+
+    def local_heads(self, heads: int) -> int:
+        """Attention heads computed on this rank."""
+        return heads
+
+    def vocab_shard(self, width: int) -> VocabShard | None:
+        """This rank's columns of an output of ``width`` vocabulary columns (None: all of them)."""
+        return None

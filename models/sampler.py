@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-from models.diffusion import LogLinearSchedule
+from models.diffusion import NEG_INF, LogLinearSchedule
+from models.vocab_parallel import VocabShard, add_to_column, race
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]  # z (B, L) -> SUBS log-probabilities (B, L, V + 1)
 
@@ -33,31 +34,32 @@ class SamplerStats:
 Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
 
 
-def sample_categorical(probs: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-    """One draw per row of (unnormalised) probabilities, in float64: argmax(q / E) with E ~ Exp(1).
-    A list of generators gives each leading row its own stream (draws keyed by the global row)."""
+def sample_categorical(probs: torch.Tensor, generator: Generators = None, width: int | None = None,
+                       shard: VocabShard | None = None) -> torch.Tensor:
+    """One draw per row of (unnormalised) probabilities over the columns below ``width`` (default: all), in
+    float64: argmax(q / E) with E ~ Exp(1). A list of generators gives each leading row its own stream (draws
+    keyed by the global row); ``shard``: the columns are this rank's slice of a vocabulary-parallel tensor."""
+    width = probs.shape[-1] if width is None else width
     if isinstance(generator, list):
-        return torch.stack([sample_categorical(row, g) for row, g in zip(probs, generator, strict=True)])
-    q = probs.detach().double()
-    device = generator.device if generator is not None else q.device  # a CPU generator may drive GPU sampling
-    e = torch.empty(q.shape, dtype=torch.float64, device=device).exponential_(generator=generator).to(q.device)
-    return (q / e).argmax(dim=-1)
+        return torch.stack([sample_categorical(row, g, width, shard) for row, g in zip(probs, generator, strict=True)])
+    return race(probs.detach(), width, generator, shard)
 
 
-def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators = None,
+def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators = None, width: int | None = None,
+                 shard: VocabShard | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Draws (B, L) at the positions ``where`` marks only (0 elsewhere): the float64 race costs V draws per
-    position, so positions that keep their token are skipped. ``transform`` maps the selected (n, W)
-    probabilities first; with a list of generators each row draws from its own."""
+    """Draws (B, L) among the columns below ``width`` at the positions ``where`` marks only (0 elsewhere): the
+    float64 race costs V draws per position, so positions that keep their token are skipped. ``transform`` maps
+    the selected (n, W) probabilities first; with a list of generators each row draws from its own."""
     out = torch.zeros(where.shape, dtype=torch.long, device=where.device)
     transform = transform or (lambda p: p)
     if isinstance(generator, list):
         for b, g in enumerate(generator):
             index = where[b].nonzero(as_tuple=True)[0]
             if index.numel():
-                out[b, index] = sample_categorical(transform(probs[b, index]), g)
+                out[b, index] = sample_categorical(transform(probs[b, index]), g, width, shard)
     elif where.any():
-        out[where] = sample_categorical(transform(probs[where]), generator)
+        out[where] = sample_categorical(transform(probs[where]), generator, width, shard)
     return out
 
 
@@ -70,7 +72,8 @@ def draw_uniform(shape: tuple[int, ...], generator: Generators, device, dtype=to
 
 
 def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
-                   schedule: LogLinearSchedule, generator: Generators = None) -> torch.Tensor:
+                   schedule: LogLinearSchedule, generator: Generators = None,
+                   shard: VocabShard | None = None) -> torch.Tensor:
     """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s.
 
     The (V + 1)-way transition in two draws: a masked position unmasks with probability (α_s − α_t)/(1 − α_t)
@@ -79,7 +82,7 @@ def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, 
     alpha_t, alpha_s = (schedule.alpha(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
     unmask = (z == mask_id) & (draw_uniform(z.shape, generator, z.device, torch.float64)
                                < ((alpha_s - alpha_t) / (1 - alpha_t)).item())
-    return torch.where(unmask, sample_where(x0_probs[..., :mask_id], unmask, generator), z)
+    return torch.where(unmask, sample_where(x0_probs, unmask, generator, mask_id, shard), z)
 
 
 def time_grid(steps: int, t_end: float = 1e-5) -> list[float]:
@@ -94,12 +97,12 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                      schedule: LogLinearSchedule = LogLinearSchedule(), generator: Generators = None,
                      cache: bool = True, stats: SamplerStats | None = None,
                      on_step: Callable[[int, float, torch.Tensor], None] | None = None,
-                     transition: Transition | None = None) -> torch.Tensor:
+                     transition: Transition | None = None, shard: VocabShard | None = None) -> torch.Tensor:
     """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise.
 
     ``transition`` replaces the plain step (RGAS tilts or re-ranks it); the loop, the per-row caching of x_θ,
     the NFE count and the noise removal stay here. ``cache=False`` evaluates every row at every step (under
-    ZeRO-3 every rank must make the same calls)."""
+    ZeRO-3 every rank must make the same calls); ``shard``: ``denoise`` returns this rank's vocabulary slice."""
     stats = stats if stats is not None else SamplerStats()
     stats.row_nfe = torch.zeros(z.shape[0], dtype=torch.long)
     grid = time_grid(steps)
@@ -116,7 +119,7 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                 probs[stale] = fresh.exp()
         stats.row_nfe += stale.cpu()
         if transition is None:
-            z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator)
+            z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator, shard)
         else:
             z_next = transition(i, z, log_probs, grid[i], grid[i + 1])
         stale = (z_next != z).any(1) if cache else torch.ones_like(stale)
@@ -125,8 +128,7 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
             on_step(i, grid[i + 1], z)
     still_masked = z == mask_id
     if still_masked.any():
-        probs = denoise(z).exp()
-        probs[..., mask_id] = 0
+        probs = add_to_column(denoise(z), mask_id, NEG_INF, shard).exp()
         stats.noise_removal_calls += 1
-        z = torch.where(still_masked, sample_where(probs, still_masked, generator), z)
+        z = torch.where(still_masked, sample_where(probs, still_masked, generator, mask_id + 1, shard), z)
     return z

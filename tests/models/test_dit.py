@@ -101,7 +101,7 @@ def test_every_linear_layer_comes_from_the_factory():
             return super().vocab_projection(dim, n)
 
     model = build(layers=Recording())
-    per_block = ["column", "row", "column", "row", "replicated"]
+    per_block = ["qkv", "row", "column", "row", "replicated"]
     assert roles == per_block * 2 + ["vocab", "replicated"]
     factory_linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 2  # σ embedder's two
     assert factory_linears == len(roles)
