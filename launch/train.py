@@ -14,34 +14,38 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoint import CheckpointError  # noqa: E402
-from pipeline.config import Config, ConfigError, load_config, to_yaml  # noqa: E402
+from pipeline.config import Config, ConfigError, check_world, load_config, to_yaml  # noqa: E402
 from pipeline.data import DataError, check_compatible, read_manifest  # noqa: E402
 
 
 def layout(cfg: Config, world_size: int) -> str:
     """The parallel layout and the model's size, computed without allocating the model."""
+    import dataclasses
+
     import torch
 
     from pipeline.engine import build_model
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(cfg.model).parameters())
-    micro, accum = cfg.data.batch_size, cfg.train.grad_accum
+        params = sum(p.numel() for p in build_model(dataclasses.replace(cfg.model, tensor_parallel=1)).parameters())
+    micro, accum, tp = cfg.data.batch_size, cfg.train.grad_accum, cfg.model.tensor_parallel
+    data_ranks = world_size // tp
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     lines = [
         f"stage: {cfg.stage}; model: {params:,} parameters ({cfg.model.num_layers} x {cfg.model.hidden_size}, "
         f"{cfg.model.num_heads} heads), V = {cfg.model.vocab_size} + [MASK], L = {cfg.model.seq_len}",
-        f"layout: {world_size} data-parallel ranks on {device}, ZeRO stage {cfg.train.zero_stage}, {precision}",
-        f"batch: {micro} sequences per rank x {accum} accumulation x {world_size} ranks = "
-        f"{micro * accum * world_size} sequences ({micro * accum * world_size * cfg.model.seq_len:,} tokens) per step",
+        f"layout: {world_size} ranks on {device} = {tp} tensor-parallel x {data_ranks} data-parallel, "
+        f"ZeRO stage {cfg.train.zero_stage} over the data-parallel ranks, {precision}",
+        f"batch: {micro} sequences per data-parallel rank x {accum} accumulation x {data_ranks} ranks = "
+        f"{micro * accum * data_ranks} sequences ({micro * accum * data_ranks * cfg.model.seq_len:,} tokens) per step",
     ]
     if cfg.stage == "distill":
         c = cfg.distill
         teacher_zero = "ZeRO-3" + (" offloaded to CPU" if c.teacher_offload else "") if cfg.train.zero_stage == 3 \
             else "replicated"
         lines += [f"rollout: {c.rollout_rows} student samples per rank in groups of G = {c.group_size} "
-                  f"({c.rollout_rows * world_size} per iteration); real side: {c.real_side}",
+                  f"({c.rollout_rows * data_ranks} per iteration); real side: {c.real_side}",
                   f"models: student + EMA student, discriminator ({c.unfreeze_blocks} of {cfg.model.num_layers} blocks "
                   f"trainable, sigma to {c.sigma_to} blocks), teacher {teacher_zero}, from {c.teacher}"]
     return "\n".join(lines + [f"steps: {cfg.train.max_steps}; outputs: {cfg.run.out_dir}"])
@@ -62,14 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.distill import check_teacher
 
             check_teacher(cfg)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        check_world(cfg, world_size)
         if args.dry_run:
-            print(to_yaml(cfg) + layout(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            print(to_yaml(cfg) + layout(cfg, world_size))
             return 0
         from pipeline.distill import distill
         from pipeline.distributed import setup
         from pipeline.pretrain import pretrain
 
-        d = setup()
+        d = setup(cfg.model.tensor_parallel)
         if d.is_main:
             print(to_yaml(cfg) + layout(cfg, d.world_size), flush=True)
         result = (distill if cfg.stage == "distill" else pretrain)(cfg, d)

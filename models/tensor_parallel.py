@@ -167,6 +167,21 @@ def layout(model: nn.Module) -> dict[str, Partition]:
     return parts
 
 
+def mark_split_parameters(model: nn.Module) -> None:
+    """Set megatron's ``tensor_model_parallel`` attributes on the split parameters (megatron sets them only when
+    it initialises the weights, and a deep copy drops them): DeepSpeed's gradient norm counts a split tensor on
+    every rank and a replicated one once."""
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    parameters = dict(model.named_parameters())
+    for name, part in layout(model).items():
+        if name in parameters:
+            for attribute in ("tensor_model_parallel", "partition_dim", "partition_stride"):
+                if hasattr(parameters[name], attribute):
+                    delattr(parameters[name], attribute)
+            set_tensor_model_parallel_attributes(parameters[name], True, part.dim, 1)
+
+
 def qkv_to_ranks(weight: torch.Tensor, ranks: int) -> torch.Tensor:
     """Dense [Q; K; V] rows -> [Q_0; K_0; V_0; Q_1; …] (each of Q, K, V split into ``ranks`` head groups)."""
     q, k, v = (part.chunk(ranks) for part in weight.chunk(3))

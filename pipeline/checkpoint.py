@@ -79,7 +79,8 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
     _barrier()
     if rank == 0:
         save_resolved(cfg, directory)
-        meta = {"step": step, "world_size": world_size, "engines": sorted(engines), "model": model_signature(cfg),
+        meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
+                "engines": sorted(engines), "model": model_signature(cfg),
                 "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
         atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
         atomic_write_bytes(root / "latest", tag.encode())
@@ -102,6 +103,9 @@ def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
         diff = {k: (meta["model"].get(k), v) for k, v in model_signature(cfg).items() if meta["model"].get(k) != v}
         raise CheckpointError(f"{directory} holds another model ({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())}); "
                               f"use another run.out_dir")
+    if meta.get("tensor_parallel", 1) != cfg.model.tensor_parallel:
+        raise CheckpointError(f"{directory} was written with model.tensor_parallel = {meta.get('tensor_parallel', 1)}, "
+                              f"this job has {cfg.model.tensor_parallel}: resume with the same value")
     if meta["world_size"] != world_size:
         raise CheckpointError(f"{directory} was written by {meta['world_size']} ranks, this job has {world_size}: "
                               "the data position and EMA partitions need the same number")

@@ -71,6 +71,7 @@ class ModelConfig:
     vocab_size: int = 50257  # real tokens V; [MASK] is id V
     tokenizer_fingerprint: Optional[str] = None  # None: accept the dataset's tokenizer
     causal: bool = False  # an autoregressive LM on next-token loss: the in-domain judge of the evaluation
+    tensor_parallel: int = 1  # ranks that split each layer (megatron-core); ZeRO runs over the rest (data-parallel)
 
     def validate(self) -> None:
         from models.sizes import SIZES
@@ -93,6 +94,10 @@ class ModelConfig:
         if self.seq_len < 3:
             raise ConfigError(f"model.seq_len: {self.seq_len} is too small: a sequence is [BOS] + chunk + [EOS]")
         _positive("model.vocab_size", self.vocab_size)
+        _positive("model.tensor_parallel", self.tensor_parallel)
+        if self.num_heads % self.tensor_parallel:
+            raise ConfigError(f"model.tensor_parallel: {self.tensor_parallel} does not divide model.num_heads = "
+                              f"{self.num_heads} (each rank computes whole heads)")
 
 
 @dataclass
@@ -362,6 +367,13 @@ class PrepareConfig:
                 raise ConfigError(f"tokenizer: '{self.tokenizer}': no GPT-2 ranks file at '{arg}'")
         elif not (kind == "protein" and not arg):
             raise ConfigError(f"tokenizer: '{self.tokenizer}' is not one of spm:VOCAB, gpt2:RANKS_FILE, protein")
+
+
+def check_world(cfg: "Config", world_size: int) -> None:
+    """The job's ranks must factor into tensor-parallel groups of ``model.tensor_parallel``."""
+    if world_size % cfg.model.tensor_parallel:
+        raise ConfigError(f"model.tensor_parallel: {cfg.model.tensor_parallel} does not divide the job's "
+                          f"{world_size} ranks (world size = tensor-parallel x data-parallel ranks)")
 
 
 def _positive(name: str, value: float) -> None:

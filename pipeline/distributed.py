@@ -23,14 +23,26 @@ import torch.multiprocessing as mp
 
 @dataclass(frozen=True)
 class Dist:
+    """This rank's place in the job. Ranks r·T … r·T + T − 1 form data-parallel rank r's tensor-parallel group
+    (megatron-core's order): they see the same data and the same random draws."""
+
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    tensor_parallel: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def data_rank(self) -> int:
+        return self.rank // self.tensor_parallel
+
+    @property
+    def data_size(self) -> int:
+        return self.world_size // self.tensor_parallel
 
 
 def _free_port() -> int:
@@ -48,8 +60,9 @@ def quiet_deepspeed() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"deepspeed.*")
 
 
-def setup() -> Dist:
-    """Join (or create) the process group: NCCL on GPUs, gloo on CPU."""
+def setup(tensor_parallel: int = 1) -> Dist:
+    """Join (or create) the process group: NCCL on GPUs, gloo on CPU; with ``tensor_parallel`` > 1 also
+    megatron-core's tensor- and data-parallel groups."""
     use_cuda = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     import deepspeed
@@ -65,7 +78,11 @@ def setup() -> Dist:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    return Dist(rank, world, local_rank, device)
+    if tensor_parallel > 1:
+        from models.tensor_parallel import initialize
+
+        initialize(tensor_parallel)
+    return Dist(rank, world, local_rank, device, tensor_parallel)
 
 
 def all_reduce_sum(*values: float, device: torch.device) -> list[float]:

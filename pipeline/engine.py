@@ -12,15 +12,57 @@ from pipeline.config import Config, ModelConfig, OptimConfig
 
 
 def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None) -> DiT:
-    """The DiT of the config; under ZeRO-3 its parameters are partitioned as they are created."""
+    """The DiT of the config; under ZeRO-3 its parameters are partitioned as they are created.
+
+    With ``model.tensor_parallel`` > 1 (process groups from ``pipeline.distributed.setup``): this rank's shards
+    of the dense model that the same seed builds, so every tensor-parallel size starts from the same weights
+    (DeepSpeed partitions a ZeRO-3 model when its engine is built)."""
+    dims = (model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim)
+    if model.tensor_parallel > 1:
+        from models.tensor_parallel import MegatronLayers, initialize, load_dense
+
+        dense = DiT(*dims, dropout=model.dropout, causal=model.causal).state_dict()
+        sharded = DiT(*dims, dropout=model.dropout, causal=model.causal,
+                      layers=MegatronLayers(initialize(model.tensor_parallel)))
+        load_dense(sharded, dense)
+        return sharded
     context = contextlib.nullcontext()
     if zero_stage == 3:
         import deepspeed
 
         context = deepspeed.zero.Init(config_dict_or_path=ds_config)
     with context:
-        return DiT(model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim,
-                   dropout=model.dropout, causal=model.causal)
+        return DiT(*dims, dropout=model.dropout, causal=model.causal)
+
+
+class MegatronMPU:
+    """megatron-core's ``parallel_state`` as DeepSpeed's ``mpu``: ZeRO reduces and partitions over the
+    data-parallel group; model parallelism is tensor parallelism (there are no pipeline stages)."""
+
+    def __getattr__(self, name: str):
+        from megatron.core import parallel_state
+
+        return getattr(parallel_state, name)
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.get_tensor_model_parallel_world_size()
+
+    def get_model_parallel_rank(self) -> int:
+        return self.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_group(self):
+        return self.get_tensor_model_parallel_group()
+
+
+def mpu_for(model: torch.nn.Module) -> MegatronMPU | None:
+    """The ``mpu`` of a tensor-parallel model's engine (None for a dense one); marks the model's split
+    parameters for DeepSpeed's gradient norm."""
+    if getattr(model, "vocab_shard", None) is None:
+        return None
+    from models.tensor_parallel import mark_split_parameters
+
+    mark_split_parameters(model)
+    return MegatronMPU()
 
 
 class GuardedAdamW(torch.optim.AdamW):
@@ -87,7 +129,8 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, con
     optimizer = GuardedAdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
                              betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
+                                           mpu=mpu_for(model))
     return engine, optimizer
 
 
@@ -97,6 +140,6 @@ def build_frozen_engine(model: torch.nn.Module, config: dict):
     import deepspeed
 
     model.requires_grad_(False)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config, mpu=mpu_for(model))
     engine.eval()
     return engine

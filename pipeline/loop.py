@@ -133,13 +133,13 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
                  ) -> list[tuple[int, list[str], SamplerStats]]:
     """EMA samples from all-[MASK] at each of ``train.sample_steps``; every rank runs the sampler (ZeRO-3
     gathers need all), rank 0 keeps the text."""
-    mask_id = cfg.model.vocab_size
+    mask_id, shard = cfg.model.vocab_size, engine.module.vocab_shard
     engine.eval()
 
     def denoise(z):
         with autocast():
             logits = engine(z, torch.zeros(z.shape[0], device=z.device))
-        return subs_log_probs(logits, z, mask_id)
+        return subs_log_probs(logits, z, mask_id, shard)
 
     results = []
     with ema.swapped_in():
@@ -148,7 +148,7 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
             z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
             # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
             out = ancestral_sample(denoise, z, steps, mask_id, generator=keyed_generator(cfg.run.seed, SAMPLE, step),
-                                   cache=cfg.train.zero_stage != 3, stats=stats)
+                                   cache=cfg.train.zero_stage != 3, stats=stats, shard=shard)
             results.append((steps, [render(row, tok)[0] for row in out.cpu().tolist()], stats))
     engine.train()
     return results

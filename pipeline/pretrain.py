@@ -4,8 +4,9 @@ Features: gradient accumulation, warm-up + constant/linear/cosine LR, EMA with w
 bf16 autocast on GPU (fp32 on CPU), validation NELBO (EMA weights) and sample text every N steps,
 checkpoints with an atomic ``latest`` pointer and exact resume, MLflow on rank 0, non-finite steps skipped
 and counted (the run stops after ``train.max_nonfinite`` in a row).
-Limitations: one data-parallel group (tensor parallelism comes with the megatron-core layers); the step
-counter counts optimizer steps, skipped ones included.
+Tensor parallelism (``model.tensor_parallel``): the ranks of a tensor-parallel group read the same rows and
+draw the same masks and dropout; ZeRO runs over the data-parallel ranks.
+Limitations: the step counter counts optimizer steps, skipped ones included.
 """
 from __future__ import annotations
 
@@ -35,26 +36,25 @@ from pipeline.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_see
 def corrupt(x: torch.Tensor, cfg: Config, d: Dist, schedule: LogLinearSchedule, *keys: int):
     """t and z_t for this rank's rows, drawn for the global batch from a generator keyed by ``keys``."""
     g = keyed_generator(cfg.run.seed, *keys)
-    rows, length = d.world_size * x.shape[0], x.shape[1]
+    rows, length = d.data_size * x.shape[0], x.shape[1]
     t = sample_times(rows, cfg.train.t_min, cfg.train.antithetic, generator=g)
     u = torch.rand((rows, length), generator=g)
-    t, u = rank_rows(t, d.rank, x.shape[0]).to(x.device), rank_rows(u, d.rank, x.shape[0]).to(x.device)
+    t, u = (rank_rows(v, d.data_rank, x.shape[0]).to(x.device) for v in (t, u))
     return t, mask_tokens(x, 1 - schedule.alpha(t), cfg.model.vocab_size, u=u)
 
 
 def loss_terms(engine, x: torch.Tensor, cfg: Config, d: Dist, autocast, *keys: int) -> torch.Tensor:
     """Per-token loss terms: the NELBO's at masked positions of z_t (draws keyed by ``keys``), or, for a causal
     model, the next-token NLL of every position after the first."""
-    zeros = torch.zeros(x.shape[0], device=x.device)
+    zeros, shard, mask_id = torch.zeros(x.shape[0], device=x.device), engine.module.vocab_shard, cfg.model.vocab_size
     if cfg.model.causal:
         with autocast():
             logits = engine(x, zeros)
-        return next_token_nll(logits, x, cfg.model.vocab_size)
+        return next_token_nll(logits, x, mask_id, shard)
     t, z = corrupt(x, cfg, d, LogLinearSchedule(), *keys)
     with autocast():
         logits = engine(z, zeros)
-    return nelbo_per_token(subs_log_probs(logits, z, cfg.model.vocab_size), x, z, t, cfg.model.vocab_size,
-                           LogLinearSchedule())
+    return nelbo_per_token(subs_log_probs(logits, z, mask_id, shard), x, z, t, mask_id, LogLinearSchedule(), shard)
 
 
 def val_key(cfg: Config) -> str:
@@ -82,8 +82,8 @@ def evaluate(engine, ema: EMA, val: TokenLoader, cfg: Config, d: Dist, autocast)
 def pretrain(cfg: Config, d: Dist) -> dict:
     """Train (or resume) the teacher; returns the final metrics."""
     out_dir = Path(cfg.run.out_dir)
-    loader = loader_from_config(cfg, "train", d.rank, d.world_size)
-    val = loader_from_config(cfg, "val", d.rank, d.world_size, shuffle=False)
+    loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
+    val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
     config = ds_config(cfg)
     torch.manual_seed(cfg.run.seed)
@@ -100,7 +100,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     stream = endless(loader)
     metrics: dict[str, float] = {}
     window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
-    tokens_per_step = cfg.data.batch_size * cfg.model.seq_len * cfg.train.grad_accum * d.world_size
+    tokens_per_step = cfg.data.batch_size * cfg.model.seq_len * cfg.train.grad_accum * d.data_size
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
                dynamic_ncols=True, desc="pretrain")
     engine.train()
@@ -108,7 +108,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
         step_loss = 0.0
         for micro in range(cfg.train.grad_accum):
             x = next(stream)["input_ids"].to(d.device)
-            torch.manual_seed(keyed_seed(cfg.run.seed, DROPOUT, step, micro, d.rank))
+            torch.manual_seed(keyed_seed(cfg.run.seed, DROPOUT, step, micro, d.data_rank))
             loss = loss_terms(engine, x, cfg, d, autocast, TRAIN, step, micro).mean()
             engine.backward(loss)
             engine.step()

@@ -39,7 +39,7 @@ def _run_pretrain(rank, world_size, cfg_dict):
 
     cfg = from_dict(Config, cfg_dict)
     try:
-        return pretrain(cfg, setup())
+        return pretrain(cfg, setup(cfg.model.tensor_parallel))
     except RuntimeError as err:
         return {"error": str(err)}
 
