@@ -236,8 +236,12 @@ def gather_dense(model: nn.Module, tensors: dict[str, torch.Tensor] | None = Non
         if part is not None:
             pieces = [torch.empty_like(value) for _ in range(ranks)]
             dist.all_gather(pieces, value.contiguous(), group=group)
-            value = torch.cat(pieces, dim=part.dim).narrow(part.dim, 0, part.size)
-            if part.qkv:
-                value = qkv_from_ranks(value, ranks)
+            value = join_shards(pieces, part.dim, part.size, part.qkv)
         out[name] = value.detach().clone()
     return out
+
+
+def join_shards(shards: list[torch.Tensor], dim: int, size: int, qkv: bool) -> torch.Tensor:
+    """The dense tensor of its tensor-parallel shards in rank order (padding dropped, qkv rows back to [Q; K; V])."""
+    joined = torch.cat(shards, dim=dim).narrow(dim, 0, size)
+    return qkv_from_ranks(joined, len(shards)).contiguous() if qkv else joined.contiguous()

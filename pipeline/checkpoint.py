@@ -82,6 +82,11 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
                 "engines": sorted(engines), "model": model_signature(cfg),
                 "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
+        if cfg.model.tensor_parallel > 1:  # how each engine's tensors split, for reading the files back dense
+            from models.tensor_parallel import layout
+
+            meta["split"] = {name: {k: [p.dim, p.size, p.qkv] for k, p in layout(engine.module).items()}
+                             for name, engine in engines.items()}
         atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
         atomic_write_bytes(root / "latest", tag.encode())
     _barrier()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from models.tensor_parallel import join_shards
 from pipeline.checkpoint import CheckpointError, latest_tag
 
 
@@ -44,8 +45,13 @@ def consolidate(pieces: list[torch.Tensor], shape: torch.Size) -> torch.Tensor:
 
 def ema_state_dict(step_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The checkpoint's EMA weights as a dense state dict for ``model`` (whose names and shapes it takes;
-    ``model`` may live on the meta device). Every rank file must be present and readable."""
-    world = read_meta(step_dir)["world_size"]
+    ``model`` may live on the meta device). Every rank file must be present and readable.
+
+    Under tensor parallelism T, rank r holds tensor-parallel shard r mod T of data-parallel rank r // T: each
+    shard is consolidated over the data-parallel ranks, then the shards are joined as the checkpoint's
+    ``split`` layout says (``models.tensor_parallel``)."""
+    meta = read_meta(step_dir)
+    world, ranks = meta["world_size"], meta.get("tensor_parallel", 1)
     shadows = []
     for rank in range(world):
         side = step_dir / f"rank{rank:05d}.pt"
@@ -58,4 +64,13 @@ def ema_state_dict(step_dir: Path, model: torch.nn.Module) -> dict[str, torch.Te
     named = list(model.named_parameters())
     if any(len(s) != len(named) for s in shadows):
         raise CheckpointError(f"{step_dir}: the EMA holds {len(shadows[0])} tensors, the model has {len(named)}")
-    return {name: consolidate([s[i] for s in shadows], p.shape) for i, (name, p) in enumerate(named)}
+    split = next((meta["split"][e] for e in ("model", "student") if e in meta.get("split", {})), {})
+    dense = {}
+    for i, (name, p) in enumerate(named):
+        dim, size, qkv = split.get(name, (0, None, False))
+        shape = list(p.shape)
+        if size is not None:
+            shape[dim] = -(-size // ranks)  # this shard's rows (the vocabulary padded to a multiple of T)
+        shards = [consolidate([s[i] for s in shadows[r::ranks]], torch.Size(shape)) for r in range(ranks)]
+        dense[name] = shards[0] if size is None else join_shards(shards, dim, size, qkv)
+    return dense

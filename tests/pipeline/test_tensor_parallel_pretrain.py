@@ -1,7 +1,13 @@
 """Pre-training under tensor parallelism (megatron-core) x ZeRO against one dense process, on CPU ranks over gloo."""
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from pipeline.config import Config, from_dict
+from pipeline.convert import convert
 from pipeline.distributed import run_ranks
+from pipeline.engine import build_model
+from pipeline.weights import ema_state_dict, resolve_checkpoint
 from tests.pipeline.test_pretrain import _run_pretrain, metrics, settings
 
 CLIP = {"optim__grad_clip": 0.05}  # small enough to clip every step
@@ -25,6 +31,14 @@ def test_tensor_parallel_pretraining_matches_one_dense_process(tiny_data, tmp_pa
     (train_a, val_a), (train_b, val_b) = _losses(tmp_path / "dense"), _losses(tmp_path / "split")
     assert train_b == pytest.approx(train_a, abs=5e-5) and val_b == pytest.approx(val_a, abs=5e-5)
     assert train_a[-1] != train_a[0]
+    # the split run's EMA, read from its rank files (TP shards x ZeRO partitions) and converted, is the dense one's
+    with torch.device("meta"):
+        shapes = build_model(from_dict(Config, dense).model)
+    expected = ema_state_dict(resolve_checkpoint(tmp_path / "dense"), shapes)
+    bundle = load_file(convert(tmp_path / "split", tmp_path / "bundle", log=lambda _: None) / "model.safetensors")
+    assert bundle.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.allclose(bundle[name], value, atol=1e-5), name
 
 
 @pytest.mark.distributed
