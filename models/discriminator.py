@@ -53,10 +53,12 @@ class Discriminator(nn.Module):
         if not 0 <= unfreeze_blocks <= depth:
             raise ValueError(f"unfreeze_blocks = {unfreeze_blocks} must be between 0 and the depth {depth}")
         self.num_heads, self.first_trainable, self.sigma_to = teacher.num_heads, depth - unfreeze_blocks, sigma_to
-        self.vocab_shard = teacher.vocab_shard  # the float (RGAS) input's columns on this rank
-        self.vocab_embed = copy.deepcopy(teacher.vocab_embed)
-        self.sigma_map = copy.deepcopy(teacher.sigma_map)
-        self.blocks = copy.deepcopy(teacher.blocks)
+        self.vocab_size, self.vocab_shard = teacher.vocab_size, teacher.vocab_shard  # this rank's input columns
+        # copies of the trunk; a tensor-parallel trunk's process group is shared, not copied
+        memo = {} if teacher.vocab_shard is None else {id(teacher.vocab_shard.group): teacher.vocab_shard.group}
+        self.vocab_embed = copy.deepcopy(teacher.vocab_embed, memo)
+        self.sigma_map = copy.deepcopy(teacher.sigma_map, memo)
+        self.blocks = copy.deepcopy(teacher.blocks, memo)
         dim = self.vocab_embed.weight.shape[1]
         self.head = nn.Sequential(SpectralNormLinear(dim, dim), nn.SiLU(), SpectralNormLinear(dim, 1))
         for module in (self.vocab_embed, self.sigma_map, *self.blocks[: self.first_trainable]):

@@ -6,7 +6,7 @@
 DIR is a run directory, its ``checkpoints/`` folder or one ``step_N`` folder; ``--tag`` picks a step of the
 run instead of the latest. The EMA weights are consolidated from the per-rank files (ZeRO-3 partitions
 included); the discriminator and the online student come from the DeepSpeed engine files (``zero_to_fp32``
-under ZeRO 1–3). A distillation bundle leaves the teacher out. Runs on one CPU process, without DeepSpeed's
+under ZeRO-3); tensor-parallel shards are joined into the dense layout. A distillation bundle leaves the teacher out. Runs on one CPU process, without DeepSpeed's
 process group. The bundle is written beside its final place and renamed into it, so it is whole or absent;
 an existing bundle is kept if identical and refused otherwise.
 """
@@ -29,24 +29,50 @@ from models.discriminator import Discriminator
 from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, bundle_files, new_dit, read_manifest
 from pipeline.checkpoint import CheckpointError, tag_for
 from pipeline.config import Config, ConfigError, load_config
+from models.tensor_parallel import join_shards
 from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
 
 
 def engine_state_dict(step_dir: Path, engine: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """An engine's fp32 weights and buffers from DeepSpeed's files: the saved module under ZeRO-0, else the
-    partitions of the optimizer files merged by ``zero_to_fp32``."""
+    """An engine's fp32 weights and buffers from DeepSpeed's files: the saved module under ZeRO 0–2 (whole fp32
+    tensors: the weights are fp32, bf16 is autocast only), the partitions merged by ``zero_to_fp32`` under
+    ZeRO-3. Under tensor parallelism each rank's files
+    (``mp_rank_RR``) are read through a view that names them rank 00 (``zero_to_fp32`` reads one model-parallel
+    rank only), then the shards are joined as the checkpoint's ``split`` layout says."""
     folder = step_dir / engine
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: missing (the checkpoint has no {engine} engine)")
-    try:
-        if zero_stage == 0:
-            return torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    meta = read_meta(step_dir)
+    ranks = meta.get("tensor_parallel", 1)
+    if ranks == 1:
+        return _read_engine(step_dir, engine, zero_stage)
+    shards = []
+    for rank in range(ranks):
+        with tempfile.TemporaryDirectory() as view:
+            (Path(view) / engine).mkdir()
+            for file in folder.glob(f"*mp_rank_{rank:02d}_*"):
+                (Path(view) / engine / file.name.replace(f"mp_rank_{rank:02d}", "mp_rank_00")).symlink_to(file.resolve())
+            shards.append(_read_engine(Path(view), engine, zero_stage, shown=folder))
+    split = meta["split"][engine]
+    return {name: join_shards([s[name] for s in shards], *split[name]) if name in split else value
+            for name, value in shards[0].items()}
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            return get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=engine)
+
+def _read_engine(step_dir: Path, engine: str, zero_stage: int, shown: Path | None = None) -> dict[str, torch.Tensor]:
+    folder = step_dir / engine
+    try:
+        if zero_stage < 3:
+            state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=engine)
+        # megatron's layers add "*._extra_state" entries (None): not weights
+        return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.endswith("._extra_state")}
     except Exception as err:  # DeepSpeed and torch raise many kinds; name the folder whatever it was
-        raise CheckpointError(f"{folder}: cannot read the {engine} engine ({err.__class__.__name__}: {err})") from err
+        raise CheckpointError(f"{shown or folder}: cannot read the {engine} engine "
+                              f"({err.__class__.__name__}: {err})") from err
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,8 +11,11 @@ the single-process one.
 Features: ZeRO-3 partitioning of all three engines (the frozen teacher optionally offloaded to CPU), exact
 resume of both engines, optimisers, schedules, EMA, data position and counters, phase timings, non-finite
 steps skipped per phase, EMA-student samples, MLflow on rank 0.
-Limitations: one rollout per optimizer step (no gradient accumulation); no tensor parallelism yet; with
-``real_side: teacher`` the teacher samples with the plain ancestral sampler, which dominates the iteration.
+Tensor parallelism (``model.tensor_parallel``): all four models are split the same way (the discriminator's
+head is replicated); the ranks of a tensor-parallel group draw the same rows, and every sum over the
+vocabulary is reduced over the group (``models.vocab_parallel``).
+Limitations: one rollout per optimizer step (no gradient accumulation); with ``real_side: teacher`` the
+teacher samples with the plain ancestral sampler, which dominates the iteration.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from pipeline.config import Config
 from pipeline.data import loader_from_config, read_manifest
 from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
-from pipeline.engine import build_engine, build_frozen_engine, ds_config
+from pipeline.engine import build_engine, build_frozen_engine, build_model, ds_config
 from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, endless, finish, log_samples, record,
                            resume, sample_texts, side_state, start_tracking)
 from pipeline.pretrain import evaluate
@@ -101,10 +104,7 @@ def teacher_weights(cfg: Config, source: Path) -> dict[str, torch.Tensor]:
 
 
 def teacher_copy(cfg: Config, weights: dict[str, torch.Tensor], dropout: float) -> DiT:
-    m = cfg.model
-    model = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim, dropout=dropout)
-    model.load_state_dict(weights)
-    return model
+    return build_model(cfg.model, weights=weights, dropout=dropout)
 
 
 class PhaseTimer:
@@ -135,6 +135,7 @@ class Distiller:
         self.schedule, self.autocast = LogLinearSchedule(), autocast_for(cfg, d)
         self.student, self.student_opt, self.disc, self.disc_opt = student, student_opt, disc, disc_opt
         self.teacher, self.teacher_dir = teacher, teacher_dir
+        self.shard = student.module.vocab_shard  # this rank's vocabulary columns (None: all)
         self.ema = EMA(student.module, cfg.train.ema, cfg.train.ema_warmup)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main)
 
@@ -149,17 +150,18 @@ class Distiller:
             return self._log_probs(engine, z[:1]).expand(z.shape[0], -1, -1)
         with self.autocast():
             logits = engine(z, torch.zeros(z.shape[0], device=z.device))
-        return subs_log_probs(logits, z, self.mask_id)
+        return subs_log_probs(logits, z, self.mask_id, self.shard)
 
     def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
-        """Masked positions over all ranks, divided by the number of ranks (see ``masked_mean``)."""
+        """Masked positions over all ranks, divided by the number of ranks (see ``masked_mean``); the ranks of a
+        tensor-parallel group count the same rows, which the division cancels."""
         count = mask.sum().double()
         if self.d.world_size > 1:
             dist.all_reduce(count)
         return (count / self.d.world_size).float()
 
     def generators(self, step: int, purpose: int, rows: int) -> list[torch.Generator]:
-        first = self.d.rank * rows
+        first = self.d.data_rank * rows
         return [keyed_generator(self.cfg.run.seed, purpose, step, first + i, device=self.d.device)
                 for i in range(rows)]
 
@@ -177,7 +179,7 @@ class Distiller:
         z = torch.full((rows, self.cfg.model.seq_len), self.mask_id, device=self.d.device)
         return ancestral_sample(lambda x: self._log_probs(self.teacher, x), z, self.cfg.distill.teacher_sample_steps,
                                 self.mask_id, self.schedule, self.generators(step, TEACHER_SAMPLE, rows),
-                                cache=self.cfg.train.zero_stage != 3)
+                                cache=self.cfg.train.zero_stage != 3, shard=self.shard)
 
     # ---- one iteration ----
 
@@ -185,12 +187,12 @@ class Distiller:
         """Rollout → teacher → discriminator step → reward → student step → EMA; returns this rank's metrics."""
         c, mask_id, schedule = self.cfg.distill, self.mask_id, self.schedule
         if self.cfg.model.dropout > 0:
-            torch.manual_seed(keyed_seed(self.cfg.run.seed, DROPOUT, step, self.d.rank))
+            torch.manual_seed(keyed_seed(self.cfg.run.seed, DROPOUT, step, self.d.data_rank))
         gens = self.generators(step, ROLLOUT, c.rollout_rows)
         tau = self.taus(step, gens)
         with timer("rollout"):
             roll = student_rollout(lambda z: self._log_probs(self.student, z), tau, self.cfg.model.seq_len,
-                                   mask_id, schedule, gens, c.t0, c.intermediate_state)
+                                   mask_id, schedule, gens, c.t0, c.intermediate_state, self.shard)
         with timer("teacher"), torch.no_grad():
             targets = [self._log_probs(self.teacher, z) for z in roll.states]
             real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
@@ -225,10 +227,10 @@ class Distiller:
             counts = [self._global_count(m) for m in roll.masked]
             steps = list(zip(targets, roll.log_probs, roll.masked, counts))
             if c.kl == "forward":
-                kls = [forward_kl(target, p, m, n) for target, p, m, n in steps]
+                kls = [forward_kl(target, p, m, n, self.shard) for target, p, m, n in steps]
             else:
-                kls = [jeffreys(target, p, m, c.jeffreys_beta, n) for target, p, m, n in steps]
-            hs = [entropy(p, m, n) for _, p, m, n in steps]
+                kls = [jeffreys(target, p, m, c.jeffreys_beta, n, self.shard) for target, p, m, n in steps]
+            hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
             lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
             loss_s = student_loss(weight, advantages, roll.log_prob, kls, hs, (c.c1, c.c2)[:len(kls)], *lambdas)
             self.student.backward(loss_s)
@@ -281,8 +283,8 @@ def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | Non
 def distill(cfg: Config, d: Dist) -> dict:
     """Distil (or resume distilling) the teacher into a few-step student; returns the final metrics."""
     out_dir = Path(cfg.run.out_dir)
-    loader = loader_from_config(cfg, "train", d.rank, d.world_size)
-    val = loader_from_config(cfg, "val", d.rank, d.world_size, shuffle=False)
+    loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
+    val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
     run = build_distiller(cfg, d)
     engines = {"student": run.student, "discriminator": run.disc}
@@ -298,7 +300,7 @@ def distill(cfg: Config, d: Dist) -> dict:
     metrics: dict[str, float] = {}
     window: dict[str, float] = defaultdict(float)
     window_steps, timer, window_start = 0, PhaseTimer(d.device), time.perf_counter()
-    rollout_tokens = cfg.distill.rollout_rows * cfg.model.seq_len * d.world_size
+    rollout_tokens = cfg.distill.rollout_rows * cfg.model.seq_len * d.data_size
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
                dynamic_ncols=True, desc="distill")
     run.student.train()

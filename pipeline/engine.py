@@ -11,28 +11,33 @@ from models.dit import DiT
 from pipeline.config import Config, ModelConfig, OptimConfig
 
 
-def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None) -> DiT:
-    """The DiT of the config; under ZeRO-3 its parameters are partitioned as they are created.
+def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None,
+                weights: dict[str, torch.Tensor] | None = None, dropout: float | None = None) -> DiT:
+    """The DiT of the config, from dense ``weights`` or freshly initialised; ``dropout`` overrides the config's.
 
     With ``model.tensor_parallel`` > 1 (process groups from ``pipeline.distributed.setup``): this rank's shards
-    of the dense model that the same seed builds, so every tensor-parallel size starts from the same weights
-    (DeepSpeed partitions a ZeRO-3 model when its engine is built)."""
+    of that dense model, so every tensor-parallel size starts from the same weights (DeepSpeed partitions a
+    ZeRO-3 model when its engine is built). Otherwise a fresh ZeRO-3 model is partitioned as it is created."""
     dims = (model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim)
+    options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal)
     if model.tensor_parallel > 1:
         from models.tensor_parallel import MegatronLayers, initialize, load_dense
 
-        dense = DiT(*dims, dropout=model.dropout, causal=model.causal).state_dict()
-        sharded = DiT(*dims, dropout=model.dropout, causal=model.causal,
-                      layers=MegatronLayers(initialize(model.tensor_parallel)))
-        load_dense(sharded, dense)
+        dense = DiT(*dims, **options).state_dict()  # drawn even when unused: later draws stay the dense run's
+        with torch.random.fork_rng(devices=[]):
+            sharded = DiT(*dims, **options, layers=MegatronLayers(initialize(model.tensor_parallel)))
+        load_dense(sharded, dense if weights is None else weights)
         return sharded
     context = contextlib.nullcontext()
-    if zero_stage == 3:
+    if zero_stage == 3 and weights is None:
         import deepspeed
 
         context = deepspeed.zero.Init(config_dict_or_path=ds_config)
     with context:
-        return DiT(*dims, dropout=model.dropout, causal=model.causal)
+        dit = DiT(*dims, **options)
+    if weights is not None:
+        dit.load_state_dict(weights)
+    return dit
 
 
 class MegatronMPU:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from models.didi import entropy, forward_kl, student_rollout
+from models.discriminator import Discriminator
 from models.diffusion import NEG_INF, LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.dit import DiT
 from models.sampler import ancestral_sample
@@ -85,6 +86,13 @@ def _checks(rank, world):
                       (rollouts[0].log_prob - rollouts[1].log_prob).abs().max().item())
     out["log_probs"] = (_gather_columns(tp_log_p, group)[..., : V + 1] - dense_log_p).abs().max().item()
 
+    discriminators = []
+    for teacher in (model, dense):  # the trunk copied from the teacher, the same replicated head
+        torch.manual_seed(3)
+        discriminators.append(Discriminator(teacher, unfreeze_blocks=1))
+    out["discriminator"] = (discriminators[0](z, sigma) - discriminators[1](z, sigma)).abs().max().item()
+    out["discriminator_float"] = (discriminators[0](u_local, sigma) - discriminators[1](u, sigma)).abs().max().item()
+
     naive = shard_dense(dense.state_dict(), model)  # the negative control: q, k and v split contiguously
     for name, value in dense.state_dict().items():
         if name.endswith("attn_qkv.weight"):
@@ -107,6 +115,7 @@ def test_tensor_parallel_dit_equals_the_dense_model(results):
         assert r["logits"] < 1e-4 and r["float_input"] < 1e-4
         assert r["padding"] <= NEG_INF / 2  # padding columns never get probability
         assert r["log_probs"] < 1e-4
+        assert r["discriminator"] < 1e-4 and r["discriminator_float"] < 1e-4
 
 
 @pytest.mark.distributed

@@ -148,7 +148,8 @@ def _run_distill(rank, world_size, cfg_dict):
     from pipeline.distributed import setup
 
     try:
-        return distill(from_dict(Config, cfg_dict), setup())
+        cfg = from_dict(Config, cfg_dict)
+        return distill(cfg, setup(cfg.model.tensor_parallel))
     except RuntimeError as err:
         return {"error": str(err)}
 

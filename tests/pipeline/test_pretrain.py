@@ -152,13 +152,20 @@ def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_p
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"
 
 
-def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys):
+def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys, monkeypatch):
     cfg = from_dict(Config, settings(tiny_data, tmp_path / "run"))
     path = save_resolved(cfg, tmp_path, "ok.yaml")
     assert train_main(["--config", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "ZeRO stage 0" in out and "4 sequences per rank x 1 accumulation x 1 ranks" in out
+    assert "1 ranks on cpu = 1 tensor-parallel x 1 data-parallel, ZeRO stage 0" in out
+    assert "4 sequences per data-parallel rank x 1 accumulation x 1 ranks" in out
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert train_main(["--config", str(path), "--dry-run", "--set", "model.tensor_parallel=2"]) == 0
+    assert "4 ranks on cpu = 2 tensor-parallel x 2 data-parallel" in capsys.readouterr().out
+    monkeypatch.setenv("WORLD_SIZE", "3")
     cases = [
+        (["--set", "model.tensor_parallel=2"], "model.tensor_parallel: 2 does not divide the job's 3 ranks"),
+        (["--set", "model.tensor_parallel=4"], "model.tensor_parallel: 4 does not divide model.num_heads = 2"),
         (["--set", "model.num_heads=3"], "does not split into model.num_heads = 3"),
         (["--set", "model.seq_len=128"], "seq_len 64 differs from model.seq_len 128"),
         (["--set", f"data.path={tmp_path / 'nowhere'}"], "manifest.json not found"),
