@@ -1,9 +1,12 @@
-"""Pre-training step benchmark: DeepSpeed ZeRO 0 / 2 / 3 on N CPU ranks against a plain-PyTorch loop.
+"""Pre-training step benchmark: DeepSpeed ZeRO 0 / 2 / 3 (x tensor parallelism) on N CPU ranks against a
+plain-PyTorch loop.
 
-``python launch/bench_pretrain.py [--size tiny] [--batch 32] [--steps 10] [--repeats 5] [--json PATH]``
+``python launch/bench_pretrain.py [--size tiny] [--batch 32] [--stages 0 2 3] [--tensor-parallel 1 2]
+[--steps 10] [--repeats 5] [--json PATH]``
 
 Every configuration trains the same model on the same global batch (synthetic tokens; the loader is
-benchmarked in ``data_prep.bench``) with the same NELBO step. The reference is one process running a plain
+benchmarked in ``data_prep.bench``) with the same NELBO step; under tensor parallelism T the N ranks form
+N / T data-parallel ranks, each with N / T of the global batch. The reference is one process running a plain
 ``torch.optim.AdamW`` loop with as many threads as the DeepSpeed run has ranks, so both use the same cores.
 A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
 Peak memory is the peak resident set size of each process (VmHWM: it includes the Python runtime and
@@ -34,10 +37,11 @@ from pipeline.pretrain import corrupt  # noqa: E402
 VOCAB = 4000
 
 
-def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int) -> Config:
+def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int, tensor_parallel: int = 1) -> Config:
     return from_dict(Config, {
         "data": {"path": "synthetic", "batch_size": per_rank_batch},
-        "model": {"size": size, "dropout": 0.0, "seq_len": seq_len, "vocab_size": VOCAB},
+        "model": {"size": size, "dropout": 0.0, "seq_len": seq_len, "vocab_size": VOCAB,
+                  "tensor_parallel": tensor_parallel},
         "optim": {"lr": 1e-4, "warmup_steps": 0},
         "train": {"zero_stage": zero_stage},
         "tracking": {"backend": "none"},
@@ -45,7 +49,7 @@ def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int) 
 
 
 def batches(cfg: Config, d: Dist, count: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(d.rank)
+    g = torch.Generator().manual_seed(d.data_rank)  # a tensor-parallel group shares its rows
     return [torch.randint(0, VOCAB, (cfg.data.batch_size, cfg.model.seq_len), generator=g) for _ in range(count)]
 
 
@@ -115,15 +119,15 @@ def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeat
 
 
 def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: int, stage: int, steps: int,
-                    repeats: int) -> dict:
+                    repeats: int, tensor_parallel: int) -> dict:
     import torch.distributed as dist
 
     from pipeline.distributed import setup
     from pipeline.engine import build_engine, build_model, ds_config
     from pipeline.pretrain import loss_terms
 
-    d = setup()
-    cfg = bench_config(size, seq_len, batch, stage)
+    d = setup(tensor_parallel)
+    cfg = bench_config(size, seq_len, batch, stage, tensor_parallel)
     config = ds_config(cfg)
     torch.manual_seed(0)
     engine, optimizer = build_engine(build_model(cfg.model, stage, config), cfg.optim, cfg.train.max_steps, config)
@@ -149,23 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="global batch (sequences per optimizer step)")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 2, 3])
+    parser.add_argument("--tensor-parallel", type=int, nargs="+", default=[1], help="sizes to run each stage with")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    if args.batch % args.ranks:
-        parser.error(f"--batch {args.batch} is not divisible by --ranks {args.ranks}")
+    for tp in args.tensor_parallel:
+        if args.ranks % tp or args.batch % (args.ranks // tp):
+            parser.error(f"--tensor-parallel {tp} does not divide --ranks {args.ranks}, or the {args.ranks // tp} "
+                         f"data-parallel ranks do not divide --batch {args.batch}")
     tokens = args.batch * args.seq_len
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     plain = plain_pytorch(args.size, args.seq_len, args.batch, args.steps, args.repeats, args.ranks)
     results = {"plain": {**summarise(plain["step_s"], tokens), "peak_mb": [plain["peak_mb"]],
                          "state_mb": [plain["state_mb"]]}}
-    for stage in args.stages:
-        ranks = run_ranks(_deepspeed_rank, args.ranks, args.size, args.seq_len, args.batch // args.ranks, stage,
-                          args.steps, args.repeats)
-        per_step = [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)]  # the slowest rank
-        results[f"zero{stage}"] = {**summarise(per_step, tokens), "peak_mb": [r["peak_mb"] for r in ranks],
-                                   "state_mb": [r["state_mb"] for r in ranks]}
+    for tp in args.tensor_parallel:
+        for stage in args.stages:
+            ranks = run_ranks(_deepspeed_rank, args.ranks, args.size, args.seq_len, args.batch * tp // args.ranks,
+                              stage, args.steps, args.repeats, tp)
+            per_step = [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)]  # the slowest rank
+            results[f"tp{tp}_zero{stage}"] = {**summarise(per_step, tokens), "peak_mb": [r["peak_mb"] for r in ranks],
+                                              "state_mb": [r["state_mb"] for r in ranks]}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())
     header = (f"{args.size} DiT, L = {args.seq_len}, V = {VOCAB}, global batch {args.batch} ({tokens:,} tokens), "
@@ -175,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
              "process | peak RSS per process |", "|---|---|---|---|---|---|"]
     base = results["plain"]["step_s"]
     for name, r in results.items():
-        label = "plain PyTorch, 1 process" if name == "plain" else f"DeepSpeed ZeRO-{name[4:]}, {args.ranks} ranks"
+        tp, stage = (int(v) for v in name[2:].split("_zero")) if name != "plain" else (1, 0)
+        label = ("plain PyTorch, 1 process" if name == "plain" else
+                 f"DeepSpeed ZeRO-{stage}, {args.ranks} ranks" + (f" = TP {tp} x DP {args.ranks // tp}" if tp > 1 else ""))
         peak = ", ".join(f"{m:,.0f} MB" for m in r["peak_mb"])
         state = ", ".join(f"{m:,.1f} MB" for m in r["state_mb"])
         lines.append(f"| {label} | {r['step_s'] * 1000:.0f} ms ({r['spread'][0] * 1000:.0f}–{r['spread'][1] * 1000:.0f}) "

@@ -68,8 +68,8 @@ def _layer_classes():
         """The output projection over the padded vocabulary; padding columns get −1e6."""
 
         def __init__(self, dim: int, num_outputs: int, **kwargs):
-            super().__init__(dim, padded(num_outputs, dist.get_world_size(kwargs["tp_group"])), **kwargs)
-            rank = dist.get_rank(kwargs["tp_group"])
+            super().__init__(dim, padded(num_outputs, kwargs["tp_group"].size()), **kwargs)
+            rank = kwargs["tp_group"].rank()
             columns = torch.arange(rank * self.output_size_per_partition, (rank + 1) * self.output_size_per_partition)
             self.register_buffer("padding", torch.where(columns < num_outputs, 0.0, NEG_INF), persistent=False)
             self.num_outputs = num_outputs
@@ -83,7 +83,7 @@ def _layer_classes():
         padded width) -> softmax(u) @ E, as ``TokenEmbedding`` with W = V + 1."""
 
         def __init__(self, num_embeddings: int, dim: int, **kwargs):
-            super().__init__(padded(num_embeddings, dist.get_world_size(kwargs["tp_group"])), dim, **kwargs)
+            super().__init__(padded(num_embeddings, kwargs["tp_group"].size()), dim, **kwargs)
             self.shard = VocabShard(self.tp_group, self.vocab_start_index, self.num_embeddings_per_partition)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +99,13 @@ def _layer_classes():
 
 
 class MegatronLayers(DenseLayers):
-    """megatron-core layers over the tensor-parallel ``group`` (see ``initialize``)."""
+    """megatron-core layers over the tensor-parallel ``group`` (see ``initialize``; anything with ``size()`` and
+    ``rank()`` builds the shapes of that rank's shards, e.g. on the meta device for memory planning)."""
 
     def __init__(self, group):
         from megatron.core.model_parallel_config import ModelParallelConfig
 
-        self.group, self.size = group, dist.get_world_size(group)
+        self.group, self.size = group, group.size()
         self.config = ModelParallelConfig(tensor_model_parallel_size=self.size, use_cpu_initialization=True,
                                           perform_initialization=False, gradient_accumulation_fusion=False)
         (self.column, self.qkv, self.row, self.projection, self.embedding_class) = _layer_classes()
@@ -134,7 +135,7 @@ class MegatronLayers(DenseLayers):
 
     def vocab_shard(self, width: int) -> VocabShard:
         local = padded(width, self.size) // self.size
-        return VocabShard(self.group, dist.get_rank(self.group) * local, local)
+        return VocabShard(self.group, self.group.rank() * local, local)
 
 
 # ---- the dense <-> tensor-parallel weight layout ----
@@ -205,7 +206,7 @@ def load_dense(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
 def shard_dense(dense: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """This rank's state dict of the tensor-parallel ``model`` from a dense state dict."""
     group = model.vocab_shard.group
-    ranks, rank = dist.get_world_size(group), dist.get_rank(group)
+    ranks, rank = group.size(), group.rank()
     parts, own = layout(model), model.state_dict()
     out = {}
     for name, value in dense.items():
@@ -227,7 +228,7 @@ def gather_dense(model: nn.Module, tensors: dict[str, torch.Tensor] | None = Non
     """The dense state dict of a tensor-parallel ``model`` (or of ``tensors`` named like its state dict, e.g. its
     gradients); every rank gets it (a collective over the model's group)."""
     group = model.vocab_shard.group
-    ranks, parts = dist.get_world_size(group), layout(model)
+    ranks, parts = group.size(), layout(model)
     out = {}
     for name, value in (model.state_dict() if tensors is None else tensors).items():
         if not isinstance(value, torch.Tensor):  # megatron's *._extra_state entries

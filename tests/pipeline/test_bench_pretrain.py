@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from launch.bench_pretrain import main
+from launch.bench_pretrain import VOCAB, main
+from pipeline.memory import shard_parameters, state_bytes
 
 
 @pytest.mark.distributed
@@ -11,6 +12,19 @@ def test_benchmark_measures_every_configuration(tmp_path):
     assert main(["--size", "unit", "--seq-len", "32", "--batch", "4", "--stages", "3", "--steps", "1",
                  "--repeats", "1", "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"plain", "zero3"}
+    assert set(results) == {"plain", "tp1_zero3"}
     # ZeRO-3 keeps half of the parameters and optimizer state on each of the 2 ranks
-    assert results["zero3"]["state_mb"][0] == pytest.approx(results["plain"]["state_mb"][0] / 2, rel=0.05)
+    assert results["tp1_zero3"]["state_mb"][0] == pytest.approx(results["plain"]["state_mb"][0] / 2, rel=0.05)
+
+
+@pytest.mark.distributed
+def test_memory_plan_is_what_the_tensor_parallel_engines_hold(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["--size", "tiny", "--seq-len", "16", "--batch", "2", "--stages", "0", "1", "3",
+                 "--tensor-parallel", "1", "2", "--steps", "1", "--repeats", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    for tp in (1, 2):
+        params = shard_parameters("tiny", VOCAB, tp)
+        for stage in (0, 1, 3):
+            planned = state_bytes(params, stage, 2 // tp) / 2**20
+            assert results[f"tp{tp}_zero{stage}"]["state_mb"] == pytest.approx([planned] * 2, rel=0.01), (tp, stage)
