@@ -7,17 +7,13 @@ launch/ablation.sh), and the ablation's switches:
 """
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from pipeline.evaluate import IN_DOMAIN, gen_ppl_text
+from pipeline.machine import describe
 from pipeline.plots import read_metrics
 
 RESULTS = Path("launch/results/reproduce")
@@ -40,11 +36,6 @@ def switches(arm: str) -> list[str]:
                          f"or a settings variant ({', '.join(VARIANTS)})")
     on = ARMS.index(arm)
     return [f"--set=distill.{name}={'true' if k < on else 'false'}" for k, name in enumerate(TECHNIQUES)]
-
-
-def machine() -> str:
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch "
-            f"{torch.__version__}, {datetime.date.today().isoformat()}")
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -98,7 +89,7 @@ def main_table(out: Path) -> str:
     timings = dict(line.split("\t") for line in (out / "timings.tsv").read_text().splitlines())
     teacher, judge, student = (read_metrics(out / name / "metrics.jsonl") for name in ("pretrain", "judge", "distill"))
     lines = [
-        f"Main arm of `bash launch/reproduce.sh` on {machine()}.",
+        f"Main arm of `bash launch/reproduce.sh` on {describe()}.",
         "Corpus: Macbeth (embedded Shakespeare), SentencePiece BPE 1k, L = 128; teacher, student and judge are the "
         "`tiny` DiT. A different corpus, model size and judge from the paper's (spec §8): compare shapes, not values.",
         "",
@@ -132,7 +123,7 @@ def arm_rows(arms: list[tuple[str, Path, str]]) -> list[dict]:
 def arms_table(out: Path, name: str, title: str, arms: list[tuple[str, Path, str]]) -> str:
     """launch/results/reproduce/NAME.{md,json}: the arms side by side with the main arm's teacher for reference."""
     table = arm_rows(arms)
-    lines = [f"{title} on {machine()}.",
+    lines = [f"{title} on {describe()}.",
              "Student Gen-PPL at 8 and 32 NFE, 256 samples a cell, 95 % bootstrap interval; the distillation "
              "columns are the last logged window of each run.", "",
              "| arm | Gen-PPL 8 | Gen-PPL 32 | in-domain 8 | in-domain 32 | entropy 8 / 32 | discriminator accuracy | "

@@ -160,6 +160,17 @@ class TrackingConfig:
     backend: Literal["mlflow", "none"] = "mlflow"
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
     experiment: str = "didi-instruct"
+    parent_run: Optional[str] = None  # an MLflow run id: this run is its child (a sweep's point)
+    tags: list[str] = field(default_factory=list)  # "key=value" tags of the run
+
+    def validate(self) -> None:
+        for tag in self.tags:
+            if "=" not in tag or not tag.partition("=")[0]:
+                raise ConfigError(f"tracking.tags: {tag!r} is not key=value")
+
+    def tag_dict(self) -> dict[str, str]:
+        tags = dict(tag.split("=", 1) for tag in self.tags)
+        return {**tags, "mlflow.parentRunId": self.parent_run} if self.parent_run else tags
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The store defaults to a local sqlite file (the file store ``mlruns/`` is refused by current MLflow); a server
 URI comes from ``tracking.uri`` or ``MLFLOW_TRACKING_URI``. A resumed job passes the run id it saved in its
-checkpoint and continues the same run. Metrics are logged asynchronously (a synchronous sqlite write costs
+checkpoint and continues the same run. A sweep's point names its parent run (``tracking.parent_run``) and
+its tags (``tracking.tags``). Metrics are logged asynchronously (a synchronous sqlite write costs
 about 5 ms).
 """
 from __future__ import annotations
@@ -57,7 +58,8 @@ class MlflowTracker(Tracker):
                 artifacts = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
                 mlflow.create_experiment(cfg.experiment, artifact_location=artifacts.as_uri())
             mlflow.set_experiment(cfg.experiment)
-        self._run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        self._run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                                     tags=None if run_id else cfg.tag_dict())
         self.run_id = self._run.info.run_id
 
     def log_params(self, params: dict) -> None:
