@@ -1,11 +1,13 @@
-"""Distillation iteration benchmark: DeepSpeed ZeRO-0 / ZeRO-3 on N ranks against plain PyTorch in one process.
+"""Distillation iteration benchmark: DeepSpeed ZeRO-0 / ZeRO-3 (x tensor parallelism) on N ranks against plain
+PyTorch in one process.
 
-``python launch/bench_distill.py [--size tiny] [--rows 32] [--group 4] [--steps 5] [--repeats 3] [--json PATH]``
+``python launch/bench_distill.py [--size tiny] [--rows 32] [--group 4] [--stages 0 3] [--tensor-parallel 1 2]
+[--steps 5] [--repeats 3] [--json PATH]``
 
 Every configuration runs the same DiDi-Instruct iteration (``pipeline.distill.Distiller.iteration``: rollout,
 teacher, discriminator step, reward, student step, EMA) on the same global rollout (``--rows`` student samples
 in groups of ``--group``) from the same randomly initialised teacher weights; the data rows are synthetic
-tokens. The reference is one process whose student, discriminator and teacher are plain modules stepped by
+tokens; under tensor parallelism T the N ranks form N / T data-parallel ranks. The reference is one process whose student, discriminator and teacher are plain modules stepped by
 ``torch.optim.AdamW`` (with the same non-finite guard) and gradient clipping, with as many threads as the
 DeepSpeed run has ranks. A repeat times ``--steps`` iterations after two warm-up iterations; the table gives the
 median over ``--repeats`` (the slowest rank's time for DeepSpeed). Memory per process: the tensors each
@@ -15,6 +17,7 @@ and the peak resident set size (VmHWM, including the Python runtime), or the pea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from launch.bench_pretrain import peak_memory_mb, state_mb  # noqa: E402
+from launch.bench_pretrain import peak_memory_mb, run_label, state_mb  # noqa: E402
 from pipeline.config import Config, from_dict  # noqa: E402
 from pipeline.distributed import Dist, run_ranks  # noqa: E402
 from pipeline.engine import GuardedAdamW, lr_factor  # noqa: E402
@@ -37,13 +40,14 @@ VOCAB = 4000
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
 
 
-def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_stage: int) -> Config:
+def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_stage: int,
+                 tensor_parallel: int = 1) -> Config:
     from models.sizes import SIZES
 
     return from_dict(Config, {
         "stage": "distill",
         "data": {"path": "synthetic"},
-        "model": {"size": size, "seq_len": seq_len, "vocab_size": VOCAB},
+        "model": {"size": size, "seq_len": seq_len, "vocab_size": VOCAB, "tensor_parallel": tensor_parallel},
         "optim": {"lr": 1e-5, "warmup_steps": 0},
         "discriminator_optim": {"warmup_steps": 0},
         "distill": {"teacher": "synthetic", "rollout_rows": rows_per_rank, "group_size": group,
@@ -57,7 +61,7 @@ def teacher_weights(cfg: Config) -> dict[str, torch.Tensor]:
     from pipeline.engine import build_model
 
     torch.manual_seed(0)
-    return build_model(cfg.model).state_dict()
+    return build_model(dataclasses.replace(cfg.model, tensor_parallel=1)).state_dict()  # dense, split later
 
 
 class PlainEngine:
@@ -106,7 +110,7 @@ def footprint(run) -> dict[str, float]:
 def time_iterations(run, d: Dist, steps: int, repeats: int, sync) -> dict:
     from pipeline.distill import PhaseTimer
 
-    g = torch.Generator().manual_seed(d.rank)
+    g = torch.Generator().manual_seed(d.data_rank)  # a tensor-parallel group shares its rows
     cfg = run.cfg
     data = [torch.randint(0, VOCAB, (cfg.data.batch_size, cfg.model.seq_len), generator=g) for _ in range(4)]
     for i in range(2):  # warm-up
@@ -144,14 +148,14 @@ def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, re
 
 
 def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, rows: int, group: int, stage: int,
-                    steps: int, repeats: int) -> dict:
+                    steps: int, repeats: int, tensor_parallel: int) -> dict:
     import torch.distributed as dist
 
     from pipeline.distill import build_distiller
     from pipeline.distributed import setup
 
-    d = setup()
-    cfg = bench_config(size, seq_len, rows, group, stage)
+    d = setup(tensor_parallel)
+    cfg = bench_config(size, seq_len, rows, group, stage, tensor_parallel)
     run = build_distiller(cfg, d, teacher_weights(cfg))
     return time_iterations(run, d, steps, repeats, dist.barrier)
 
@@ -170,7 +174,7 @@ def table(results: dict, ranks: int) -> list[str]:
     lines = ["| run | iteration (min–max) | rollout tokens/s | time vs plain | " + " | ".join(PHASES) + " |",
              "|---|---|---|---|" + "---|" * len(PHASES)]
     for name, r in results.items():
-        label = "plain PyTorch, 1 process" if name == "plain" else f"DeepSpeed ZeRO-{name[4:]}, {ranks} ranks"
+        label = run_label(name, ranks)
         phases = " | ".join(f"{r['phase_s'][p] * 1000:.0f} ms" for p in PHASES)
         lines.append(f"| {label} | {r['iteration_s'] * 1000:.0f} ms ({r['spread'][0] * 1000:.0f}–"
                      f"{r['spread'][1] * 1000:.0f}) | {r['rollout_tokens_per_s']:,.0f} | {r['iteration_s'] / base:.2f}× "
@@ -178,7 +182,7 @@ def table(results: dict, ranks: int) -> list[str]:
     lines += ["", "| run | student + AdamW | EMA student | discriminator + AdamW | teacher | all four | peak RSS |",
               "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        label = "plain PyTorch, 1 process" if name == "plain" else f"ZeRO-{name[4:]}, per rank"
+        label = run_label(name, ranks, per_rank=True)
         f = r["footprint_mb"][0]  # every rank holds the same amount (equal partitions)
         peak = ", ".join(f"{m:,.0f} MB" for m in r["peak_mb"])
         lines.append(f"| {label} | {f['student']:.1f} MB | {f['ema']:.1f} MB | {f['discriminator']:.1f} MB | "
@@ -194,20 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 3])
+    parser.add_argument("--tensor-parallel", type=int, nargs="+", default=[1], help="sizes to run each stage with")
     parser.add_argument("--steps", type=int, default=5, help="iterations per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    if args.rows % (args.ranks * args.group):
-        parser.error(f"--rows {args.rows} does not split into {args.ranks} ranks of whole groups of {args.group}")
+    for tp in args.tensor_parallel:
+        if args.ranks % tp or args.rows % (args.ranks // tp * args.group):
+            parser.error(f"--rows {args.rows} does not split into {args.ranks} ranks / --tensor-parallel {tp} "
+                         f"data-parallel ranks of whole groups of {args.group}")
     tokens = args.rows * args.seq_len
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     results = {"plain": summarise([plain_pytorch(args.size, args.seq_len, args.rows, args.group, args.steps,
                                                  args.repeats, args.ranks)], tokens)}
-    for stage in args.stages:
-        ranks = run_ranks(_deepspeed_rank, args.ranks, args.size, args.seq_len, args.rows // args.ranks, args.group,
-                          stage, args.steps, args.repeats)
-        results[f"zero{stage}"] = summarise(ranks, tokens)
+    for tp in args.tensor_parallel:
+        for stage in args.stages:
+            ranks = run_ranks(_deepspeed_rank, args.ranks, args.size, args.seq_len, args.rows * tp // args.ranks,
+                              args.group, stage, args.steps, args.repeats, tp)
+            results[f"tp{tp}_zero{stage}"] = summarise(ranks, tokens)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.machine())

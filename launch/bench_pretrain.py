@@ -141,6 +141,15 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
     return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(engine.module.parameters(), optimizer)}
 
 
+def run_label(name: str, ranks: int, per_rank: bool = False) -> str:
+    """``plain`` or ``tp{T}_zero{S}`` as a table's row label."""
+    if name == "plain":
+        return "plain PyTorch, 1 process"
+    tp, stage = (int(v) for v in name[2:].split("_zero"))
+    layout = f" = TP {tp} x DP {ranks // tp}" if tp > 1 else ""
+    return f"ZeRO-{stage}{layout}, per rank" if per_rank else f"DeepSpeed ZeRO-{stage}, {ranks} ranks{layout}"
+
+
 def summarise(times: list[float], tokens_per_step: int) -> dict:
     median = statistics.median(times)
     return {"step_s": median, "tokens_per_s": tokens_per_step / median, "spread": (min(times), max(times))}
@@ -183,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
              "process | peak RSS per process |", "|---|---|---|---|---|---|"]
     base = results["plain"]["step_s"]
     for name, r in results.items():
-        tp, stage = (int(v) for v in name[2:].split("_zero")) if name != "plain" else (1, 0)
-        label = ("plain PyTorch, 1 process" if name == "plain" else
-                 f"DeepSpeed ZeRO-{stage}, {args.ranks} ranks" + (f" = TP {tp} x DP {args.ranks // tp}" if tp > 1 else ""))
+        label = run_label(name, args.ranks)
         peak = ", ".join(f"{m:,.0f} MB" for m in r["peak_mb"])
         state = ", ".join(f"{m:,.1f} MB" for m in r["state_mb"])
         lines.append(f"| {label} | {r['step_s'] * 1000:.0f} ms ({r['spread'][0] * 1000:.0f}–{r['spread'][1] * 1000:.0f}) "

@@ -175,3 +175,14 @@ def test_analyze_reads_the_points_and_recovers_a_known_optimal_size_law(tiny_dat
     for plot in ("nelbo_vs_c.png", "optimal_n_vs_c.png"):
         assert (tmp_path / "sweep" / "analysis" / plot).stat().st_size > 0
     assert f"{len(points)} of {len(points)} points finished" in text and "β = 0.500" in text
+
+
+@pytest.mark.parametrize("config, stages", [("launch/configs/sweep_tiny.yaml", 1), ("launch/configs/sweep_distill.yaml", 4)])
+def test_the_example_sweeps_plan(config, stages):
+    from pipeline.sweep import stages_of
+
+    sweep = load_config(config, cls=SweepConfig)
+    points = plan(sweep)
+    assert len(points) == len(sweep.grid.budgets) * sweep.grid.points_per_budget >= 9
+    assert len(stages_of(sweep)) == stages
+    assert all(abs(p.flops / p.budget - 1) < 0.05 for p in points)  # rounding the steps moves C by under 5 %
