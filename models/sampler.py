@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from models.diffusion import NEG_INF, LogLinearSchedule
-from models.vocab_parallel import VocabShard, add_to_column, race
+from models.vocab_parallel import VocabShard, add_to_column, race_local, race_winners
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]  # z (B, L) -> SUBS log-probabilities (B, L, V + 1)
 
@@ -41,8 +41,9 @@ def sample_categorical(probs: torch.Tensor, generator: Generators = None, width:
     keyed by the global row); ``shard``: the columns are this rank's slice of a vocabulary-parallel tensor."""
     width = probs.shape[-1] if width is None else width
     if isinstance(generator, list):
-        return torch.stack([sample_categorical(row, g, width, shard) for row, g in zip(probs, generator, strict=True)])
-    return race(probs.detach(), width, generator, shard)
+        legs = [race_local(row.detach(), width, g, shard) for row, g in zip(probs, generator, strict=True)]
+        return torch.stack(race_winners(legs, shard))
+    return race_winners([race_local(probs.detach(), width, generator, shard)], shard)[0]
 
 
 def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators = None, width: int | None = None,
@@ -50,14 +51,17 @@ def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Draws (B, L) among the columns below ``width`` at the positions ``where`` marks only (0 elsewhere): the
     float64 race costs V draws per position, so positions that keep their token are skipped. ``transform`` maps
-    the selected (n, W) probabilities first; with a list of generators each row draws from its own."""
+    the selected (n, W) probabilities first; with a list of generators each row draws from its own (and the
+    rows' races cross the tensor-parallel group in one exchange)."""
     out = torch.zeros(where.shape, dtype=torch.long, device=where.device)
     transform = transform or (lambda p: p)
+    width = probs.shape[-1] if width is None else width
     if isinstance(generator, list):
-        for b, g in enumerate(generator):
-            index = where[b].nonzero(as_tuple=True)[0]
-            if index.numel():
-                out[b, index] = sample_categorical(transform(probs[b, index]), g, width, shard)
+        rows = [(b, where[b].nonzero(as_tuple=True)[0]) for b in range(len(generator))]
+        rows = [(b, index) for b, index in rows if index.numel()]
+        legs = [race_local(transform(probs[b, index]).detach(), width, generator[b], shard) for b, index in rows]
+        for (b, index), ids in zip(rows, race_winners(legs, shard)):
+            out[b, index] = ids
     elif where.any():
         out[where] = sample_categorical(transform(probs[where]), generator, width, shard)
     return out

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models.layers import DenseLayers, Role, TokenEmbedding, ZeroLinear
+from models.layers import DenseLayers, Role
 from models.vocab_parallel import NEG_INF, VocabShard, log_softmax, reduce_sum
 
 

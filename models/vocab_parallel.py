@@ -114,23 +114,36 @@ def columns_below(width: int, shard: VocabShard | None) -> slice:
     return slice(0, max(0, min(shard.width, width - shard.start)))
 
 
-def race(q: torch.Tensor, width: int, generator: torch.Generator | None, shard: VocabShard | None) -> torch.Tensor:
-    """argmax_v q_v / E_v over the global columns v < width, E ~ Exp(1) in float64 (a categorical draw from the
-    unnormalised q). Every rank draws the same (n, width) noise from its replica of the generator, so the draw is
-    the single-device one exactly; only (n,) winners and scores cross ranks."""
+def race_local(q: torch.Tensor, width: int, generator: torch.Generator | None,
+               shard: VocabShard | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's leg of a categorical draw from the unnormalised q over the global columns v < width: the best
+    q_v / E_v of its columns and that column's global id, E ~ Exp(1) in float64. Every rank draws the same
+    (n, width) noise from its replica of the generator, so the draw is the single-device one exactly."""
     device = generator.device if generator is not None else q.device  # a CPU generator may drive GPU sampling
     noise = torch.empty((*q.shape[:-1], width), dtype=torch.float64, device=device).exponential_(generator=generator)
     noise = noise.to(q.device)
     if shard is None:
-        return (q[..., :width].double() / noise).argmax(dim=-1)
+        return (q[..., :width].double() / noise).max(dim=-1)
     columns = columns_below(width, shard)
     n = columns.stop - columns.start
-    score = q[..., columns].double() / noise[..., shard.start: shard.start + n]
-    best, where = (score.max(dim=-1) if n else (torch.full(q.shape[:-1], -1.0, dtype=torch.float64, device=q.device),
-                                              torch.zeros(q.shape[:-1], dtype=torch.long, device=q.device)))
-    size = dist.get_world_size(shard.group)
-    bests, wheres = [torch.empty_like(best) for _ in range(size)], [torch.empty_like(where) for _ in range(size)]
-    dist.all_gather(bests, best.contiguous(), group=shard.group)
-    dist.all_gather(wheres, (where + shard.start).contiguous(), group=shard.group)
-    winner = torch.stack(bests).argmax(dim=0)  # the first rank with the maximum: the lowest global column
-    return torch.stack(wheres).gather(0, winner.unsqueeze(0)).squeeze(0)
+    if n == 0:  # all of this rank's columns are [MASK] or padding: it never wins (scores are >= 0)
+        return (torch.full(q.shape[:-1], -1.0, dtype=torch.float64, device=q.device),
+                torch.zeros(q.shape[:-1], dtype=torch.long, device=q.device))
+    best, where = (q[..., columns].double() / noise[..., shard.start: shard.start + n]).max(dim=-1)
+    return best, where + shard.start
+
+
+def race_winners(legs: list[tuple[torch.Tensor, torch.Tensor]], shard: VocabShard | None) -> list[torch.Tensor]:
+    """The drawn ids of several races from their local legs, with one exchange over the group for all of them
+    (the first rank with the best score wins: the lowest global column, as a single-device argmax)."""
+    if shard is None:
+        return [where for _, where in legs]
+    sizes = [best.numel() for best, _ in legs]
+    best, where = (torch.cat([leg[i].reshape(-1) for leg in legs]) for i in (0, 1))
+    ranks = dist.get_world_size(shard.group)
+    bests, wheres = [torch.empty_like(best) for _ in range(ranks)], [torch.empty_like(where) for _ in range(ranks)]
+    dist.all_gather(bests, best, group=shard.group)
+    dist.all_gather(wheres, where, group=shard.group)
+    winner = torch.stack(bests).argmax(dim=0)
+    ids = torch.stack(wheres).gather(0, winner.unsqueeze(0)).squeeze(0)
+    return [piece.reshape(leg[0].shape) for piece, leg in zip(ids.split(sizes), legs)]

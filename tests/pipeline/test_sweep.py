@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from launch.sweep import main as sweep_main
-from pipeline.config import Config, ConfigError, from_dict, load_config, save_resolved
-from pipeline.sweep import SweepConfig, commands, count_parameters, plan, read_state, run
+from pipeline.config import Config, from_dict, load_config, save_resolved
+from pipeline.sweep import SweepConfig, count_parameters, plan, read_state, run
 from tests.pipeline.test_pretrain import settings
 
 SHAPES = [{"hidden_size": 16, "num_layers": 1, "num_heads": 2, "cond_dim": 8},
