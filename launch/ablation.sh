@@ -2,7 +2,7 @@
 # One arm of the cumulative ablation, or one variant of the student's settings (after launch/reproduce.sh, whose
 # data, teacher and judge it reuses):
 #   bash launch/ablation.sh ARM   ARM: none | intermediate_state | coupled_time | omega_weight (the ablation)
-#                                      lr2e-5 | lr1e-4 | tau_small | iterations1200 (variants)
+#                                      lr2e-5 | lr1e-4 | tau_small (variants)
 # An ablation arm distils with the techniques up to ARM on and the later ones off (each arm differs from the
 # previous one in one key); a variant changes one key of the main arm (launch/reproduction.py lists both). Then
 # converts the student, judges it at 8 and 32 NFE like the main arm (the last two rows of the ablation,

@@ -24,8 +24,7 @@ ARMS = ("none", *TECHNIQUES[:-1])
 LABELS = {"none": "no technique (one-step rollout, per-row reward)", "intermediate_state": "+ intermediate state",
           "coupled_time": "+ coupled time", "omega_weight": "+ ω weighting"}
 # The student's settings tried beyond the main arm's: each variant changes one key of the main arm's config.
-VARIANTS = {"lr2e-5": "optim.lr=2.0e-5", "lr1e-4": "optim.lr=1.0e-4", "tau_small": "distill.tau_b=3.0",
-            "iterations1200": "train.max_steps=1200"}
+VARIANTS = {"lr2e-5": "optim.lr=2.0e-5", "lr1e-4": "optim.lr=1.0e-4", "tau_small": "distill.tau_b=3.0"}
 
 
 def switches(arm: str) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.dit import DiT, rotary_cos_sin
+from models.dit import DiT, rotary_cos_sin, run_block
 
 
 class SpectralNormLinear(nn.Module):
@@ -54,6 +54,7 @@ class Discriminator(nn.Module):
             raise ValueError(f"unfreeze_blocks = {unfreeze_blocks} must be between 0 and the depth {depth}")
         self.num_heads, self.first_trainable, self.sigma_to = teacher.num_heads, depth - unfreeze_blocks, sigma_to
         self.vocab_size, self.vocab_shard = teacher.vocab_size, teacher.vocab_shard  # this rank's input columns
+        self.checkpointing = teacher.checkpointing
         # copies of the trunk; a tensor-parallel trunk's process group is shared, not copied
         memo = {} if teacher.vocab_shard is None else {id(teacher.vocab_shard.group): teacher.vocab_shard.group}
         self.vocab_embed = copy.deepcopy(teacher.vocab_embed, memo)
@@ -70,5 +71,5 @@ class Discriminator(nn.Module):
         c_zero = c_tau if self.sigma_to == "all" else F.silu(self.sigma_map(torch.zeros_like(sigma)))
         cos, sin = rotary_cos_sin(h.shape[1], h.shape[2] // self.num_heads, h.device)
         for i, block in enumerate(self.blocks):
-            h = block(h, cos, sin, c_tau if i >= self.first_trainable else c_zero)
+            h = run_block(block, h, cos, sin, c_tau if i >= self.first_trainable else c_zero, self.checkpointing)
         return self.head(h).squeeze(-1)

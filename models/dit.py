@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.layers import DenseLayers
 
@@ -95,6 +96,16 @@ class DiTBlock(nn.Module):
         return x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
+def run_block(block: DiTBlock, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor,
+              checkpointing: bool) -> torch.Tensor:
+    """One block; with ``checkpointing`` (and grad on) its activations are recomputed in the backward instead of
+    kept. The recomputation replays the default generator's state, so dropout draws the same masks; nothing
+    random runs inside a tensor-parallel split region (``models.tensor_parallel``), so no other state is needed."""
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, h, cos, sin, c, use_reentrant=False, preserve_rng_state=True)
+    return block(h, cos, sin, c)
+
+
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, num_outputs: int, cond_dim: int, layers: DenseLayers):
         super().__init__()
@@ -112,12 +123,14 @@ class DiT(nn.Module):
     (under tensor parallelism, this rank's ``vocab_shard`` of the columns)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, cond_dim: int = 128,
-                 mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None, causal: bool = False):
+                 mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None, causal: bool = False,
+                 checkpointing: bool = False):
         super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even size")
         layers = layers or DenseLayers()
         self.vocab_size, self.num_heads, self.causal = vocab_size, num_heads, causal
+        self.checkpointing = checkpointing  # activation checkpointing per block (memory for recomputation)
         self.vocab_shard = layers.vocab_shard(vocab_size + 1)  # this rank's output columns (None: all)
         self.vocab_embed = layers.embedding(vocab_size + 1, hidden_size)
         self.sigma_map = SigmaEmbedder(cond_dim)
@@ -134,5 +147,5 @@ class DiT(nn.Module):
         c = F.silu(self.sigma_map(sigma))
         cos, sin = rotary_cos_sin(h.shape[1], h.shape[2] // self.num_heads, h.device)
         for block in self.blocks:
-            h = block(h, cos, sin, c)
+            h = run_block(block, h, cos, sin, c, self.checkpointing)
         return self.output_layer(h, c)

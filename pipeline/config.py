@@ -72,6 +72,7 @@ class ModelConfig:
     tokenizer_fingerprint: Optional[str] = None  # None: accept the dataset's tokenizer
     causal: bool = False  # an autoregressive LM on next-token loss: the in-domain judge of the evaluation
     tensor_parallel: int = 1  # ranks that split each layer (megatron-core); ZeRO runs over the rest (data-parallel)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
 
     def validate(self) -> None:
         from models.sizes import SIZES

@@ -19,7 +19,8 @@ def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None 
     of that dense model, so every tensor-parallel size starts from the same weights (DeepSpeed partitions a
     ZeRO-3 model when its engine is built). Otherwise a fresh ZeRO-3 model is partitioned as it is created."""
     dims = (model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim)
-    options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal)
+    options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal,
+                   checkpointing=model.activation_checkpointing)
     if model.tensor_parallel > 1:
         from models.tensor_parallel import MegatronLayers, initialize, load_dense
 

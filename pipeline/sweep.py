@@ -400,6 +400,22 @@ def power_law_fit(name: str, xs: list[float], ys: list[float], xlabel: str, ylab
     return {"points": len(xs), **{k: band[k] for k in ("a", "alpha", "c")}, "samples_used": band["samples_used"]}
 
 
+def unbracketed(runs: list[tuple[int, float]]) -> str | None:
+    """Why one IsoFLOP budget's runs do not locate its optimum (None when they do): the parabola in log N must
+    open upwards and its vertex lie among the budget's sizes, not be extrapolated."""
+    from pipeline.scaling import isoflop_minimum
+
+    sizes = [n for n, _ in runs]
+    try:
+        vertex = isoflop_minimum(sizes, [loss for _, loss in runs])["n_opt"]
+    except ValueError as err:
+        return str(err)
+    if not min(sizes) <= vertex <= max(sizes):
+        return (f"the parabola's minimum, N = {vertex:,.0f}, lies outside the sizes run ({min(sizes):,}–{max(sizes):,}):"
+                " they do not bracket the optimum")
+    return None
+
+
 def interval_text(value: dict, digits: str = ".3g") -> str:
     return f"{value['value']:{digits}} ({value['low']:{digits}}–{value['high']:{digits}})"
 
@@ -418,22 +434,25 @@ def analyze(sweep: SweepConfig, points: list[Point]) -> str:
     nelbo = "validation NELBO (nats/token)"
     fits: dict[str, dict] = {"nelbo_vs_n": power_law_fit(
         "nelbo_vs_n", *lowest_by([(p.n, m["val_nelbo"]) for p, m in done]), n_label, nelbo, where)}
-    # the loss against compute: each IsoFLOP budget's minimum (the parabola's vertex), else the best run per C
-    frontier = lowest_by([(p.budget or p.flops, m["val_nelbo"]) for p, m in done])
-    budgets = {p.budget for p, _ in done if p.budget is not None}
-    try:
-        iso = bootstrap_isoflop([{"budget": p.budget, "n": p.n, "loss": m["val_nelbo"]} for p, m in done
-                                 if p.budget is not None]) if len(budgets) >= 2 else None
-    except ValueError as err:  # a budget whose sizes do not bracket its optimum
-        fits["optimal_n_vs_c"], iso = {"points": len(budgets), "error": str(err)}, None
-    if iso is not None:
+    # the loss against compute: the best run of each budget (of each point's C in an explicit grid)
+    fits["nelbo_vs_c"] = power_law_fit("nelbo_vs_c", *lowest_by([(p.budget or p.flops, m["val_nelbo"]) for p, m in done]),
+                                       "C (FLOPs, 6·N·D)", nelbo, where)
+    by_budget: dict[float, list[tuple[int, float]]] = {}
+    for p, m in done:
+        if p.budget is not None:
+            by_budget.setdefault(p.budget, []).append((p.n, m["val_nelbo"]))
+    excluded = {budget: why for budget, runs in sorted(by_budget.items()) if (why := unbracketed(runs))}
+    kept = [budget for budget in sorted(by_budget) if budget not in excluded]
+    if len(kept) >= 2:
+        iso = bootstrap_isoflop([{"budget": b, "n": n, "loss": loss} for b in kept for n, loss in by_budget[b]])
         centre = {"k": iso["k"]["value"], "beta": iso["beta"]["value"]}
-        plot_fit(where / "optimal_n_vs_c.png", [b["budget"] for b in iso["budgets"]],
-                 [b["n_opt"]["value"] for b in iso["budgets"]], centre, iso, "C (FLOPs)", f"N* ({n_label})",
-                 "compute-optimal size from IsoFLOP minima")
-        fits["optimal_n_vs_c"] = {k: iso[k] for k in ("budgets", "k", "beta", "samples_used")}
-        frontier = ([b["budget"] for b in iso["budgets"]], [b["loss_opt"]["value"] for b in iso["budgets"]])
-    fits["nelbo_vs_c"] = power_law_fit("nelbo_vs_c", *frontier, "C (FLOPs, 6·N·D)", nelbo, where)
+        plot_fit(where / "optimal_n_vs_c.png", kept, [b["n_opt"]["value"] for b in iso["budgets"]], centre, iso,
+                 "C (FLOPs)", f"N* ({n_label})", "compute-optimal size from IsoFLOP minima")
+        fits["optimal_n_vs_c"] = {**{k: iso[k] for k in ("budgets", "k", "beta", "samples_used")},
+                                  "left_out": {f"{b:.4g}": why for b, why in excluded.items()}}
+    elif by_budget:
+        fits["optimal_n_vs_c"] = {"points": len(kept), "error": "fewer than 2 budgets bracket their optimum: " +
+                                  "; ".join(f"C = {b:.3g}: {why}" for b, why in excluded.items())}
     for key, label in (("student_gen_ppl_16", "student Gen-PPL at 16 NFE"), ("distill_seconds", "distillation seconds")):
         pairs = [(p.n, m[key]) for p, m in results if key in m]
         if pairs:
@@ -453,6 +472,7 @@ def analyze(sweep: SweepConfig, points: list[Point]) -> str:
             lines.append(f"| {name} | N* = k·C^β | k = {interval_text(fit['k'])}, β = {interval_text(fit['beta'], '.3f')} |")
             lines += [f"| minimum at C = {b['budget']:.3g} | parabola in log N | N* = {interval_text(b['n_opt'])}, "
                       f"NELBO = {interval_text(b['loss_opt'], '.4f')} |" for b in fit["budgets"]]
+            lines += [f"| C = {b} left out | – | {why} |" for b, why in fit["left_out"].items()]
         else:
             lines.append(f"| {name} | a·X^(−α) + c, {fit['points']} points | a = {interval_text(fit['a'])}, "
                          f"α = {interval_text(fit['alpha'], '.3f')}, c = {interval_text(fit['c'], '.4f')} |")

@@ -157,12 +157,13 @@ def test_emitted_commands_and_slurm_array_run_the_points(tiny_data, tmp_path, ca
 def test_analyze_reads_the_points_and_recovers_a_known_optimal_size_law(tiny_data, tmp_path):
     from pipeline.sweep import analyze, point_dir
 
-    sweep = load_config(sweep_file(tiny_data, tmp_path, grid__budgets=[2e8, 6e8, 2e9]), cls=SweepConfig)
+    sweep = load_config(sweep_file(tiny_data, tmp_path, grid__budgets=[2e8, 6e8, 2e9, 6e9]), cls=SweepConfig)
     points = plan(sweep)
-    k, beta = 0.05, 0.5  # losses whose IsoFLOP minima lie at N* = k·C^0.5
+    k, beta = 0.5, 0.5  # IsoFLOP minima at N* = k·C^0.5, inside the sizes run; the last budget is concave
     for p in points:
         optimum = k * p.budget ** beta
-        loss = 3.0 + 0.1 * (math.log(p.n) - math.log(optimum)) ** 2 + 10 * p.budget ** -0.1
+        curvature = -0.1 if p.budget == 6e9 else 0.1
+        loss = 3.0 + curvature * (math.log(p.n) - math.log(optimum)) ** 2 + 10 * p.budget ** -0.1
         metrics = point_dir(sweep, p) / "pretrain" / "metrics.jsonl"
         metrics.parent.mkdir(parents=True)
         metrics.write_text(json.dumps({"step": p.steps, "val/nelbo_nats": loss}) + "\n")
@@ -170,11 +171,13 @@ def test_analyze_reads_the_points_and_recovers_a_known_optimal_size_law(tiny_dat
     fits = json.loads((tmp_path / "sweep" / "analysis" / "fits.json").read_text())
     assert fits["optimal_n_vs_c"]["beta"]["value"] == pytest.approx(beta, abs=1e-6)
     assert fits["optimal_n_vs_c"]["k"]["value"] == pytest.approx(k, rel=1e-5)
-    assert fits["nelbo_vs_c"]["alpha"]["value"] == pytest.approx(0.1, abs=1e-3)  # the minima fall as 10·C^-0.1
-    assert fits["nelbo_vs_n"]["error"] == "y does not fall with x: no power law with alpha > 0 fits these points"
+    assert list(fits["optimal_n_vs_c"]["left_out"]) == ["6e+09"]  # its parabola has no minimum
+    assert "opens downward" in fits["optimal_n_vs_c"]["left_out"]["6e+09"]
+    assert fits["nelbo_vs_c"]["alpha"]["value"] > 0  # the best run of each budget falls with C
     for plot in ("nelbo_vs_c.png", "optimal_n_vs_c.png"):
         assert (tmp_path / "sweep" / "analysis" / plot).stat().st_size > 0
     assert f"{len(points)} of {len(points)} points finished" in text and "β = 0.500" in text
+    assert "| C = 6e+09 left out |" in text
 
 
 @pytest.mark.parametrize("config, stages", [("launch/configs/sweep_tiny.yaml", 1), ("launch/configs/sweep_distill.yaml", 4)])
