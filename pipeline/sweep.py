@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -427,7 +428,8 @@ def analyze(sweep: SweepConfig, points: list[Point]) -> str:
     from pipeline.scaling import bootstrap_isoflop, plot_fit
 
     where = out_dir(sweep) / "analysis"
-    where.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(where, ignore_errors=True)  # written afresh: no plot of an earlier analysis stays behind
+    where.mkdir(parents=True)
     results = [(p, final_metrics(sweep, p)) for p in points]
     done = [(p, m) for p, m in results if "val_nelbo" in m]
     n_label = "N (non-embedding parameters)" if sweep.grid.count == "non_embedding" else "N (parameters)"
