@@ -138,5 +138,9 @@ def test_every_shipped_config_loads(path):
         assert cfg.inputs
     elif "stage" in data:
         assert load_config(path).stage == data["stage"]
+    elif "grid" in data:
+        from pipeline.sweep import SweepConfig
+
+        assert load_config(path, cls=SweepConfig).grid.shapes
     else:
         assert load_config(path, cls=EvaluateConfig).teacher
