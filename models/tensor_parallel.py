@@ -65,12 +65,11 @@ def _layer_classes():
             return super().forward(x)[0]
 
     class VocabProjection(ColumnLinear):
-        """The output projection over the padded vocabulary; padding columns get −1e6."""
+        """The output projection over the padded vocabulary (this rank's ``shard`` of it); padding columns get −1e6."""
 
-        def __init__(self, dim: int, num_outputs: int, **kwargs):
+        def __init__(self, dim: int, num_outputs: int, shard: VocabShard, **kwargs):
             super().__init__(dim, padded(num_outputs, kwargs["tp_group"].size()), **kwargs)
-            rank = kwargs["tp_group"].rank()
-            columns = torch.arange(rank * self.output_size_per_partition, (rank + 1) * self.output_size_per_partition)
+            columns = torch.arange(shard.start, shard.start + shard.width)
             self.register_buffer("padding", torch.where(columns < num_outputs, 0.0, NEG_INF), persistent=False)
             self.num_outputs = num_outputs
 
@@ -82,9 +81,9 @@ def _layer_classes():
         """Token ids -> rows of E (vocabulary-parallel); a float input u (this rank's columns of the full
         padded width) -> softmax(u) @ E, as ``TokenEmbedding`` with W = V + 1."""
 
-        def __init__(self, num_embeddings: int, dim: int, **kwargs):
+        def __init__(self, num_embeddings: int, dim: int, shard: VocabShard, **kwargs):
             super().__init__(padded(num_embeddings, kwargs["tp_group"].size()), dim, **kwargs)
-            self.shard = VocabShard(self.tp_group, self.vocab_start_index, self.num_embeddings_per_partition)
+            self.shard = shard
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.is_floating_point():
@@ -123,10 +122,11 @@ class MegatronLayers(DenseLayers):
         return cls(in_features, out_features, bias=bias, gather_output=False, **self._kwargs())
 
     def embedding(self, num_embeddings: int, dim: int) -> nn.Module:
-        return self.embedding_class(num_embeddings, dim, **self._kwargs())
+        return self.embedding_class(num_embeddings, dim, self.vocab_shard(num_embeddings), **self._kwargs())
 
     def vocab_projection(self, dim: int, num_outputs: int) -> nn.Module:
-        return self.projection(dim, num_outputs, bias=True, gather_output=False, **self._kwargs())
+        return self.projection(dim, num_outputs, self.vocab_shard(num_outputs), bias=True, gather_output=False,
+                               **self._kwargs())
 
     def local_heads(self, heads: int) -> int:
         if heads % self.size:
