@@ -50,14 +50,16 @@ python launch/sweep.py run --config {shlex.quote(config)} --point "${{POINTS[$SL
 def status_table(sweep: SweepConfig, points) -> str:
     from pipeline.sweep import final_metrics
 
-    lines = ["| point | N | D | C | state | stage / log | val NELBO |", "|---|---|---|---|---|---|---|"]
+    lines = ["| point | N | D | C | state | stage / log | seconds | val NELBO |", "|---|---|---|---|---|---|---|---|"]
+    total = 0.0
     for p in points:
         state = read_state(sweep, p)
         where = state.get("log", "") if state["state"] == "failed" else (state.get("stage") or "")
-        nelbo = final_metrics(sweep, p).get("val_nelbo")
+        nelbo, seconds = final_metrics(sweep, p).get("val_nelbo"), sum(state["stages"].values())
+        total += seconds
         lines.append(f"| {p.name} | {short(p.n)} | {short(p.tokens)} | {p.flops:.3g} | {state['state']} | {where} | "
-                     f"{'' if nelbo is None else f'{nelbo:.4f}'} |")
-    return "\n".join(lines)
+                     f"{seconds:,.0f} | {'' if nelbo is None else f'{nelbo:.4f}'} |")
+    return "\n".join(lines + ["", f"wall-clock of the finished stages: {total:,.0f} s"])
 
 
 def main(argv: list[str] | None = None) -> int:
