@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from models.didi import entropy, forward_kl, student_rollout
+from models.autoregressive import next_token_nll
+from models.didi import entropy, forward_kl, jeffreys, student_rollout
 from models.discriminator import Discriminator
 from models.diffusion import NEG_INF, LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.dit import DiT
@@ -30,13 +31,16 @@ def _inputs():
 
 
 def _losses(model, x, z, t, shard):
-    """The NELBO, plus the KL to a fixed distribution and the entropy on the masked positions."""
+    """The NELBO, the forward KL and Jeffreys divergence to a fixed distribution, the entropy on the masked
+    positions and the next-token NLL of the logits (the causal judge's loss)."""
     schedule = LogLinearSchedule()
-    log_p = subs_log_probs(model(z, schedule.sigma(t)), z, V, shard)
+    logits = model(z, schedule.sigma(t))
+    log_p = subs_log_probs(logits, z, V, shard)
     target = subs_log_probs(model(x, torch.zeros(B)).detach() * 0.5, z, V, shard)
     masked = z == V
     return (nelbo_per_token(log_p, x, z, t, V, schedule, shard).mean(), forward_kl(target, log_p, masked, shard=shard),
-            entropy(log_p, masked, shard=shard), log_p)
+            entropy(log_p, masked, shard=shard), jeffreys(target, log_p, masked, 0.5, shard=shard),
+            next_token_nll(logits, x, V, shard).mean(), log_p)
 
 
 def _gather_columns(local: torch.Tensor, group) -> torch.Tensor:
@@ -66,14 +70,14 @@ def _checks(rank, world):
     out["float_input"] = (_gather_columns(model(u_local, sigma), group)[..., : V + 1] - dense(u, sigma)).abs().max().item()
 
     tp_losses, dense_losses = _losses(model, x, z, t, shard), _losses(dense, x, z, t, None)
-    out["losses"] = max(abs(a.item() - b.item()) for a, b in zip(tp_losses[:3], dense_losses[:3]))
-    sum(tp_losses[:3]).backward()
-    sum(dense_losses[:3]).backward()
+    out["losses"] = max(abs(a.item() - b.item()) for a, b in zip(tp_losses[:-1], dense_losses[:-1]))
+    sum(tp_losses[:-1]).backward()
+    sum(dense_losses[:-1]).backward()
     grads = gather_dense(model, {n: p.grad for n, p in model.named_parameters()})
     out["grads"] = max((grads[n] - p.grad).abs().max().item() for n, p in dense.named_parameters())
     out["grad_scale"] = max(p.grad.abs().max().item() for p in dense.parameters())
 
-    tp_log_p, dense_log_p = tp_losses[3].detach(), dense_losses[3].detach()
+    tp_log_p, dense_log_p = tp_losses[-1].detach(), dense_losses[-1].detach()
     out["sample"] = torch.equal(
         ancestral_sample(lambda zz: subs_log_probs(model(zz, torch.zeros(zz.shape[0])), zz, V, shard),
                          torch.full((B, L), V), 6, V, generator=torch.Generator().manual_seed(5), shard=shard),
@@ -119,7 +123,7 @@ def test_tensor_parallel_dit_equals_the_dense_model(results):
 
 
 @pytest.mark.distributed
-def test_vocab_parallel_losses_and_gradients_equal_the_dense_ones(results):
+def test_vocab_parallel_losses_and_gradients_equal_the_dense_ones(results):  # NELBO, KL, Jeffreys, H, NLL
     for r in results:
         assert r["losses"] < 1e-5
         assert r["grad_scale"] > 1e-2 and r["grads"] < 1e-4 * r["grad_scale"]
