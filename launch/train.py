@@ -13,9 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoint import CheckpointError  # noqa: E402
+from pipeline.checkpoint import CheckpointError, checkpoint_root, latest_tag  # noqa: E402
 from pipeline.config import Config, ConfigError, check_world, load_config, to_yaml  # noqa: E402
-from pipeline.data import DataError, check_compatible, read_manifest  # noqa: E402
+from pipeline.data import DataError, check_compatible, check_data_ranks, read_manifest  # noqa: E402
+from pipeline.preemption import EXIT_CODE, Preempted  # noqa: E402
 
 
 def layout(cfg: Config, world_size: int) -> str:
@@ -58,16 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate and print, do not train")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     args = parser.parse_args(argv)
-    rank = os.environ.get("RANK", "0")
+    rank, cfg = os.environ.get("RANK", "0"), None
     try:
         cfg = load_config(args.config, args.overrides)
-        check_compatible(read_manifest(cfg.data.path), cfg.model, f"{cfg.data.path}/manifest.json")
+        manifest, where = read_manifest(cfg.data.path), f"{cfg.data.path}/manifest.json"
+        check_compatible(manifest, cfg.model, where)
         if cfg.stage == "distill":
             from pipeline.distill import check_teacher
 
             check_teacher(cfg)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         check_world(cfg, world_size)
+        check_data_ranks(manifest, cfg.data.batch_size, cfg.model.tensor_parallel, world_size, where)
         if args.dry_run:
             print(to_yaml(cfg) + layout(cfg, world_size))
             return 0
@@ -78,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         d = setup(cfg.model.tensor_parallel)
         if d.is_main:
             print(to_yaml(cfg) + layout(cfg, d.world_size), flush=True)
-        result = (distill if cfg.stage == "distill" else pretrain)(cfg, d)
+        try:
+            result = (distill if cfg.stage == "distill" else pretrain)(cfg, d)
+        except Preempted as stop:
+            if d.is_main:
+                print(f"\n{stop}", flush=True)
+            return EXIT_CODE
         if d.is_main:
             print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in result.items()), flush=True)
@@ -87,10 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {rank}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        if type(err).__name__ != "NonFiniteError":
+        if type(err).__name__ == "NonFiniteError":
+            print(f"rank {rank}: error: {err}", file=sys.stderr)
+            return 3
+        if cfg is None:
             raise
-        print(f"rank {rank}: error: {err}", file=sys.stderr)
-        return 3
+        # e.g. a collective failing because another rank died: say what survives before the traceback
+        latest = latest_tag(checkpoint_root(cfg))
+        print(f"\nrank {rank}: error: {err.__class__.__name__}: {str(err)[:300]}\nrank {rank}: the run stopped; "
+              + (f"its last complete checkpoint is {latest}: run the same command to resume from it" if latest else
+                 "it has no checkpoint yet"), file=sys.stderr, flush=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -113,7 +113,10 @@ def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
                               f"this job has {cfg.model.tensor_parallel}: resume with the same value")
     if meta["world_size"] != world_size:
         raise CheckpointError(f"{directory} was written by {meta['world_size']} ranks, this job has {world_size}: "
-                              "the data position and EMA partitions need the same number")
+                              "the data position, the ZeRO partitions and the EMA shards need the same number. "
+                              f"Relaunch with {meta['world_size']} ranks (e.g. a hostfile with that many slots in "
+                              "all) to resume, or start a new run.out_dir; as distill.teacher, this checkpoint (or its "
+                              "bundle from python -m pipeline.convert) loads at any number of ranks")
     if meta["engines"] != sorted(engines):
         raise CheckpointError(f"{directory} holds engines {meta['engines']}, this stage needs {sorted(engines)}")
     for name, engine in engines.items():

@@ -21,6 +21,7 @@ import torch
 
 from data_prep.shards import MEMBER_SUFFIX, encode_tokens
 from pipeline.config import Config, ModelConfig
+from pipeline.preemption import ignore_in_workers
 
 TAR_BLOCK = 512
 
@@ -51,6 +52,19 @@ def check_compatible(manifest: dict, model: ModelConfig, where: str) -> None:
     if manifest["vocab_size"] != model.vocab_size:
         raise DataError(f"{where}: vocab_size {manifest['vocab_size']} differs from model.vocab_size "
                         f"{model.vocab_size}")
+
+
+def check_data_ranks(manifest: dict, batch_size: int, tensor_parallel: int, world_size: int, where: str) -> None:
+    """Every data-parallel rank needs at least one batch per epoch of each split, or the job stops after
+    set-up; a hostfile with more slots than the data allow is refused before launch."""
+    data_ranks = world_size // tensor_parallel
+    for split, info in manifest["splits"].items():
+        most = info["num_samples"] // batch_size
+        if data_ranks > most:
+            raise DataError(f"{where}: split '{split}' has {info['num_samples']} sequences, one batch of "
+                            f"{batch_size} for at most {most} data-parallel ranks, but the job has {world_size} "
+                            f"ranks = {tensor_parallel} tensor-parallel x {data_ranks} data-parallel: launch at most "
+                            f"{most * tensor_parallel} ranks (hostfile slots / --num_gpus) or lower data.batch_size")
 
 
 class TokenShards(torch.utils.data.Dataset):
@@ -179,7 +193,8 @@ class TokenLoader:
             self.epoch, self.position = self.epoch + 1, 0
         batches = self.rank_batches(self.epoch)[self.position:].tolist()
         loader = torch.utils.data.DataLoader(_Batches(self.shards, batches), batch_size=None,
-                                             num_workers=self.num_workers, collate_fn=_as_is)
+                                             num_workers=self.num_workers, collate_fn=_as_is,
+                                             worker_init_fn=ignore_in_workers)
         for index, tokens in loader:
             self.position += 1
             yield {"input_ids": torch.from_numpy(tokens).long(), "index": torch.tensor(index, dtype=torch.long)}

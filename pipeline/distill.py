@@ -38,15 +38,15 @@ from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
 from models.sampler import ancestral_sample
-from pipeline import checkpoint
 from pipeline.checkpoint import CheckpointError, model_signature
 from pipeline.config import Config
 from pipeline.data import loader_from_config, read_manifest
 from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
 from pipeline.engine import build_engine, build_frozen_engine, build_model, ds_config
-from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, endless, finish, log_samples, record,
-                           resume, sample_texts, side_state, start_tracking)
+from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless, finish,
+                           log_samples, record, resume, sample_texts, side_state, start_tracking)
+from pipeline.preemption import PreemptionWatch
 from pipeline.pretrain import evaluate
 from pipeline.randomness import (DISCRIMINATOR_TIME, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator,
                                  keyed_seed)
@@ -305,48 +305,52 @@ def distill(cfg: Config, d: Dist) -> dict:
                dynamic_ncols=True, desc="distill")
     run.student.train()
     run.disc.train()
-    while step < cfg.train.max_steps:
-        x = next(stream)["input_ids"].to(d.device)
-        values = run.iteration(step, x, timer)
-        step += 1
-        try:
-            run.guard.record("discriminator", run.disc_opt.last_step_skipped, step, values["discriminator/loss"])
-            run.guard.record("student", run.student_opt.last_step_skipped, step, values["student/loss"])
-        except NonFiniteError:
-            tracker.log_metrics(run.guard.metrics(), step)
-            tracker.close()
-            raise
-        for key, value in values.items():
-            window[key] += value
-        window_steps += 1
-        bar.update(1)
-        if due(step, cfg.train.log_every, cfg):
-            keys = sorted(window) + [f"time/{p}_s" for p in PHASES]
-            sums = all_reduce_sum(*(window[k] for k in sorted(window)), *(timer.seconds[p] for p in PHASES),
-                                  device=d.device)
-            elapsed = time.perf_counter() - window_start
-            metrics = {k: v / (window_steps * d.world_size) for k, v in zip(keys, sums)}
-            metrics.update(run.guard.metrics())
-            metrics.update({"student/lr": run.student.get_lr()[0], "discriminator/lr": run.disc.get_lr()[0],
-                            "time/iteration_s": elapsed / window_steps,
-                            "train/rollout_tokens_per_s": rollout_tokens * window_steps / elapsed})
-            record(tracker, out_dir, d, step, metrics)
-            bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}", kl=f"{metrics['student/kl_last']:.3f}",
-                            r=f"{metrics['reward/mean']:.2f}")
-            window, window_steps, timer, window_start = defaultdict(float), 0, PhaseTimer(d.device), time.perf_counter()
-        if due(step, cfg.train.eval_every, cfg):
-            evaluation = evaluate(run.student, run.ema, val, cfg, d, run.autocast)
-            metrics.update(evaluation)
-            record(tracker, out_dir, d, step, evaluation)
-            if d.is_main:
-                tqdm.write(f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
-                           f"reward {metrics.get('reward/mean', 0):+.3f}, KL {metrics.get('student/kl_last', 0):.4f}, "
-                           f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token", file=sys.stderr)
-        if due(step, cfg.train.sample_every, cfg):
-            log_samples(tracker, sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok), step, d.is_main)
-        if due(step, cfg.train.checkpoint_every, cfg):
-            checkpoint.save(cfg, engines, step, d.rank, d.world_size,
-                            side_state(run.guard, run.ema, loader, tracker, teacher=str(run.teacher_dir)))
+    with PreemptionWatch(d.device) as preemption:
+        while step < cfg.train.max_steps:
+            x = next(stream)["input_ids"].to(d.device)
+            values = run.iteration(step, x, timer)
+            step += 1
+            try:
+                run.guard.record("discriminator", run.disc_opt.last_step_skipped, step, values["discriminator/loss"])
+                run.guard.record("student", run.student_opt.last_step_skipped, step, values["student/loss"])
+            except NonFiniteError:
+                tracker.log_metrics(run.guard.metrics(), step)
+                tracker.close()
+                raise
+            for key, value in values.items():
+                window[key] += value
+            window_steps += 1
+            bar.update(1)
+            if due(step, cfg.train.log_every, cfg):
+                keys = sorted(window) + [f"time/{p}_s" for p in PHASES]
+                sums = all_reduce_sum(*(window[k] for k in sorted(window)), *(timer.seconds[p] for p in PHASES),
+                                      device=d.device)
+                elapsed = time.perf_counter() - window_start
+                metrics = {k: v / (window_steps * d.world_size) for k, v in zip(keys, sums)}
+                metrics.update(run.guard.metrics())
+                metrics.update({"student/lr": run.student.get_lr()[0], "discriminator/lr": run.disc.get_lr()[0],
+                                "time/iteration_s": elapsed / window_steps,
+                                "train/rollout_tokens_per_s": rollout_tokens * window_steps / elapsed})
+                record(tracker, out_dir, d, step, metrics)
+                bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}",
+                                kl=f"{metrics['student/kl_last']:.3f}",
+                                r=f"{metrics['reward/mean']:.2f}")
+                window, window_steps = defaultdict(float), 0
+                timer, window_start = PhaseTimer(d.device), time.perf_counter()
+            if due(step, cfg.train.eval_every, cfg):
+                evaluation = evaluate(run.student, run.ema, val, cfg, d, run.autocast)
+                metrics.update(evaluation)
+                record(tracker, out_dir, d, step, evaluation)
+                if d.is_main:
+                    tqdm.write(f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
+                               f"reward {metrics.get('reward/mean', 0):+.3f}, "
+                               f"KL {metrics.get('student/kl_last', 0):.4f}, "
+                               f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token", file=sys.stderr)
+            if due(step, cfg.train.sample_every, cfg):
+                samples = sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok)
+                log_samples(tracker, samples, step, d.is_main)
+            end_of_step(cfg, d, step, engines, lambda: side_state(run.guard, run.ema, loader, tracker,
+                                                                 teacher=str(run.teacher_dir)), tracker, preemption)
     bar.close()
     finish(tracker, out_dir, d, CURVES)
     return {"step": step, **metrics}

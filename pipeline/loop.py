@@ -1,10 +1,11 @@
 """What every training stage's loop shares: precision, the local metrics log, endless batches, the guard
-against non-finite steps, and EMA samples for watching quality move."""
+against non-finite steps, checkpoints and preemption at step ends, and EMA samples for watching quality move."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -17,6 +18,7 @@ from pipeline.data import TokenLoader
 from pipeline.distributed import Dist, broadcast_object
 from pipeline.ema import EMA
 from pipeline.plots import plot_curves
+from pipeline.preemption import Preempted, PreemptionWatch
 from pipeline.randomness import SAMPLE, keyed_generator
 from pipeline.text import render
 from pipeline.tracking import Tracker, make_tracker
@@ -95,6 +97,20 @@ def start_tracking(cfg: Config, d: Dist, side: dict | None, about: str) -> Track
 def due(step: int, every: int, cfg: Config) -> bool:
     """Every ``every`` steps, and at the last step."""
     return step % every == 0 or step == cfg.train.max_steps
+
+
+def end_of_step(cfg: Config, d: Dist, step: int, engines: dict, side: Callable[[], dict], tracker: Tracker,
+                preemption: PreemptionWatch) -> None:
+    """Checkpoint when due; if a rank was signalled to stop, checkpoint now (unless just done) and raise
+    ``Preempted`` on every rank. ``side`` gives ``checkpoint.save``'s side state."""
+    saved = due(step, cfg.train.checkpoint_every, cfg)
+    if saved:
+        checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
+    if step < cfg.train.max_steps and preemption.agreed():
+        if not saved:
+            checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
+        tracker.close(status="KILLED")
+        raise Preempted(step, preemption.received)
 
 
 def finish(tracker: Tracker, out_dir: Path, d: Dist, panels: dict | None = None) -> None:

@@ -22,13 +22,13 @@ from tqdm import tqdm
 from data_prep.tokenizers import load_tokenizer
 from models.autoregressive import next_token_nll
 from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
-from pipeline import checkpoint
 from pipeline.config import Config
 from pipeline.data import TokenLoader, loader_from_config
 from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
-from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, endless, finish, log_samples, record,
-                           resume, sample_texts, side_state, start_tracking)
+from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless, finish,
+                           log_samples, record, resume, sample_texts, side_state, start_tracking)
+from pipeline.preemption import PreemptionWatch
 from pipeline.engine import build_engine, build_model, ds_config
 from pipeline.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_seed, rank_rows
 
@@ -104,49 +104,50 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
                dynamic_ncols=True, desc="pretrain")
     engine.train()
-    while step < cfg.train.max_steps:
-        step_loss = 0.0
-        for micro in range(cfg.train.grad_accum):
-            x = next(stream)["input_ids"].to(d.device)
-            torch.manual_seed(keyed_seed(cfg.run.seed, DROPOUT, step, micro, d.data_rank))
-            loss = loss_terms(engine, x, cfg, d, autocast, TRAIN, step, micro).mean()
-            engine.backward(loss)
-            engine.step()
-            step_loss += loss.item() / cfg.train.grad_accum
-        step += 1
-        try:
-            guard.record("train", optimizer.last_step_skipped, step, step_loss)
-        except NonFiniteError:
-            tracker.log_metrics(guard.metrics(), step)
-            tracker.close()
-            raise
-        if not optimizer.last_step_skipped:
-            ema.update()
-            window_loss += step_loss
-            window_steps += 1
-        bar.update(1)
-        if due(step, cfg.train.log_every, cfg):
-            loss_sum, n = all_reduce_sum(window_loss, window_steps, device=d.device)
-            elapsed = time.perf_counter() - window_start
-            metrics = {"train/loss_nats": loss_sum / max(n, 1), "train/lr": engine.get_lr()[0],
-                       **guard.metrics(),
-                       "train/tokens_per_s": tokens_per_step * (step - window_first) / elapsed}
-            record(tracker, out_dir, d, step, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss_nats']:.3f}", lr=f"{metrics['train/lr']:.2e}")
-            window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
-        if due(step, cfg.train.eval_every, cfg):
-            evaluation = evaluate(engine, ema, val, cfg, d, autocast)
-            metrics.update(evaluation)
-            record(tracker, out_dir, d, step, evaluation)
-            if d.is_main:
-                tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
-                           f" val {'NLL' if cfg.model.causal else 'NELBO'} {evaluation[val_key(cfg)]:.4f} nats/token "
-                           f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
-        if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
-            log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
-        if due(step, cfg.train.checkpoint_every, cfg):
-            checkpoint.save(cfg, {"model": engine}, step, d.rank, d.world_size,
-                            side_state(guard, ema, loader, tracker))
+    with PreemptionWatch(d.device) as preemption:
+        while step < cfg.train.max_steps:
+            step_loss = 0.0
+            for micro in range(cfg.train.grad_accum):
+                x = next(stream)["input_ids"].to(d.device)
+                torch.manual_seed(keyed_seed(cfg.run.seed, DROPOUT, step, micro, d.data_rank))
+                loss = loss_terms(engine, x, cfg, d, autocast, TRAIN, step, micro).mean()
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.item() / cfg.train.grad_accum
+            step += 1
+            try:
+                guard.record("train", optimizer.last_step_skipped, step, step_loss)
+            except NonFiniteError:
+                tracker.log_metrics(guard.metrics(), step)
+                tracker.close()
+                raise
+            if not optimizer.last_step_skipped:
+                ema.update()
+                window_loss += step_loss
+                window_steps += 1
+            bar.update(1)
+            if due(step, cfg.train.log_every, cfg):
+                loss_sum, n = all_reduce_sum(window_loss, window_steps, device=d.device)
+                elapsed = time.perf_counter() - window_start
+                metrics = {"train/loss_nats": loss_sum / max(n, 1), "train/lr": engine.get_lr()[0],
+                           **guard.metrics(),
+                           "train/tokens_per_s": tokens_per_step * (step - window_first) / elapsed}
+                record(tracker, out_dir, d, step, metrics)
+                bar.set_postfix(loss=f"{metrics['train/loss_nats']:.3f}", lr=f"{metrics['train/lr']:.2e}")
+                window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
+            if due(step, cfg.train.eval_every, cfg):
+                evaluation = evaluate(engine, ema, val, cfg, d, autocast)
+                metrics.update(evaluation)
+                record(tracker, out_dir, d, step, evaluation)
+                if d.is_main:
+                    tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
+                               f" val {'NLL' if cfg.model.causal else 'NELBO'} "
+                               f"{evaluation[val_key(cfg)]:.4f} nats/token "
+                               f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
+            if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
+                log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
+            end_of_step(cfg, d, step, {"model": engine}, lambda: side_state(guard, ema, loader, tracker), tracker,
+                        preemption)
     bar.close()
     finish(tracker, out_dir, d)
     return {"step": step, **metrics}

@@ -41,8 +41,8 @@ class Tracker:
     def log_artifact(self, path: str | Path) -> None:
         pass
 
-    def close(self) -> None:
-        pass
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run; ``KILLED`` marks one stopped early (a resume re-attaches to it)."""
 
 
 class MlflowTracker(Tracker):
@@ -74,8 +74,8 @@ class MlflowTracker(Tracker):
     def log_artifact(self, path: str | Path) -> None:
         self._mlflow.log_artifact(str(path))
 
-    def close(self) -> None:
-        self._mlflow.end_run()
+    def close(self, status: str = "FINISHED") -> None:
+        self._mlflow.end_run(status=status)
 
 
 def make_tracker(cfg: TrackingConfig, is_main: bool, run_name: str, run_id: str | None = None) -> Tracker:
