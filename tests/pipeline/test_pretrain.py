@@ -174,6 +174,9 @@ def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys, monkeypat
     for extra, message in cases:
         assert train_main(["--config", str(path), "--dry-run", *extra]) == 2
         assert message in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "64")  # a hostfile with more slots than the validation split has batches
+    assert train_main(["--config", str(path), "--dry-run"]) == 2
+    assert "one batch of 4 for at most 47 data-parallel ranks, but the job has 64 ranks" in capsys.readouterr().err
 
 
 def test_unusable_checkpoints_are_refused_with_the_reason(tiny_data, tmp_path):
