@@ -1,8 +1,10 @@
 """The training entry point: ``deepspeed [--num_gpus N] launch/train.py --config FILE [--set k=v ...] [--dry-run]``.
 
-Also runs as ``python launch/train.py`` (one process) and under torchrun. ``--dry-run`` validates the config
-and the data, prints the resolved config and the parallel layout, and exits without training. Restarting
-the same command resumes from the run's latest checkpoint.
+Also runs as ``python launch/train.py`` (one process), under torchrun and as ``launch/slurm/rank.sh``.
+``--dry-run`` validates the config and the data, prints the resolved config and the parallel layout, and exits
+without training; ``--plan-memory [--world N] [--tp T] [--device-gib G]`` prints each co-hosted model's per-rank
+memory (``pipeline.memory``) and exits. Restarting the same command resumes from the run's latest checkpoint;
+a preempted run (SIGTERM / SIGUSR1) exits with ``pipeline.preemption.EXIT_CODE`` after checkpointing.
 """
 from __future__ import annotations
 
@@ -57,11 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--dry-run", action="store_true", help="validate and print, do not train")
+    parser.add_argument("--plan-memory", action="store_true", help="print each model's per-rank memory and exit")
+    parser.add_argument("--world", type=int, help="ranks to plan for (default: this job's WORLD_SIZE)")
+    parser.add_argument("--tp", type=int, help="tensor parallelism to plan for (sets model.tensor_parallel)")
+    parser.add_argument("--device-gib", type=float, help="device memory per rank to check the plan against")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     args = parser.parse_args(argv)
     rank, cfg = os.environ.get("RANK", "0"), None
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + ([f"model.tensor_parallel={args.tp}"] if args.tp else []))
+        if args.plan_memory:  # before the data checks: a plan needs only the config
+            from pipeline.memory import plan_text
+
+            print(plan_text(cfg, args.world or int(os.environ.get("WORLD_SIZE", "1")), args.device_gib), end="")
+            return 0
         manifest, where = read_manifest(cfg.data.path), f"{cfg.data.path}/manifest.json"
         check_compatible(manifest, cfg.model, where)
         if cfg.stage == "distill":
