@@ -2,8 +2,9 @@
 
 Works the same under the ``deepspeed`` launcher (env RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR), under
 torchrun, inside tests that created the gloo group themselves, and as a plain single process.
-``run_ranks`` starts N CPU ranks on one machine without a launcher (a ``file://`` store, no TCP listener),
-for tests and benchmarks that compare them with a single-process reference.
+``run_ranks`` starts N ranks on one machine without a launcher (a ``file://`` store, no TCP listener), for tests
+and benchmarks that compare them with a single-process reference: CPU ranks over gloo, or one GPU per rank over
+NCCL where the machine has that many.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def quiet_deepspeed() -> None:
 def setup(tensor_parallel: int = 1) -> Dist:
     """Join (or create) the process group: NCCL on GPUs, gloo on CPU; with ``tensor_parallel`` > 1 also
     megatron-core's tensor- and data-parallel groups."""
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"  # cpu: CPU ranks
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     import deepspeed
 
@@ -103,11 +104,12 @@ def broadcast_object(obj, src: int = 0):
 # ---- N ranks on one machine without a launcher (tests and benchmarks): gloo over a file:// store ----
 
 def _rank_main(rank: int, fn: Callable, world_size: int, workdir: str, args: tuple) -> None:
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    use_cuda = torch.cuda.device_count() >= world_size  # one GPU per rank (benchmarks on a GPU machine)
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", DS_ACCELERATOR="cuda" if use_cuda else "cpu",
+                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
     init = f"file://{Path(workdir, 'rendezvous').resolve()}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    dist.init_process_group("nccl" if use_cuda else "gloo", init_method=init, rank=rank, world_size=world_size)
     try:
         result = fn(rank, world_size, *args)
         dist.barrier()

@@ -18,3 +18,27 @@ def test_benchmark_times_every_phase_and_zero3_halves_every_models_footprint(tmp
     assert len(zero3) == 2
     for model in ("student", "ema", "discriminator", "teacher"):  # each co-hosted model is split over 2 ranks
         assert zero3[0][model] == pytest.approx(plain[model] / 2, rel=0.05), model
+
+
+@pytest.mark.distributed
+def test_compare_mode_gives_ratios_to_its_own_baseline_and_offload_moves_the_teacher_off_the_device(tmp_path):
+    out = tmp_path / "compare.json"
+    assert main(["--compare", "offload", "checkpointing", "--size", "unit", "--seq-len", "32", "--rows", "8",
+                 "--steps", "1", "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert list(results) == ["plain", "baseline", "offload", "checkpointing"]
+    assert "host memory" in report["notes"][0]  # says what offloading means on a CPU
+    base = results["baseline"]["ratios"]
+    assert base["iteration_s"] == 1 and base["peak_mb"] == base["iteration_peak_mb"] == [1, 1]
+    assert set(base["footprint_mb"].values()) == {1}
+    for name, r in results.items():
+        assert r["iteration_s"] > 0 and all(r["phase_s"][p] > 0 for p in PHASES), name
+        assert all(0 < x < 100 for k in ("peak_mb", "iteration_peak_mb") for x in r["ratios"][k]), name
+    offload, teacher = results["offload"]["ratios"]["footprint_mb"], results["baseline"]["footprint_mb"][0]["teacher"]
+    assert offload["teacher"] == 0 and {offload[m] for m in ("student", "ema", "discriminator")} == {1}
+    assert [f["teacher_offloaded"] for f in results["offload"]["footprint_mb"]] == [teacher, teacher]
+    assert results["checkpointing"]["ratios"]["footprint_mb"] == base["footprint_mb"]
+    planned = {name: results[name]["planned_mb"] for name in ("baseline", "offload", "checkpointing")}
+    assert planned["offload"]["total"] < planned["baseline"]["total"]  # the memory planner's view, beside it
+    assert planned["checkpointing"]["activations"] < planned["baseline"]["activations"]
