@@ -38,7 +38,8 @@ class SpectralNormLinear(nn.Module):
             with torch.no_grad():
                 self.v.copy_(F.normalize(w.t().float() @ self.u.float(), dim=0, eps=self.eps))
                 self.u.copy_(F.normalize(w.float() @ self.v.float(), dim=0, eps=self.eps))
-        return torch.dot(self.u.to(w.dtype), w @ self.v.to(w.dtype))
+        wv = w @ self.v.to(w.dtype)  # bf16 under autocast, also on CPU, where torch.dot is not autocast
+        return torch.dot(self.u.to(wv.dtype), wv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight / self.sigma(), self.bias)

@@ -45,7 +45,7 @@ from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
 from pipeline.engine import build_engine, build_frozen_engine, build_model, ds_config
 from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless, finish,
-                           log_samples, record, resume, sample_texts, side_state, start_tracking)
+                           log_samples, record, record_evaluation, resume, sample_texts, side_state, start_tracking)
 from pipeline.preemption import PreemptionWatch
 from pipeline.pretrain import evaluate
 from pipeline.randomness import (DISCRIMINATOR_TIME, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator,
@@ -339,13 +339,12 @@ def distill(cfg: Config, d: Dist) -> dict:
                 timer, window_start = PhaseTimer(d.device), time.perf_counter()
             if due(step, cfg.train.eval_every, cfg):
                 evaluation = evaluate(run.student, run.ema, val, cfg, d, run.autocast)
-                metrics.update(evaluation)
-                record(tracker, out_dir, d, step, evaluation)
-                if d.is_main:
-                    tqdm.write(f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
-                               f"reward {metrics.get('reward/mean', 0):+.3f}, "
-                               f"KL {metrics.get('student/kl_last', 0):.4f}, "
-                               f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token", file=sys.stderr)
+                record_evaluation(tracker, out_dir, d, step, metrics, evaluation,
+                                  f"step {step}: discriminator accuracy "
+                                  f"{metrics.get('discriminator/accuracy', 0):.3f}, "
+                                  f"reward {metrics.get('reward/mean', 0):+.3f}, "
+                                  f"KL {metrics.get('student/kl_last', 0):.4f}, "
+                                  f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token")
             if due(step, cfg.train.sample_every, cfg):
                 samples = sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok)
                 log_samples(tracker, samples, step, d.is_main)

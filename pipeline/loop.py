@@ -139,6 +139,16 @@ def record(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[st
         log_line(out_dir, step, metrics)
 
 
+def record_evaluation(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[str, float],
+                      evaluation: dict[str, float], summary: str) -> None:
+    """Validation results into the run's latest ``metrics``, the tracker and ``metrics.jsonl``; ``summary`` on
+    rank 0's console."""
+    metrics.update(evaluation)
+    record(tracker, out_dir, d, step, evaluation)
+    if d.is_main:
+        tqdm.write(summary, file=sys.stderr)
+
+
 def endless(loader: TokenLoader):
     while True:
         yield from loader

@@ -27,7 +27,7 @@ from pipeline.data import TokenLoader, loader_from_config
 from pipeline.distributed import Dist, all_reduce_sum
 from pipeline.ema import EMA
 from pipeline.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless, finish,
-                           log_samples, record, resume, sample_texts, side_state, start_tracking)
+                           log_samples, record, record_evaluation, resume, sample_texts, side_state, start_tracking)
 from pipeline.preemption import PreemptionWatch
 from pipeline.engine import build_engine, build_model, ds_config
 from pipeline.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_seed, rank_rows
@@ -137,13 +137,11 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                 window_loss, window_steps, window_start, window_first = 0.0, 0, time.perf_counter(), step
             if due(step, cfg.train.eval_every, cfg):
                 evaluation = evaluate(engine, ema, val, cfg, d, autocast)
-                metrics.update(evaluation)
-                record(tracker, out_dir, d, step, evaluation)
-                if d.is_main:
-                    tqdm.write(f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} nats/token,"
-                               f" val {'NLL' if cfg.model.causal else 'NELBO'} "
-                               f"{evaluation[val_key(cfg)]:.4f} nats/token "
-                               f"({evaluation['val/bits_per_token']:.3f} bits)", file=sys.stderr)
+                record_evaluation(tracker, out_dir, d, step, metrics, evaluation,
+                                  f"step {step}: train loss {metrics.get('train/loss_nats', float('nan')):.4f} "
+                                  f"nats/token, val {'NLL' if cfg.model.causal else 'NELBO'} "
+                                  f"{evaluation[val_key(cfg)]:.4f} nats/token "
+                                  f"({evaluation['val/bits_per_token']:.3f} bits)")
             if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
                 log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
             end_of_step(cfg, d, step, {"model": engine}, lambda: side_state(guard, ema, loader, tracker), tracker,

@@ -75,6 +75,15 @@ def test_spectral_norm_converges_to_the_largest_singular_value():
     assert {"u", "v"} <= set(layer.state_dict())
 
 
+def test_discriminator_runs_under_bf16_autocast_on_cpu():
+    disc = Discriminator(teacher(), unfreeze_blocks=1)
+    x = torch.randint(0, 11, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(disc(x, torch.ones(2))).all()  # training mode: the power iteration runs too
+        low = disc.eval()(x, torch.ones(2))
+    assert torch.allclose(low.float(), disc(x, torch.ones(2)), rtol=0.1)  # bf16 through the blocks
+
+
 def test_unfreeze_blocks_beyond_the_depth_is_refused():
     with pytest.raises(ValueError, match="between 0 and the depth 2"):
         Discriminator(teacher(), unfreeze_blocks=3)
