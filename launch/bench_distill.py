@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from launch.bench_pretrain import peak_memory_mb, run_label, state_mb  # noqa: E402
+from launch.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
 from pipeline.config import Config, from_dict  # noqa: E402
 from pipeline.distributed import Dist, run_ranks  # noqa: E402
 from pipeline.engine import GuardedAdamW, lr_factor  # noqa: E402
@@ -181,8 +181,7 @@ def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, re
     s = PlainEngine(student, cfg.optim, cfg.optim.grad_clip, cfg.train.max_steps)
     dsc = PlainEngine(disc, cfg.discriminator_optim, cfg.discriminator_optim.grad_clip, cfg.train.max_steps)
     run = Distiller(cfg, d, s, s.optimizer, dsc, dsc.optimizer, PlainEngine(teacher))
-    sync = torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
-    result = time_iterations(run, d, steps, repeats, sync)
+    result = time_iterations(run, d, steps, repeats, device_sync(d))
     torch.set_num_threads(previous_threads)
     return result
 
@@ -197,7 +196,8 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, rows: i
     d = setup(tensor_parallel)
     cfg = bench_config(size, seq_len, rows, group, stage, tensor_parallel, **VARIANTS[variant])
     run = build_distiller(cfg, d, teacher_weights(cfg))
-    return time_iterations(run, d, steps, repeats, dist.barrier)
+    sync = device_sync(d)
+    return time_iterations(run, d, steps, repeats, lambda: (sync(), dist.barrier()))
 
 
 def summarise(runs: list[dict], tokens: int) -> dict:

@@ -10,7 +10,8 @@ N / T data-parallel ranks, each with N / T of the global batch. The reference is
 ``torch.optim.AdamW`` loop with as many threads as the DeepSpeed run has ranks, so both use the same cores.
 A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
 Peak memory is the peak resident set size of each process (VmHWM: it includes the Python runtime and
-libraries, the same for every configuration), or the peak CUDA allocation on a GPU.
+libraries, the same for every configuration), or the peak CUDA allocation on a GPU, where every run (the
+reference too) uses the GPU with bf16 autocast and ``--ranks`` must not exceed the GPUs.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int, 
 
 def batches(cfg: Config, d: Dist, count: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(d.data_rank)  # a tensor-parallel group shares its rows
-    return [torch.randint(0, VOCAB, (cfg.data.batch_size, cfg.model.seq_len), generator=g) for _ in range(count)]
+    return [torch.randint(0, VOCAB, (cfg.data.batch_size, cfg.model.seq_len), generator=g).to(d.device)
+            for _ in range(count)]
 
 
 def peak_memory_mb() -> float:
@@ -76,6 +78,11 @@ def state_mb(params, optimizer: torch.optim.Optimizer) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
+def device_sync(d: Dist):
+    """Waits for the device's queued work (a GPU's kernels run asynchronously), for honest timings."""
+    return torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
+
+
 def time_steps(step, data: list[torch.Tensor], steps: int, repeats: int, sync) -> list[float]:
     """Seconds per optimizer step for each repeat, after two warm-up steps."""
     for i in range(2):
@@ -96,24 +103,27 @@ def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeat
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = bench_config(size, seq_len, global_batch, 0)
-    d = Dist(0, 1, 0, torch.device("cpu"))
+    d = Dist(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     from pipeline.engine import build_model
+    from pipeline.loop import autocast_for
 
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(d.device)
+    autocast = autocast_for(cfg, d)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     mask_id = cfg.model.vocab_size
 
     def step(x, i):
         t, z = corrupt(x, cfg, d, LogLinearSchedule(), 1, i)
-        logits = model(z, torch.zeros(x.shape[0]))
+        with autocast():
+            logits = model(z, torch.zeros(x.shape[0], device=d.device))
         loss = nelbo_per_token(subs_log_probs(logits, z, mask_id), x, z, t, mask_id, LogLinearSchedule()).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times = time_steps(step, batches(cfg, d, 4), steps, repeats, lambda: None)
+    times = time_steps(step, batches(cfg, d, 4), steps, repeats, device_sync(d))
     torch.set_num_threads(previous_threads)
     return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(model.parameters(), optimizer)}
 
@@ -124,6 +134,7 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
 
     from pipeline.distributed import setup
     from pipeline.engine import build_engine, build_model, ds_config
+    from pipeline.loop import autocast_for
     from pipeline.pretrain import loss_terms
 
     d = setup(tensor_parallel)
@@ -131,13 +142,14 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
     config = ds_config(cfg)
     torch.manual_seed(0)
     engine, optimizer = build_engine(build_model(cfg.model, stage, config), cfg.optim, cfg.train.max_steps, config)
-    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    autocast = autocast_for(cfg, d)
 
     def step(x, i):
         engine.backward(loss_terms(engine, x, cfg, d, autocast, 1, i).mean())
         engine.step()
 
-    times = time_steps(step, batches(cfg, d, 4), steps, repeats, dist.barrier)
+    sync = device_sync(d)
+    times = time_steps(step, batches(cfg, d, 4), steps, repeats, lambda: (sync(), dist.barrier()))
     return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(engine.module.parameters(), optimizer)}
 
 
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--tensor-parallel {tp} does not divide --ranks {args.ranks}, or the {args.ranks // tp} "
                          f"data-parallel ranks do not divide --batch {args.batch}")
     tokens = args.batch * args.seq_len
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     plain = plain_pytorch(args.size, args.seq_len, args.batch, args.steps, args.repeats, args.ranks)
     results = {"plain": {**summarise(plain["step_s"], tokens), "peak_mb": [plain["peak_mb"]],
                          "state_mb": [plain["state_mb"]]}}
@@ -183,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             per_step = [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)]  # the slowest rank
             results[f"tp{tp}_zero{stage}"] = {**summarise(per_step, tokens), "peak_mb": [r["peak_mb"] for r in ranks],
                                               "state_mb": [r["state_mb"] for r in ranks]}
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
+    cpu = torch.cuda.get_device_name() if torch.cuda.is_available() else next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.machine())
     header = (f"{args.size} DiT, L = {args.seq_len}, V = {VOCAB}, global batch {args.batch} ({tokens:,} tokens), "
               f"{args.ranks} ranks; median of {args.repeats} x {args.steps} steps; {cpu}, {os.cpu_count()} cores, "
               f"torch {torch.__version__}, {datetime.now(timezone.utc):%Y-%m-%d}")
     lines = [header, "", "| run | step time (min–max) | tokens/s | time vs plain | model + optimizer tensors per "
-             "process | peak RSS per process |", "|---|---|---|---|---|---|"]
+             "process | peak memory per process |", "|---|---|---|---|---|---|"]
     base = results["plain"]["step_s"]
     for name, r in results.items():
         label = run_label(name, args.ranks)

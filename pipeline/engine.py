@@ -86,8 +86,8 @@ class GuardedAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         bad = torch.zeros(1, device=grads[0].device if grads else "cpu")
-        if grads:
-            bad[0] = float(not all(torch.isfinite(g).all() for g in grads))
+        if grads:  # one flag on the device: a check per tensor would wait for the GPU once per tensor
+            bad[0] = ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         self.last_step_skipped = bool(bad.item())
