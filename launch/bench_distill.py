@@ -270,7 +270,7 @@ def planned_mb(args: argparse.Namespace, variant: str) -> dict[str, float]:
 
     cfg = bench_config(args.size, args.seq_len, args.rows // args.ranks, args.group, 3, 1, **VARIANTS[variant])
     p = plan(cfg, args.ranks, on_gpu=torch.cuda.is_available())
-    return {"total": p.total / 2**20, "activations": sum(m.activations for m in p.models) / 2**20}
+    return {"total": p.total / 2**20, "activations": p.activations / 2**20}
 
 
 def ratios(r: dict, base: dict) -> dict:

@@ -7,8 +7,9 @@ DIR is a run directory, its ``checkpoints/`` folder or one ``step_N`` folder; ``
 run instead of the latest. The EMA weights are consolidated from the per-rank files (ZeRO-3 partitions
 included); the discriminator and the online student come from the DeepSpeed engine files (``zero_to_fp32``
 under ZeRO-3); tensor-parallel shards are joined into the dense layout. A distillation bundle leaves the
-teacher out. Runs on one CPU process, without DeepSpeed's process group. The bundle is written beside its final place and renamed into it, so it is whole or absent;
-an existing bundle is kept if identical and refused otherwise.
+teacher out. Runs on one CPU process, without DeepSpeed's process group. The bundle is written beside its final
+place and renamed into it, so it is whole or absent; an existing bundle is kept if identical and refused
+otherwise.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ from pipeline.weights import ema_state_dict, read_meta, resolve_checkpoint
 def engine_state_dict(step_dir: Path, engine: str, zero_stage: int) -> dict[str, torch.Tensor]:
     """An engine's fp32 weights and buffers from DeepSpeed's files: the saved module under ZeRO 0–2 (whole fp32
     tensors: the weights are fp32, bf16 is autocast only), the partitions merged by ``zero_to_fp32`` under
-    ZeRO-3. Under tensor parallelism each rank's files (``mp_rank_RR``) are read through a view that names them rank 00 (``zero_to_fp32`` reads one model-parallel
-    rank only), then the shards are joined as the checkpoint's ``split`` layout says."""
+    ZeRO-3. Under tensor parallelism each rank's files (``mp_rank_RR``) are read through a view that names them
+    rank 00 (``zero_to_fp32`` reads one model-parallel rank only), then the shards are joined as the checkpoint's
+    ``split`` layout says."""
     folder = step_dir / engine
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: missing (the checkpoint has no {engine} engine)")

@@ -54,13 +54,18 @@ def check_compatible(manifest: dict, model: ModelConfig, where: str) -> None:
                         f"{model.vocab_size}")
 
 
+def batches_per_rank(num_samples: int, batch_size: int, data_ranks: int) -> int:
+    """Batches each data-parallel rank gets per epoch (every rank the same; the remainder is dropped)."""
+    return num_samples // (data_ranks * batch_size)
+
+
 def check_data_ranks(manifest: dict, batch_size: int, tensor_parallel: int, world_size: int, where: str) -> None:
     """Every data-parallel rank needs at least one batch per epoch of each split, or the job stops after
     set-up; a hostfile with more slots than the data allow is refused before launch."""
     data_ranks = world_size // tensor_parallel
     for split, info in manifest["splits"].items():
-        most = info["num_samples"] // batch_size
-        if data_ranks > most:
+        if batches_per_rank(info["num_samples"], batch_size, data_ranks) == 0:
+            most = batches_per_rank(info["num_samples"], batch_size, 1)
             raise DataError(f"{where}: split '{split}' has {info['num_samples']} sequences, one batch of "
                             f"{batch_size} for at most {most} data-parallel ranks, but the job has {world_size} "
                             f"ranks = {tensor_parallel} tensor-parallel x {data_ranks} data-parallel: launch at most "
@@ -171,7 +176,7 @@ class TokenLoader:
         self.shards = TokenShards(directory, split)
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
         self.seed, self.num_workers, self.shuffle = seed, num_workers, shuffle
-        self.steps_per_epoch = len(self.shards) // (world_size * batch_size)
+        self.steps_per_epoch = batches_per_rank(len(self.shards), batch_size, world_size)
         if self.steps_per_epoch == 0:
             raise DataError(f"{directory}: split '{split}' has {len(self.shards)} sequences, fewer than one "
                             f"global batch ({world_size} ranks x {batch_size})")

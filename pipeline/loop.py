@@ -103,12 +103,10 @@ def end_of_step(cfg: Config, d: Dist, step: int, engines: dict, side: Callable[[
                 preemption: PreemptionWatch) -> None:
     """Checkpoint when due; if a rank was signalled to stop, checkpoint now (unless just done) and raise
     ``Preempted`` on every rank. ``side`` gives ``checkpoint.save``'s side state."""
-    saved = due(step, cfg.train.checkpoint_every, cfg)
-    if saved:
+    stop = step < cfg.train.max_steps and preemption.agreed()
+    if stop or due(step, cfg.train.checkpoint_every, cfg):
         checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
-    if step < cfg.train.max_steps and preemption.agreed():
-        if not saved:
-            checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
+    if stop:
         tracker.close(status="KILLED")
         raise Preempted(step, preemption.received)
 

@@ -315,6 +315,10 @@ class MemoryPlan:
         return sum(m.host for m in self.models)
 
     @property
+    def activations(self) -> float:
+        return sum(m.activations for m in self.models)
+
+    @property
     def fits(self) -> bool | None:
         return None if self.device_bytes is None else self.total <= self.device_bytes
 
@@ -473,7 +477,7 @@ def paper_table(world: int = 8, device_gib: float = 80.0) -> str:
         for tp, zero, offload in PAPER_LAYOUTS:
             p = plan(paper_config(size, rollout, tp, zero, offload, checkpointing), world, device_gib * GiB)
             layout = f"TP {tp} x ZeRO-{zero}{' + offload' if offload else ''}"
-            cells = [gib(m.device) for m in p.models] + [gib(sum(m.activations for m in p.models)), gib(p.total),
+            cells = [gib(m.device) for m in p.models] + [gib(p.activations), gib(p.total),
                                                          gib(p.host), "yes" if p.fits else "no"]
             lines.append(f"| {size} | {rollout} | {layout} | {'on' if checkpointing else 'off'} | "
                          + " | ".join(cells) + " |")
