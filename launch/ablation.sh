@@ -23,8 +23,8 @@ deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/reproduce/
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$ARM_OUT/distill" \
   --set run.name="ablation-$ARM" --set tracking.uri="sqlite:///$OUT/mlflow.db" "${SETS[@]}"
 rm -rf "$ARM_OUT/bundles/student"
-python -m pipeline.convert --checkpoint "$ARM_OUT/distill" --out "$ARM_OUT/bundles/student"
-OMP_NUM_THREADS="$(nproc)" python -m pipeline.evaluate --config launch/configs/reproduce/ablation_evaluate.yaml \
+python -m pipeline convert --checkpoint "$ARM_OUT/distill" --out "$ARM_OUT/bundles/student"
+OMP_NUM_THREADS="$(nproc)" python -m pipeline evaluate --config launch/configs/reproduce/ablation_evaluate.yaml \
   --set teacher="$OUT/bundles/teacher" --set student="$ARM_OUT/bundles/student" \
   --set in_domain_judge="$OUT/bundles/judge" --set data="$OUT/data" --set out="$ARM_OUT/evaluate" \
   --set tracking.uri="sqlite:///$OUT/mlflow.db"

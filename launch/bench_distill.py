@@ -4,7 +4,7 @@ PyTorch in one process.
 ``python launch/bench_distill.py [--size tiny] [--rows 32] [--group 4] [--stages 0 3] [--tensor-parallel 1 2]
 [--steps 5] [--repeats 3] [--json PATH]``
 
-Every configuration runs the same DiDi-Instruct iteration (``pipeline.distill.Distiller.iteration``: rollout,
+Every configuration runs the same DiDi-Instruct iteration (``pipeline.stages.distill.Distiller.iteration``: rollout,
 teacher, discriminator step, reward, student step, EMA) on the same global rollout (``--rows`` student samples in
 groups of ``--group``) from the same randomly initialised teacher weights; the data rows are synthetic tokens;
 under tensor parallelism T the N ranks form N / T data-parallel ranks. The reference is one process whose student,
@@ -26,7 +26,7 @@ own rank processes (a peak resident set is per process), in interleaved rounds (
 baseline, ...) so that a change in the machine's load falls on all of them alike; a round is one repeat and the
 table gives medians (the plain-PyTorch reference runs once, before the rounds). On a CPU, offloading moves the
 teacher from one region of host memory to another: its saving shows as the teacher's device-resident tensor bytes,
-not necessarily in the resident set. Beside each variant: what the memory planner (``pipeline.memory``) predicts
+not necessarily in the resident set. Beside each variant: what the memory planner (``pipeline.measure.memory``) predicts
 per rank, to hold against the measured peak (on a GPU, ranks that each have one run there over NCCL).
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ import torch  # noqa: E402
 
 from launch.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
 from pipeline.config import Config, from_dict  # noqa: E402
-from pipeline.distributed import Dist, run_ranks  # noqa: E402
-from pipeline.engine import GuardedAdamW, lr_factor  # noqa: E402
+from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
+from pipeline.runtime.engine import GuardedAdamW, lr_factor  # noqa: E402
 
 VOCAB = 4000
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -80,7 +80,7 @@ def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_s
 
 
 def teacher_weights(cfg: Config) -> dict[str, torch.Tensor]:
-    from pipeline.engine import build_model
+    from pipeline.runtime.engine import build_model
 
     torch.manual_seed(0)
     return build_model(dataclasses.replace(cfg.model, tensor_parallel=1)).state_dict()  # dense, split later
@@ -146,7 +146,7 @@ def restart_peak() -> tuple[float, float]:
 
 
 def time_iterations(run, d: Dist, steps: int, repeats: int, sync) -> dict:
-    from pipeline.distill import PhaseTimer
+    from pipeline.stages.distill import PhaseTimer
 
     g = torch.Generator().manual_seed(d.data_rank)  # a tensor-parallel group shares its rows
     cfg = run.cfg
@@ -169,7 +169,7 @@ def time_iterations(run, d: Dist, steps: int, repeats: int, sync) -> dict:
 
 def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, repeats: int, threads: int) -> dict:
     """The reference: one process, the whole global rollout, plain modules and optimizers."""
-    from pipeline.distill import Distiller, initial_models
+    from pipeline.stages.distill import Distiller, initial_models
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -190,8 +190,8 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, rows: i
                     steps: int, repeats: int, tensor_parallel: int, variant: str = "baseline") -> dict:
     import torch.distributed as dist
 
-    from pipeline.distill import build_distiller
-    from pipeline.distributed import setup
+    from pipeline.stages.distill import build_distiller
+    from pipeline.runtime.distributed import setup
 
     d = setup(tensor_parallel)
     cfg = bench_config(size, seq_len, rows, group, stage, tensor_parallel, **VARIANTS[variant])
@@ -265,8 +265,8 @@ def compare_variants(args: argparse.Namespace, tokens: int) -> dict:
 
 
 def planned_mb(args: argparse.Namespace, variant: str) -> dict[str, float]:
-    """What ``pipeline.memory`` plans per rank for the variant: its total and its activations, in MB."""
-    from pipeline.memory import plan
+    """What ``pipeline.measure.memory`` plans per rank for the variant: its total and its activations, in MB."""
+    from pipeline.measure.memory import plan
 
     cfg = bench_config(args.size, args.seq_len, args.rows // args.ranks, args.group, 3, 1, **VARIANTS[variant])
     p = plan(cfg, args.ranks, on_gpu=torch.cuda.is_available())

@@ -5,7 +5,7 @@ plain-PyTorch loop.
 [--steps 10] [--repeats 5] [--json PATH]``
 
 Every configuration trains the same model on the same global batch (synthetic tokens; the loader is
-benchmarked in ``data_prep.bench``) with the same NELBO step; under tensor parallelism T the N ranks form
+benchmarked in ``launch/bench_data.py``) with the same NELBO step; under tensor parallelism T the N ranks form
 N / T data-parallel ranks, each with N / T of the global batch. The reference is one process running a plain
 ``torch.optim.AdamW`` loop with as many threads as the DeepSpeed run has ranks, so both use the same cores.
 A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs  # noqa: E402
 from pipeline.config import Config, from_dict  # noqa: E402
-from pipeline.distributed import Dist, run_ranks  # noqa: E402
-from pipeline.pretrain import corrupt  # noqa: E402
+from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
+from pipeline.stages.pretrain import corrupt  # noqa: E402
 
 VOCAB = 4000
 
@@ -104,8 +104,8 @@ def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeat
     torch.set_num_threads(threads)
     cfg = bench_config(size, seq_len, global_batch, 0)
     d = Dist(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    from pipeline.engine import build_model
-    from pipeline.loop import autocast_for
+    from pipeline.runtime.engine import build_model
+    from pipeline.runtime.loop import autocast_for
 
     torch.manual_seed(0)
     model = build_model(cfg.model).to(d.device)
@@ -132,10 +132,10 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
                     repeats: int, tensor_parallel: int) -> dict:
     import torch.distributed as dist
 
-    from pipeline.distributed import setup
-    from pipeline.engine import build_engine, build_model, ds_config
-    from pipeline.loop import autocast_for
-    from pipeline.pretrain import loss_terms
+    from pipeline.runtime.distributed import setup
+    from pipeline.runtime.engine import build_engine, build_model, ds_config
+    from pipeline.runtime.loop import autocast_for
+    from pipeline.stages.pretrain import loss_terms
 
     d = setup(tensor_parallel)
     cfg = bench_config(size, seq_len, batch, stage, tensor_parallel)

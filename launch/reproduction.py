@@ -7,14 +7,15 @@ launch/ablation.sh), and the ablation's switches:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from pipeline.evaluate import IN_DOMAIN, gen_ppl_text
-from pipeline.machine import describe
-from pipeline.plots import read_metrics
+from pipeline.stages.evaluate import IN_DOMAIN, gen_ppl_text
+from pipeline.measure.machine import describe
+from pipeline.measure.plots import read_metrics
 
 RESULTS = Path("launch/results/reproduce")
 # The paper's cumulative ablation: arm k has the first k techniques on and the others off, so each arm differs
@@ -153,15 +154,18 @@ def ablation_tables(out: Path) -> dict[str, str]:
                                    "(`bash launch/ablation.sh VARIANT`)", variants)}
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("main", "ablation", "switches"):
-        raise SystemExit(__doc__)
-    if argv[0] == "switches":
-        print(" ".join(switches(argv[1])))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch/reproduction.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("main", "ablation", "switches"))
+    parser.add_argument("target", help="main, ablation: the main arm's run directory; switches: an arm or variant")
+    args = parser.parse_args(argv)
+    if args.command == "switches":
+        print(" ".join(switches(args.target)))
         return 0
-    out = Path(argv[1])
+    out = Path(args.target)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if argv[0] == "main":
+    if args.command == "main":
         tables = {"main": main_table(out)}
         (RESULTS / "main.json").write_text(json.dumps({"timings": (out / "timings.tsv").read_text(),
                                                        "rows": rows_of(out)}, indent=1))
@@ -176,4 +180,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Scaling-law sweeps (``pipeline/sweep.py``): ``python launch/sweep.py plan|run|status|analyze --config FILE``.
+"""Scaling-law sweeps (``pipeline/stages/sweep.py``): ``python launch/sweep.py plan|run|status|analyze --config FILE``.
 
     plan      list the points (every point's configs validated first); --emit commands prints each point's
               commands, one line per point; --emit slurm writes OUT/sweep.slurm, a SLURM array with one task
@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import ConfigError, load_config  # noqa: E402
-from pipeline.sweep import (SweepConfig, commands, out_dir, parent_run, plan, read_state, run,  # noqa: E402
-                            short)
+from pipeline.stages.sweep import (SweepConfig, commands, out_dir, parent_run, plan, read_state, run,  # noqa: E402
+                                   short)
 
 
 def plan_table(points) -> str:
@@ -48,7 +48,7 @@ python launch/sweep.py run --config {shlex.quote(config)} --point "${{POINTS[$SL
 
 
 def status_table(sweep: SweepConfig, points) -> str:
-    from pipeline.sweep import final_metrics
+    from pipeline.stages.sweep import final_metrics
 
     lines = ["| point | N | D | C | state | stage / log | seconds | val NELBO |", "|---|---|---|---|---|---|---|---|"]
     total = 0.0
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         print(status_table(sweep, points))
         return 0
-    from pipeline.sweep import analyze
+    from pipeline.stages.sweep import analyze
 
     print(analyze(sweep, points))
     return 0

@@ -3,8 +3,8 @@
 Also runs as ``python launch/train.py`` (one process), under torchrun and as ``launch/slurm/rank.sh``.
 ``--dry-run`` validates the config and the data, prints the resolved config and the parallel layout, and exits
 without training; ``--plan-memory [--world N] [--tp T] [--device-gib G]`` prints each co-hosted model's per-rank
-memory (``pipeline.memory``) and exits. Restarting the same command resumes from the run's latest checkpoint;
-a preempted run (SIGTERM / SIGUSR1) exits with ``pipeline.preemption.EXIT_CODE`` after checkpointing.
+memory (``pipeline.measure.memory``) and exits. Restarting the same command resumes from the run's latest checkpoint;
+a preempted run (SIGTERM / SIGUSR1) exits with ``pipeline.runtime.preemption.EXIT_CODE`` after checkpointing.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoint import CheckpointError, checkpoint_root, latest_tag  # noqa: E402
+from pipeline.runtime.checkpoint import CheckpointError, checkpoint_root, latest_tag  # noqa: E402
 from pipeline.config import Config, ConfigError, check_world, load_config, to_yaml  # noqa: E402
-from pipeline.data import DataError, check_compatible, check_data_ranks, read_manifest  # noqa: E402
-from pipeline.preemption import EXIT_CODE, Preempted  # noqa: E402
+from pipeline.runtime.data import DataError, check_compatible, check_data_ranks, read_manifest  # noqa: E402
+from pipeline.runtime.preemption import EXIT_CODE, Preempted  # noqa: E402
 
 
 def layout(cfg: Config, world_size: int) -> str:
@@ -27,7 +27,7 @@ def layout(cfg: Config, world_size: int) -> str:
 
     import torch
 
-    from pipeline.engine import build_model
+    from pipeline.runtime.engine import build_model
 
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(dataclasses.replace(cfg.model, tensor_parallel=1)).parameters())
@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides + ([f"model.tensor_parallel={args.tp}"] if args.tp else []))
         if args.plan_memory:  # before the data checks: a plan needs only the config
-            from pipeline.memory import plan_text
+            from pipeline.measure.memory import plan_text
 
             print(plan_text(cfg, args.world or int(os.environ.get("WORLD_SIZE", "1")), args.device_gib), end="")
             return 0
         manifest, where = read_manifest(cfg.data.path), f"{cfg.data.path}/manifest.json"
         check_compatible(manifest, cfg.model, where)
         if cfg.stage == "distill":
-            from pipeline.distill import check_teacher
+            from pipeline.stages.distill import check_teacher
 
             check_teacher(cfg)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(to_yaml(cfg) + layout(cfg, world_size))
             return 0
-        from pipeline.distill import distill
-        from pipeline.distributed import setup
-        from pipeline.pretrain import pretrain
+        from pipeline.stages.distill import distill
+        from pipeline.runtime.distributed import setup
+        from pipeline.stages.pretrain import pretrain
 
         d = setup(cfg.model.tensor_parallel)
         if d.is_main:

@@ -1,1 +1,13 @@
-"""Stages and their machinery: config, data loading, engines, training stages, checkpoints, tracking."""
+"""Everything between prepared shards and a judged sample, grouped by role:
+
+- ``stages/``: one module per command a user runs (pre-train, distil, convert, import an MDLM, sample,
+  evaluate, sweep);
+- ``runtime/``: what the training stages share (engines, the loop, checkpoints, EMA, data, ranks, tracking);
+- ``measure/``: measurements (the judges, scaling fits, the memory planner, plots, text rendering);
+- ``config.py`` (the typed config of every stage), ``bundle.py`` (the inference-bundle format, written and
+  read) and ``atomic.py`` (atomic file writes) at the top.
+
+Imports run downwards only: stages -> runtime -> measure -> the top modules -> ``models/``. Stages may import
+one another; the top modules import only ``models/`` and each other; ``runtime/data.py`` reads shards in the
+format ``data_prep/shards.py`` defines. ``python -m pipeline COMMAND`` (``__main__.py``) runs the commands.
+"""

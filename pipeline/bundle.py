@@ -1,4 +1,4 @@
-"""Inference bundles: what ``pipeline.convert`` writes and ``load_bundle`` reads back.
+"""Inference bundles: the format ``write_bundle`` writes (conversion, MDLM import) and ``load_bundle`` reads back.
 
 A bundle is a directory::
 
@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from models.discriminator import Discriminator
 from models.dit import DiT
@@ -70,6 +72,43 @@ def verify(directory: Path) -> dict:
         if sha256(path) != digest:
             raise BundleError(f"{path}: corrupt or changed (sha256 differs from manifest.json)")
     return manifest
+
+
+def write_bundle(out: Path, weights: dict[str, dict[str, torch.Tensor]], manifest: dict, copies: dict[str, Path],
+                 log) -> bool:
+    """Stage the safetensors files, the copied files or folders and the manifest (with every file's hash)
+    beside ``out``, then rename into place; an existing ``out`` is kept if identical (returns False) and
+    refused otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staging = Path(tmp) / "bundle"
+        staging.mkdir()
+        for name, state in weights.items():
+            save_file(_contiguous(state), staging / name, metadata={"kind": manifest["kind"]})
+        for name, source in copies.items():
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, staging / name)
+        manifest["files"] = bundle_files(staging)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if out.exists():
+            _keep_if_identical(out, manifest, log)
+            return False
+        staging.rename(out)
+        return True
+
+
+def _keep_if_identical(out: Path, manifest: dict, log) -> None:
+    try:
+        existing = read_manifest(out)
+    except BundleError:
+        existing = None
+    if existing is None or not existing["files"] == manifest["files"] == bundle_files(out):
+        raise BundleError(f"{out} exists and is {'another bundle' if existing else 'not a bundle'}: choose another "
+                          "--out or remove it")
+    log(f"{out}: already holds this bundle")
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items() if torch.is_tensor(v)}
 
 
 def new_dit(model: dict, dropout: float = 0.0) -> DiT:

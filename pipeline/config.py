@@ -4,7 +4,7 @@ Unknown keys, wrong types and impossible combinations fail at load time with a m
 and the file, never deep inside a run. ``--set a.b=value`` overrides are applied before validation, and the
 resolved config is printed and saved next to every output (``save_resolved``).
 
-``python -m pipeline.config FILE [--set a.b=v ...]`` validates a training config and prints it resolved.
+``python -m pipeline validate FILE [--set a.b=v ...]`` validates a training config and prints it resolved.
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ class Config:
 
 @dataclass
 class EvaluateConfig:
-    """``python -m pipeline.evaluate``: samplers × step counts, judged side by side in one run (spec §7)."""
+    """``python -m pipeline evaluate``: samplers × step counts, judged side by side in one run (spec §7)."""
 
     teacher: str = ""  # teacher bundle
     student: Optional[str] = None  # distilled student bundle
@@ -531,7 +531,7 @@ def save_resolved(cfg: Any, directory: str | os.PathLike, name: str = "config.ya
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline validate", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -543,6 +543,3 @@ def main(argv: list[str] | None = None) -> int:
     print(to_yaml(cfg), end="")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

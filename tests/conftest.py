@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded corpus, a tiny prepared dataset and a tiny GPT-2-format ranks file, in seconds."""
+"""Shared fixtures: the embedded corpus, a tiny prepared dataset and a tiny GPT-2-format ranks file, in seconds;
+and the guard that keeps ``-m "not distributed"`` (the tier run on every change) free of rank processes."""
 from __future__ import annotations
 
 import base64
@@ -16,6 +17,40 @@ from pipeline.config import PrepareConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data_prep" / "corpus" / "shakespeare"
+
+
+# fixtures that train in rank processes: a test that uses one belongs to the `distributed` tier
+RANK_FIXTURES = {"teacher", "bundles", "judge_bundle"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if RANK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("distributed")]
+    if unmarked:
+        raise pytest.UsageError("these tests use a fixture that trains in rank processes but are not marked "
+                                "@pytest.mark.distributed:\n  " + "\n  ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def _rank_processes_only_when_marked(request, monkeypatch):
+    """Outside the `distributed` tier, starting rank processes (``run_ranks``, ``launch/train.py``, the deepspeed
+    launcher, a sweep) fails the test with the mark it needs, instead of slowing the fast tier down."""
+    if request.node.get_closest_marker("distributed"):
+        return
+    import torch.multiprocessing
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts rank processes: mark it @pytest.mark.distributed")
+
+    def popen(args, *rest, **kwargs):
+        words = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+        if any(w == "deepspeed" or w.endswith(("launch/train.py", "launch/sweep.py")) for w in words):
+            refuse()
+        return real_popen(args, *rest, **kwargs)
+
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(torch.multiprocessing, "start_processes", refuse)
+    monkeypatch.setattr(subprocess, "Popen", popen)
 
 
 def tiny_prepare_config(out: Path, **changes) -> PrepareConfig:
@@ -37,8 +72,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def teacher(tiny_data, tmp_path_factory) -> Path:
     """A unit-size teacher pre-trained for 20 steps on ``tiny_data`` (what distillation tests start from)."""
-    from pipeline.distributed import run_ranks
-    from tests.pipeline.test_pretrain import _run_pretrain, settings
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain, settings
 
     out = tmp_path_factory.mktemp("teacher")
     run_ranks(_run_pretrain, 1, settings(tiny_data, out, train__max_steps=20, train__checkpoint_every=20,

@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from pipeline.config import Config, from_dict, save_resolved
-from pipeline.preemption import EXIT_CODE
+from pipeline.runtime.preemption import EXIT_CODE
 from tests.conftest import ROOT, train_command
-from tests.pipeline.test_pretrain import metrics, settings
+from tests.pipeline.stages.test_pretrain import metrics, settings
 
 pytestmark = pytest.mark.distributed
 STEPS = 200

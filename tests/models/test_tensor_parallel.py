@@ -8,7 +8,7 @@ from models.discriminator import Discriminator
 from models.diffusion import NEG_INF, LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.dit import DiT
 from models.sampler import ancestral_sample
-from pipeline.distributed import run_ranks
+from pipeline.runtime.distributed import run_ranks
 
 V, L, B = 10, 8, 3  # V + 1 = 11 output columns: padded to 12 under TP = 2
 

@@ -139,7 +139,7 @@ def test_every_shipped_config_loads(path):
     elif "stage" in data:
         assert load_config(path).stage == data["stage"]
     elif "grid" in data:
-        from pipeline.sweep import SweepConfig
+        from pipeline.stages.sweep import SweepConfig
 
         assert load_config(path, cls=SweepConfig).grid.shapes
     else:

@@ -1,0 +1,139 @@
+"""Checkpoints: DeepSpeed engine files plus per-rank side files, published by one atomic ``latest`` pointer.
+
+Layout under ``{run.out_dir}/checkpoints``: ``step_NNNNNNNN/`` holds one folder per engine (DeepSpeed's
+``save_checkpoint`` files, tagged with the engine's name), ``rankNNNNN.pt`` per rank (RNG states, EMA
+partition, data position, counters), ``meta.json`` and the resolved ``config.yaml``. ``latest`` is written by rank 0 after every rank has
+finished, by rename, so a crash while saving leaves the previous checkpoint in force.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.atomic import atomic_path, atomic_write_bytes
+from pipeline.config import Config, save_resolved
+from pipeline.runtime.data import read_manifest
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the file and the reason."""
+
+
+def checkpoint_root(cfg: Config) -> Path:
+    return Path(cfg.run.out_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def latest_tag(root: Path) -> str | None:
+    pointer = root / "latest"
+    return pointer.read_text().strip() if pointer.exists() else None
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                     *np_state[2:]], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def model_signature(cfg: Config) -> dict:
+    m = cfg.model
+    signature = {k: getattr(m, k) for k in ("hidden_size", "num_layers", "num_heads", "cond_dim", "vocab_size", "seq_len")}
+    return {**signature, "causal": True} if m.causal else signature
+
+
+def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side: dict) -> Path:
+    """Save every engine (collective), this rank's side state, then publish ``latest``."""
+    root = checkpoint_root(cfg)
+    tag = tag_for(step)
+    directory = root / tag
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(directory), tag=name, save_latest=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
+        torch.save({**side, "step": step, "rng": rng_state()}, tmp)
+    _barrier()
+    if rank == 0:
+        save_resolved(cfg, directory)
+        meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
+                "engines": sorted(engines), "model": model_signature(cfg),
+                "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
+        if cfg.model.tensor_parallel > 1:  # how each engine's tensors split, for reading the files back dense
+            from models.tensor_parallel import layout
+
+            meta["split"] = {name: {k: [p.dim, p.size, p.qkv] for k, p in layout(engine.module).items()}
+                             for name, engine in engines.items()}
+        atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(root / "latest", tag.encode())
+    _barrier()
+    return directory
+
+
+def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
+    """Resume from ``latest`` if there is one: engines restored in place; returns this rank's side state."""
+    root = checkpoint_root(cfg)
+    tag = latest_tag(root)
+    if tag is None:
+        return None
+    directory = root / tag
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory / 'meta.json'}: missing or unreadable ({err})") from None
+    if meta["model"] != model_signature(cfg):
+        diff = {k: (meta["model"].get(k), v) for k, v in model_signature(cfg).items() if meta["model"].get(k) != v}
+        raise CheckpointError(f"{directory} holds another model ({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())}); "
+                              f"use another run.out_dir")
+    if meta.get("tensor_parallel", 1) != cfg.model.tensor_parallel:
+        raise CheckpointError(f"{directory} was written with model.tensor_parallel = {meta.get('tensor_parallel', 1)}, "
+                              f"this job has {cfg.model.tensor_parallel}: resume with the same value")
+    if meta["world_size"] != world_size:
+        raise CheckpointError(f"{directory} was written by {meta['world_size']} ranks, this job has {world_size}: "
+                              "the data position, the ZeRO partitions and the EMA shards need the same number. "
+                              f"Relaunch with {meta['world_size']} ranks (e.g. a hostfile with that many slots in "
+                              "all) to resume, or start a new run.out_dir; as distill.teacher, this checkpoint (or its "
+                              "bundle from python -m pipeline convert) loads at any number of ranks")
+    if meta["engines"] != sorted(engines):
+        raise CheckpointError(f"{directory} holds engines {meta['engines']}, this stage needs {sorted(engines)}")
+    for name, engine in engines.items():
+        try:
+            path, _ = engine.load_checkpoint(str(directory), tag=name, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        except Exception as err:  # DeepSpeed raises many kinds; name the checkpoint whatever it was
+            raise CheckpointError(f"{directory / name}: cannot load the {name} engine "
+                                  f"({err.__class__.__name__}: {err})") from err
+        if path is None:
+            raise CheckpointError(f"{directory / name}: the {name} engine's files are missing")
+    side_file = directory / f"rank{rank:05d}.pt"
+    try:
+        side = torch.load(side_file, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{side_file}: missing (incomplete checkpoint)") from None
+    except Exception as err:
+        raise CheckpointError(f"{side_file}: unreadable, truncated or corrupt ({err.__class__.__name__})") from err
+    set_rng_state(side["rng"])
+    return side

@@ -1,0 +1,187 @@
+"""What every training stage's loop shares: precision, the local metrics log, endless batches, the guard
+against non-finite steps, checkpoints and preemption at step ends, and EMA samples for watching quality move."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from models.diffusion import subs_log_probs
+from models.sampler import SamplerStats, ancestral_sample
+from pipeline.runtime import checkpoint
+from pipeline.config import Config, save_resolved, to_dict
+from pipeline.runtime.data import TokenLoader
+from pipeline.runtime.distributed import Dist, broadcast_object
+from pipeline.runtime.ema import EMA
+from pipeline.measure.plots import plot_curves
+from pipeline.runtime.preemption import Preempted, PreemptionWatch
+from pipeline.runtime.randomness import SAMPLE, keyed_generator
+from pipeline.measure.text import render
+from pipeline.runtime.tracking import Tracker, make_tracker
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive optimizer steps with non-finite gradients."""
+
+
+class NonFiniteGuard:
+    """Counts optimizer steps skipped for non-finite loss or gradients, per phase, and stops the run after
+    ``limit`` in a row in one phase with a message that names it."""
+
+    def __init__(self, limit: int, phases: tuple[str, ...], verbose: bool):
+        self.limit, self.verbose = limit, verbose
+        self.skipped = dict.fromkeys(phases, 0)
+        self.in_a_row = dict.fromkeys(phases, 0)
+
+    def record(self, phase: str, skipped: bool, step: int, loss: float) -> None:
+        if not skipped:
+            self.in_a_row[phase] = 0
+            return
+        self.skipped[phase] += 1
+        self.in_a_row[phase] += 1
+        if self.verbose:
+            tqdm.write(f"step {step}: {phase}: non-finite loss or gradients (loss {loss}); step skipped "
+                       f"({self.in_a_row[phase]} in a row, {self.skipped[phase]} in all)", file=sys.stderr)
+        if self.in_a_row[phase] >= self.limit:
+            raise NonFiniteError(f"stopping at step {step}: {self.in_a_row[phase]} consecutive {phase} steps had "
+                                 f"non-finite loss or gradients (train.max_nonfinite = {self.limit}); the last "
+                                 "checkpoint is intact. Lower the learning rate or check the data.")
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{phase}/skipped_steps": count for phase, count in self.skipped.items()}
+
+    def state_dict(self) -> dict:
+        return {"skipped": dict(self.skipped), "in_a_row": dict(self.in_a_row)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped, self.in_a_row = dict(state["skipped"]), dict(state["in_a_row"])
+
+
+def resume(cfg: Config, d: Dist, engines: dict, guard: NonFiniteGuard, ema: EMA, loader: TokenLoader) -> dict | None:
+    """Restore the latest checkpoint if there is one (engines, then the guard, the EMA and the data position,
+    RNG states included); returns this rank's side state, or None for a fresh run."""
+    side = checkpoint.load(cfg, engines, d.rank, d.world_size)
+    if side is not None:
+        guard.load_state_dict(side["guard"])
+        ema.load_state_dict(side["ema"])
+        loader.load_state_dict(side["loader"])
+    return side
+
+
+def side_state(guard: NonFiniteGuard, ema: EMA, loader: TokenLoader, tracker: Tracker, **extra) -> dict:
+    """What ``resume`` needs back, for ``checkpoint.save``."""
+    return {"ema": ema.state_dict(), "loader": loader.state_dict(), "guard": guard.state_dict(),
+            "run_id": tracker.run_id, **extra}
+
+
+def start_tracking(cfg: Config, d: Dist, side: dict | None, about: str) -> Tracker:
+    """The tracker (re-attached to the checkpoint's run on resume), the resolved config saved and logged, and
+    one line on rank 0 saying what starts."""
+    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(side and side["run_id"]))
+    if d.is_main:
+        saved = save_resolved(cfg, cfg.run.out_dir)
+        step = side["step"] if side else 0
+        if side is None:
+            tracker.log_params(to_dict(cfg))
+            tracker.log_artifact(saved)
+        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, {about}", flush=True)
+        if step >= cfg.train.max_steps:
+            print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
+    return tracker
+
+
+def due(step: int, every: int, cfg: Config) -> bool:
+    """Every ``every`` steps, and at the last step."""
+    return step % every == 0 or step == cfg.train.max_steps
+
+
+def end_of_step(cfg: Config, d: Dist, step: int, engines: dict, side: Callable[[], dict], tracker: Tracker,
+                preemption: PreemptionWatch) -> None:
+    """Checkpoint when due; if a rank was signalled to stop, checkpoint now (unless just done) and raise
+    ``Preempted`` on every rank. ``side`` gives ``checkpoint.save``'s side state."""
+    stop = step < cfg.train.max_steps and preemption.agreed()
+    if stop or due(step, cfg.train.checkpoint_every, cfg):
+        checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
+    if stop:
+        tracker.close(status="KILLED")
+        raise Preempted(step, preemption.received)
+
+
+def finish(tracker: Tracker, out_dir: Path, d: Dist, panels: dict | None = None) -> None:
+    """Curves from ``metrics.jsonl`` as an artifact, then the tracker closed."""
+    if d.is_main and (out_dir / "metrics.jsonl").exists():
+        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", panels))
+    tracker.close()
+
+
+def autocast_for(cfg: Config, d: Dist):
+    """bf16 autocast on GPU (or when asked), fp32 on CPU; master weights stay fp32 either way."""
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
+    return lambda: torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def log_line(out_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """Append to ``metrics.jsonl``: a local record of every logged value, readable without MLflow."""
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def record(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[str, float]) -> None:
+    """Metrics to the tracker and, on rank 0, to ``metrics.jsonl``."""
+    tracker.log_metrics(metrics, step)
+    if d.is_main:
+        log_line(out_dir, step, metrics)
+
+
+def record_evaluation(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[str, float],
+                      evaluation: dict[str, float], summary: str) -> None:
+    """Validation results into the run's latest ``metrics``, the tracker and ``metrics.jsonl``; ``summary`` on
+    rank 0's console."""
+    metrics.update(evaluation)
+    record(tracker, out_dir, d, step, evaluation)
+    if d.is_main:
+        tqdm.write(summary, file=sys.stderr)
+
+
+def endless(loader: TokenLoader):
+    while True:
+        yield from loader
+
+
+@torch.no_grad()
+def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, tok
+                 ) -> list[tuple[int, list[str], SamplerStats]]:
+    """EMA samples from all-[MASK] at each of ``train.sample_steps``; every rank runs the sampler (ZeRO-3
+    gathers need all), rank 0 keeps the text."""
+    mask_id, shard = cfg.model.vocab_size, engine.module.vocab_shard
+    engine.eval()
+
+    def denoise(z):
+        with autocast():
+            logits = engine(z, torch.zeros(z.shape[0], device=z.device))
+        return subs_log_probs(logits, z, mask_id, shard)
+
+    results = []
+    with ema.swapped_in():
+        for steps in cfg.train.sample_steps:
+            stats = SamplerStats()
+            z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
+            # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
+            out = ancestral_sample(denoise, z, steps, mask_id, generator=keyed_generator(cfg.run.seed, SAMPLE, step),
+                                   cache=cfg.train.zero_stage != 3, stats=stats, shard=shard)
+            results.append((steps, [render(row, tok)[0] for row in out.cpu().tolist()], stats))
+    engine.train()
+    return results
+
+
+def log_samples(tracker, results, step: int, verbose: bool) -> None:
+    """Samples as one text artifact per step count, their NFE as metrics, the first one on the console."""
+    for steps, texts, stats in results:
+        tracker.log_text("\n\n=====\n\n".join(texts), f"samples/step_{step:08d}_{steps}steps.txt")
+        tracker.log_metrics({f"sample/nfe_{steps}steps": stats.nfe}, step)
+        if verbose:
+            tqdm.write(f"step {step}: sample ({steps} steps, NFE {stats.nfe:.1f}):\n{texts[0][:400]}", file=sys.stderr)

@@ -1,0 +1,159 @@
+"""The conversion stage: a training checkpoint → an inference bundle (``pipeline/bundle.py`` has the layout).
+
+``python -m pipeline convert --checkpoint DIR [--tag STEP] --out BUNDLE [--online]``
+``python -m pipeline convert --from-mdlm PATH --tokenizer gpt2:RANKS_FILE --out BUNDLE`` (``mdlm_import.py``)
+
+DIR is a run directory, its ``checkpoints/`` folder or one ``step_N`` folder; ``--tag`` picks a step of the
+run instead of the latest. The EMA weights are consolidated from the per-rank files (ZeRO-3 partitions
+included); the discriminator and the online student come from the DeepSpeed engine files (``zero_to_fp32``
+under ZeRO-3); tensor-parallel shards are joined into the dense layout. A distillation bundle leaves the
+teacher out. Runs on one CPU process, without DeepSpeed's process group. The bundle is written beside its final
+place and renamed into it, so it is whole or absent; an existing bundle is kept if identical and refused
+otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from data_prep.tokenizers import TokenizerError, load_tokenizer
+from models.discriminator import Discriminator
+from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
+from pipeline.runtime.checkpoint import CheckpointError, tag_for
+from pipeline.config import Config, ConfigError, load_config
+from models.tensor_parallel import join_shards
+from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
+
+
+def engine_state_dict(step_dir: Path, engine: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """An engine's fp32 weights and buffers from DeepSpeed's files: the saved module under ZeRO 0–2 (whole fp32
+    tensors: the weights are fp32, bf16 is autocast only), the partitions merged by ``zero_to_fp32`` under
+    ZeRO-3. Under tensor parallelism each rank's files (``mp_rank_RR``) are read through a view that names them
+    rank 00 (``zero_to_fp32`` reads one model-parallel rank only), then the shards are joined as the checkpoint's
+    ``split`` layout says."""
+    folder = step_dir / engine
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing (the checkpoint has no {engine} engine)")
+    meta = read_meta(step_dir)
+    ranks = meta.get("tensor_parallel", 1)
+    if ranks == 1:
+        return _read_engine(step_dir, engine, zero_stage)
+    shards = []
+    for rank in range(ranks):
+        with tempfile.TemporaryDirectory() as view:
+            (Path(view) / engine).mkdir()
+            for file in folder.glob(f"*mp_rank_{rank:02d}_*"):
+                (Path(view) / engine / file.name.replace(f"mp_rank_{rank:02d}", "mp_rank_00")).symlink_to(file.resolve())
+            shards.append(_read_engine(Path(view), engine, zero_stage, shown=folder))
+    split = meta["split"][engine]
+    return {name: join_shards([s[name] for s in shards], *split[name]) if name in split else value
+            for name, value in shards[0].items()}
+
+
+def _read_engine(step_dir: Path, engine: str, zero_stage: int, shown: Path | None = None) -> dict[str, torch.Tensor]:
+    folder = step_dir / engine
+    try:
+        if zero_stage < 3:
+            state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=engine)
+        # megatron's layers add "*._extra_state" entries (None): not weights
+        return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.endswith("._extra_state")}
+    except Exception as err:  # DeepSpeed and torch raise many kinds; name the folder whatever it was
+        raise CheckpointError(f"{shown or folder}: cannot read the {engine} engine "
+                              f"({err.__class__.__name__}: {err})") from err
+
+
+def _step_dir(checkpoint: Path, tag: int | None) -> Path:
+    if tag is None:
+        return resolve_checkpoint(checkpoint)
+    for root in (checkpoint / "checkpoints", checkpoint, checkpoint.parent):
+        if (root / tag_for(tag) / "meta.json").is_file():
+            return root / tag_for(tag)
+    raise CheckpointError(f"{checkpoint}: no checkpoint of step {tag} ({tag_for(tag)}/meta.json not found)")
+
+
+def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, online: bool = False,
+            log=print) -> Path:
+    """Write the bundle of ``checkpoint`` to ``out``; returns ``out``."""
+    step_dir, out = _step_dir(Path(checkpoint), tag), Path(out)
+    meta = read_meta(step_dir)
+    try:
+        cfg: Config = load_config(step_dir / "config.yaml")
+    except ConfigError as err:
+        raise CheckpointError(f"{step_dir / 'config.yaml'}: {err}") from None
+    kind = {("model",): "teacher", ("discriminator", "student"): "student"}.get(tuple(meta["engines"]))
+    if kind is None:
+        raise CheckpointError(f"{step_dir}: engines {meta['engines']} are neither a pre-training nor a distillation "
+                              "checkpoint")
+    if kind == "teacher" and cfg.model.causal:
+        kind = "judge"  # an autoregressive model trained by the same stage
+    tokenizer = Path(cfg.data.path) / "tokenizer"
+    try:
+        tok = load_tokenizer(tokenizer)
+    except TokenizerError as err:
+        raise CheckpointError(f"the run's tokenizer (data.path of {step_dir / 'config.yaml'}): {err}") from None
+    if meta.get("tokenizer", tok.fingerprint) != tok.fingerprint or tok.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(f"{tokenizer} (fingerprint {tok.fingerprint}, V = {tok.vocab_size}) is not the tokenizer "
+                              f"the checkpoint was trained with ({meta.get('tokenizer')}, V = {cfg.model.vocab_size})")
+    model = {k: getattr(cfg.model, k) for k in MODEL_KEYS}
+    with torch.device("meta"):
+        shapes = new_dit(model)
+    weights = {"model.safetensors": ema_state_dict(step_dir, shapes)}
+    manifest = {"format": FORMAT, "kind": kind, "source": str(step_dir.resolve()), "step": meta["step"],
+                "model": model, "tokenizer": json.loads((tokenizer / "tokenizer.json").read_text())}
+    if kind == "student":
+        with torch.device("meta"):
+            disc = Discriminator(new_dit(model), cfg.distill.unfreeze_blocks, cfg.distill.sigma_to)
+        state = engine_state_dict(step_dir, "discriminator", cfg.train.zero_stage)
+        expected = set(disc.state_dict())
+        if set(state) != expected:
+            raise CheckpointError(f"{step_dir / 'discriminator'}: tensors {sorted(set(state) ^ expected)[:4]} do not fit "
+                                  "the configured discriminator")
+        weights["discriminator.safetensors"] = state
+        manifest["discriminator"] = {"unfreeze_blocks": cfg.distill.unfreeze_blocks, "sigma_to": cfg.distill.sigma_to}
+    if online:
+        weights["online.safetensors"] = engine_state_dict(step_dir, "student" if kind == "student" else "model",
+                                                          cfg.train.zero_stage)
+
+    if write_bundle(out, weights, manifest, {"tokenizer": tokenizer, "config.yaml": step_dir / "config.yaml"}, log):
+        log(f"wrote {out}: {kind} bundle of step {meta['step']} from {step_dir} ({', '.join(sorted(weights))})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline convert", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory, checkpoints/ folder or step_N folder")
+    source.add_argument("--from-mdlm", help="an upstream MDLM model directory or Lightning .ckpt (mdlm_import.py)")
+    parser.add_argument("--tag", type=int, help="the step to convert (default: the latest)")
+    parser.add_argument("--online", action="store_true", help="also keep the online (non-EMA) weights")
+    parser.add_argument("--tokenizer", help="with --from-mdlm: gpt2:RANKS_FILE (or another tokenizer spec)")
+    parser.add_argument("--heads", type=int, help="with --from-mdlm: attention heads, if its config lacks them")
+    parser.add_argument("--seq-len", type=int, help="with --from-mdlm: sequence length (default: its config, or 1024)")
+    parser.add_argument("--out", required=True, help="bundle directory to create")
+    args = parser.parse_args(argv)
+    try:
+        if args.from_mdlm:
+            from pipeline.stages.mdlm_import import import_mdlm
+
+            if not args.tokenizer:
+                parser.error("--from-mdlm needs --tokenizer (e.g. gpt2:PATH/gpt2.tiktoken)")
+            import_mdlm(args.from_mdlm, args.tokenizer, args.out, args.heads, args.seq_len)
+        else:
+            convert(args.checkpoint, args.out, args.tag, args.online)
+    except (CheckpointError, BundleError, TokenizerError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+

@@ -1,0 +1,40 @@
+"""Distillation under tensor parallelism (megatron-core) x ZeRO against one dense process: the teacher (trained
+dense), the student, its EMA and the discriminator split over 2 CPU ranks; two trainable engines per process."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.stages.convert import convert
+from pipeline.runtime.distributed import run_ranks
+from pipeline.measure.plots import read_metrics
+from tests.pipeline.stages.test_distill import _run_distill, distill_settings
+
+CLIP = {"optim__grad_clip": 0.02, "discriminator_optim__grad_clip": 0.02}  # clips every step
+KEYS = ("discriminator/loss", "discriminator/accuracy", "student/loss", "student/kl_step1", "student/kl_step2",
+        "student/entropy", "reward/mean")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("data, zero", [(1, 1), (2, 3)])
+def test_tensor_parallel_distillation_matches_one_dense_process(tiny_data, teacher, tmp_path, data, zero):
+    dense = distill_settings(tiny_data, teacher, tmp_path / "dense", distill__rollout_rows=16, **CLIP)
+    split = distill_settings(tiny_data, teacher, tmp_path / "split", distill__rollout_rows=16 // data,
+                             train__zero_stage=zero, model__tensor_parallel=2, **CLIP)
+    reference = run_ranks(_run_distill, 1, dense)[0]
+    results = run_ranks(_run_distill, 2 * data, split)
+    assert "error" not in reference and all("error" not in r for r in results), results
+    a, b = read_metrics(tmp_path / "dense" / "metrics.jsonl"), read_metrics(tmp_path / "split" / "metrics.jsonl")
+    for step in range(1, 7):
+        for key in KEYS:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=2e-5), (step, key)
+    for step in (3, 6):
+        assert b[step]["val/nelbo_nats"] == pytest.approx(a[step]["val/nelbo_nats"], abs=5e-5)
+    assert a[6]["student/loss"] != a[1]["student/loss"]
+    # the bundles (EMA student, discriminator, online student) join the TP shards back into the dense tensors
+    bundles = {name: convert(tmp_path / name, tmp_path / f"{name}_bundle", online=True, log=lambda _: None)
+               for name in ("dense", "split")}
+    for file in ("model.safetensors", "discriminator.safetensors", "online.safetensors"):
+        expected, joined = (load_file(bundles[name] / file) for name in ("dense", "split"))
+        assert joined.keys() == expected.keys(), file
+        for name, value in expected.items():
+            assert torch.allclose(joined[name], value, atol=1e-5), (file, name)
