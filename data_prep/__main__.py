@@ -1,11 +1,15 @@
-"""``python -m data_prep prepare|verify``: the data-preparation CLI (the work is in ``prepare`` and ``verify``)."""
+"""``python -m data_prep prepare|verify|synthetic``: the data-preparation CLI (the work is in ``prepare``, ``verify``
+and ``synthetic``)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 from data_prep.documents import InputError
 from data_prep.prepare import PrepareError, prepare, resolved
+from data_prep.synthetic import STANDARD_AMINO_ACIDS, make_markov_chain, render_files, sample_records, write_synthetic
 from data_prep.tokenizers import TokenizerError
 from data_prep.verify import verify
 from pipeline.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
@@ -39,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v = sub.add_parser("verify", help="re-check every shard's count and checksum against the manifest")
     v.add_argument("directory")
+    s = sub.add_parser("synthetic", help="sample a corpus from a known distribution and write the distribution too")
+    kinds = s.add_subparsers(dest="kind", required=True)
+    m = kinds.add_parser("markov", help="a sparse first-order Markov chain over the 20 standard amino acids")
+    m.add_argument("--out", required=True, help="output directory: chain.json (the chain) and chain.fasta")
+    m.add_argument("--successors", type=int, default=3, help="preferred successors per letter (1-20)")
+    m.add_argument("--records", type=int, default=400, help="FASTA records to sample")
+    m.add_argument("--length", type=int, default=2000, help="letters per record")
+    m.add_argument("--seed", type=int, default=0, help="draws the chain; the records are sampled with seed + 1")
+    m.add_argument("--mass", type=float, default=0.999, help="probability the preferred successors share, in (0, 1]")
     return parser
 
 
@@ -57,6 +70,8 @@ def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "synthetic":
+        return _synthetic(args)
     if args.command == "verify":
         problems, totals = verify(args.directory)
         for problem in problems:
@@ -88,6 +103,74 @@ def summary(manifest: dict, out: str) -> str:
         lines.append(f"  {split:5s}: {len(info['shards'])} shards, {info['num_samples']:,} sequences, "
                      f"{info['num_tokens']:,} tokens from {info['num_documents']} documents")
     return "\n".join(lines)
+
+
+# what ``atomic_write_bytes`` leaves behind when a writer is killed mid-write
+_TEMPORARY = re.compile(r"^\.chain\.(json|fasta)\.tmp\d+$")
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    """Write the Markov corpus, or accept an --out that already holds exactly it; anything else is exit 2."""
+    try:
+        _check_synthetic_flags(args)
+        try:
+            chain = make_markov_chain(args.successors, args.seed, args.mass)
+        except ValueError as err:  # with the flags in range, only mass 1 fails: no unique stationary distribution
+            raise ValueError(f"--mass {args.mass} with --seed {args.seed}: {err}") from None
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    records = sample_records(chain, args.records, args.length, seed=args.seed + 1)
+    files = render_files(chain, records)
+    out = Path(args.out)
+    try:
+        problem = _synthetic_out_problem(out, files)
+        if problem:
+            print(f"error: --out {out} {problem}; choose an empty or new directory", file=sys.stderr)
+            return 2
+        if out.is_dir() and set(files) <= {p.name for p in out.iterdir()}:
+            print(f"{out} already holds exactly this corpus ({', '.join(files)}); nothing written")
+            return 0
+        for stale in (p for p in out.glob(".chain.*") if _TEMPORARY.match(p.name)):
+            stale.unlink()
+        write_synthetic(out, chain, records)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(records)} records, {len(records) * args.length:,} letters, entropy rate "
+          f"{chain.entropy_rate:.6f} nats/letter: {' '.join(str(out / name) for name in sorted(files))}")
+    return 0
+
+
+def _check_synthetic_flags(args: argparse.Namespace) -> None:
+    """Each bad value is a ValueError naming its flag."""
+    k = len(STANDARD_AMINO_ACIDS)
+    if not 1 <= args.successors <= k:
+        raise ValueError(f"--successors must be between 1 and {k}, got {args.successors}")
+    if not 0 < args.mass <= 1:
+        raise ValueError(f"--mass must be in (0, 1], got {args.mass}")
+    if args.successors == k and args.mass != 1:
+        raise ValueError(f"--mass must be 1 when --successors {k} covers every letter, got {args.mass}")
+    for flag in ("records", "length", "seed"):
+        if getattr(args, flag) < (0 if flag == "seed" else 1):
+            raise ValueError(f"--{flag} must be {'non-negative' if flag == 'seed' else 'positive'}, "
+                             f"got {getattr(args, flag)}")
+
+
+def _synthetic_out_problem(out: Path, files: dict[str, bytes]) -> str | None:
+    """Why ``out`` cannot take these files: it is a file, or holds anything but (some of) exactly these bytes."""
+    if out.exists() and not out.is_dir():
+        return "is a file, not a directory"
+    if not out.exists():
+        return None
+    entries = [p for p in sorted(out.iterdir()) if not _TEMPORARY.match(p.name)]
+    foreign = [p.name for p in entries if p.name not in files]
+    if foreign:
+        return f"is not empty: it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
+    differing = [p.name for p in entries if not p.is_file() or p.read_bytes() != files[p.name]]
+    if differing:
+        return f"holds a different corpus ({', '.join(differing)} differ)"
+    return None
 
 
 if __name__ == "__main__":

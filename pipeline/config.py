@@ -139,6 +139,8 @@ class TrainConfig:
     sample_every: int = 500
     sample_steps: list[int] = field(default_factory=lambda: [128])  # sampler steps of the samples logged
     sample_count: int = 2
+    # markov:CHAIN (a synthetic corpus's chain.json): the samples are also scored exactly and logged as exact/*
+    exact_judge: Optional[str] = None
     checkpoint_every: int = 500
     max_nonfinite: int = 5  # consecutive skipped steps (non-finite gradients) before the run stops
 
@@ -148,6 +150,8 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name))
         if not self.sample_steps or min(self.sample_steps) <= 0:
             raise ConfigError(f"train.sample_steps: {self.sample_steps} must be a non-empty list of positive counts")
+        if self.exact_judge is not None:
+            _exact_judge_spec("train.exact_judge", self.exact_judge, required=True)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema: {self.ema} must be in [0, 1)")
         if not 0.0 < self.t_min < 1.0:
@@ -304,7 +308,7 @@ class EvaluateConfig:
     num_samples: int = 64
     batch_size: int = 16
     seed: int = 0
-    judge: str = "smollm2"  # smollm2 | a .gguf file | a transformers model directory
+    judge: str = "smollm2"  # smollm2 | a .gguf file | a transformers model directory | markov:CHAIN (exact)
     in_domain_judge: Optional[str] = None  # a judge bundle trained on this corpus (model.causal: true)
     judge_context: int = 1024
     judge_batch_size: int = 8
@@ -317,6 +321,9 @@ class EvaluateConfig:
     control_search_steps: int = 32  # teacher steps while searching T (entropy barely depends on the steps)
     control_search_samples: int = 32
     control_search_rounds: int = 6  # bisection of log T over [0.1, 1]
+    # With an exact judge (markov:CHAIN): the teacher at each of student_steps, at the temperature of this grid
+    # with the lowest bigram TV (the best-temperature control); [] turns it off.
+    exact_control_temperatures: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.8, 0.9, 1.0])
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
@@ -331,6 +338,10 @@ class EvaluateConfig:
             _positive(name, getattr(self, name))
         if self.control_steps is not None:
             _positive("control_steps", self.control_steps)
+        if any(not 0.0 < temperature <= 2.0 for temperature in self.exact_control_temperatures):
+            raise ConfigError(f"exact_control_temperatures: {self.exact_control_temperatures}: every temperature must "
+                              "be in (0, 2]")
+        _exact_judge_spec("judge", self.judge)
         if self.entropy_control and self.student and self.control_student_steps not in self.student_steps:
             raise ConfigError(f"control_student_steps: {self.control_student_steps} is not one of student_steps "
                               f"{self.student_steps} (or set entropy_control: false)")
@@ -386,6 +397,13 @@ def check_world(cfg: "Config", world_size: int) -> None:
     if world_size % cfg.model.tensor_parallel:
         raise ConfigError(f"model.tensor_parallel: {cfg.model.tensor_parallel} does not divide the job's "
                           f"{world_size} ranks (world size = tensor-parallel x data-parallel ranks)")
+
+
+def _exact_judge_spec(name: str, spec: str, required: bool = False) -> None:
+    """``markov:PATH`` with a path (``required``: nothing else is accepted)."""
+    if spec == "markov:" or (required and not spec.startswith("markov:")):
+        raise ConfigError(f"{name}: {spec!r}: give markov:DIR or markov:DIR/chain.json (the chain a synthetic corpus "
+                          "was sampled from: python -m data_prep synthetic markov --out DIR)")
 
 
 def _positive(name: str, value: float) -> None:

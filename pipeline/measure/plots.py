@@ -19,10 +19,13 @@ def read_metrics(path: Path) -> dict[int, dict]:
     return dict(sorted(rows.items()))
 
 
+PRETRAIN_CURVES = {"nats per token": ("train/loss_nats", "val/nelbo_nats", "val/nll_nats")}
+
+
 def plot_curves(metrics_file: Path, out: Path,
                 panels: dict[str, tuple[str, ...]] | None = None) -> Path:
     """One panel per entry of ``panels`` (title → metric keys); default: the pre-training losses."""
-    panels = panels or {"nats per token": ("train/loss_nats", "val/nelbo_nats", "val/nll_nats")}
+    panels = panels or PRETRAIN_CURVES
     rows = read_metrics(metrics_file)
     columns = min(3, len(panels))
     rows_of_panels = -(-len(panels) // columns)
@@ -49,29 +52,34 @@ def save_figure(fig, out: Path) -> Path:
 
 
 def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
-    """Evaluation rows: ``key`` against NFE, one line per (model, sampler) and one point per entropy-matched
-    control, Gen-PPL with its intervals and the held-out reference (the first row) as a dashed line."""
+    """Evaluation rows: ``key`` against NFE, one line per (model, sampler), one point per entropy-matched control
+    and a line of best-temperature controls; a judged metric (Gen-PPL, an exact judge's) with its intervals and
+    the held-out reference (the first row) as a dashed line."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    interval = key.replace("gen_ppl", "interval") if "gen_ppl" in key else None  # with a held-out reference
+    interval = key.replace("gen_ppl", "interval") if "gen_ppl" in key else (
+        f"{key}_interval" if f"{key}_interval" in rows[0] else None)  # a judged metric, with a held-out reference
 
     def series(r):
         return (r["model"], r["sampler"], r.get("control_for"))
 
     for name in dict.fromkeys(series(r) for r in rows if r["nfe"] is not None):
-        points = sorted(((r["nfe"], r[key], r.get(interval), r.get("temperature")) for r in rows if series(r) == name),
-                        key=lambda p: p[0])
+        points = sorted(((r["nfe"], r[key], r.get(interval), r.get("temperature")) for r in rows
+                         if series(r) == name and r[key] is not None), key=lambda p: p[0])
         nfe, values = [p[0] for p in points], [p[1] for p in points]
-        legend = " ".join(name[:2]) if name[2] is None else f"teacher T={points[0][3]:.2f} (entropy of {name[2]})"
-        style = {"marker": "o"} if name[2] is None else {"marker": "*", "markersize": 10, "linestyle": "none"}
+        legend = (" ".join(name[:2]) if name[2] is None else "teacher at its best T" if name[2] == "best temperature"
+                  else f"teacher T={points[0][3]:.2f} (entropy of {name[2]})")
+        style = ({"marker": "o"} if name[2] is None else {"marker": "s", "linestyle": ":"}
+                 if name[2] == "best temperature" else {"marker": "*", "markersize": 10, "linestyle": "none"})
         if interval is not None:
             errors = [[v - p[2][0] for v, p in zip(values, points)], [p[2][1] - v for v, p in zip(values, points)]]
             ax.errorbar(nfe, values, yerr=errors, capsize=3, label=legend, **style)
         else:
             ax.plot(nfe, values, label=legend, **style)
-    if interval is not None:
+    if interval is not None and rows[0][key] is not None:
         ax.axhline(rows[0][key], color="grey", linestyle="--", label="held-out text")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if all(r[key] is None or r[key] > 0 for r in rows):
+        ax.set_yscale("log")
     ax.set_xlabel("NFE (denoiser calls)")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)

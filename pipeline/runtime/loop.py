@@ -13,10 +13,12 @@ from tqdm import tqdm
 from models.diffusion import subs_log_probs
 from models.sampler import SamplerStats, ancestral_sample
 from pipeline.runtime import checkpoint
-from pipeline.config import Config, save_resolved, to_dict
+from pipeline.config import Config, ConfigError, save_resolved, to_dict
 from pipeline.runtime.data import TokenLoader
 from pipeline.runtime.distributed import Dist, broadcast_object
 from pipeline.runtime.ema import EMA
+from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
+from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, load_exact_judge
 from pipeline.measure.plots import plot_curves
 from pipeline.runtime.preemption import Preempted, PreemptionWatch
 from pipeline.runtime.randomness import SAMPLE, keyed_generator
@@ -173,15 +175,40 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
             # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
             out = ancestral_sample(denoise, z, steps, mask_id, generator=keyed_generator(cfg.run.seed, SAMPLE, step),
                                    cache=cfg.train.zero_stage != 3, stats=stats, shard=shard)
-            results.append((steps, [render(row, tok)[0] for row in out.cpu().tolist()], stats))
+            ids = out.cpu().tolist()
+            results.append((steps, [render(row, tok)[0] for row in ids], stats, ids))
     engine.train()
     return results
 
 
-def log_samples(tracker, results, step: int, verbose: bool) -> None:
-    """Samples as one text artifact per step count, their NFE as metrics, the first one on the console."""
-    for steps, texts, stats in results:
+def exact_judge_for(cfg: Config, tok) -> ExactJudge | None:
+    """``train.exact_judge`` for this run's tokenizer (None when unset); a chain that does not fit the data is a
+    ConfigError naming the key, raised before the first step."""
+    if cfg.train.exact_judge is None:
+        return None
+    try:
+        return load_exact_judge(cfg.train.exact_judge, tok)
+    except ExactJudgeError as err:
+        raise ConfigError(f"train.exact_judge: {err}") from None
+
+
+def exact_curves(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """The curves panels of the exact scores that ``log_samples`` records (none without an exact judge)."""
+    if cfg.train.exact_judge is None:
+        return {}
+    return {f"EMA samples: {title}": tuple(f"exact/{key}_{steps}steps" for steps in cfg.train.sample_steps)
+            for key, title, _ in EXACT_METRICS}
+
+
+def log_samples(tracker, out_dir: Path, d: Dist, results, step: int, judge: ExactJudge | None = None) -> None:
+    """Samples as one text artifact per step count, their NFE as metrics, the first one on the console; with an
+    exact judge, their exact scores as ``exact/*`` metrics (also in ``metrics.jsonl``, for the curves)."""
+    for steps, texts, stats, ids in results:
         tracker.log_text("\n\n=====\n\n".join(texts), f"samples/step_{step:08d}_{steps}steps.txt")
         tracker.log_metrics({f"sample/nfe_{steps}steps": stats.nfe}, step)
-        if verbose:
+        if judge is not None:
+            summary = judge.summarise([judge.score(row) for row in ids], rounds=200, seed=step)
+            record(tracker, out_dir, d, step, {f"exact/{key}_{steps}steps": summary[key]
+                                               for key, _, _ in EXACT_METRICS if summary[key] is not None})
+        if d.is_main:
             tqdm.write(f"step {step}: sample ({steps} steps, NFE {stats.nfe:.1f}):\n{texts[0][:400]}", file=sys.stderr)

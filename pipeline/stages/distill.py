@@ -44,9 +44,9 @@ from pipeline.runtime.data import loader_from_config, read_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config
-from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless, finish,
-                                   log_samples, record, record_evaluation, resume, sample_texts, side_state,
-                                   start_tracking)
+from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless,
+                                   exact_curves, exact_judge_for, finish, log_samples, record, record_evaluation,
+                                   resume, sample_texts, side_state, start_tracking)
 from pipeline.runtime.preemption import PreemptionWatch
 from pipeline.stages.pretrain import evaluate
 from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator,
@@ -55,9 +55,13 @@ from pipeline.bundle import verify
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
+TAU_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # edges of the τ bins the reward's mean is logged in
+TAU_BIN_NAMES = tuple(f"reward/mean_tau_{lo:.2f}-{hi:.2f}" for lo, hi in zip(TAU_BINS[:-1], TAU_BINS[1:]))
 CURVES = {
     "discriminator": ("discriminator/loss", "discriminator/accuracy"),
     "reward": ("reward/mean", "reward/std", "reward/group_std"),
+    "reward by the row's τ": TAU_BIN_NAMES,
+    "corr(advantage, τ)": ("advantage/tau_correlation",),
     "KL(teacher ‖ student), nats": ("student/kl_step1", "student/kl_step2"),
     "student entropy, nats": ("student/entropy",),
     "EMA student val NELBO (nats/token)": ("val/nelbo_nats",),
@@ -251,7 +255,32 @@ class Distiller:
             "student/kl_last": kls[-1].item(), "student/entropy": (sum(hs) / len(hs)).item(),
             "student/log_prob": roll.log_prob.mean().item(), "student/omega_mean": weight.mean().item(),
             "student/tau_mean": tau.mean().item(), "discriminator/t_mean": t.mean().item(),
+            **tau_diagnostics(tau, rewards, advantages),
         }
+
+
+def tau_diagnostics(tau: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor) -> dict[str, float]:
+    """Whether a row's τ, rather than its quality, drives its reward and advantage: the correlation of the
+    advantages with τ (0 when τ is shared by a group) and, per τ bin, the sum of the rewards and the rows
+    (``bin_means`` turns them into means once summed over a logging window and the ranks)."""
+    centred_tau, centred_advantage = tau - tau.mean(), advantages - advantages.mean()
+    scale = (centred_tau.norm() * centred_advantage.norm()).item()
+    out = {"advantage/tau_correlation": (centred_tau @ centred_advantage).item() / scale if scale > 1e-12 else 0.0}
+    bins = torch.bucketize(tau, torch.tensor(TAU_BINS[1:-1], device=tau.device), right=True)
+    for k, name in enumerate(TAU_BIN_NAMES):
+        inside = bins == k
+        out[f"{name}:sum"], out[f"{name}:rows"] = rewards[inside].sum().item(), inside.sum().item()
+    return out
+
+
+def bin_means(metrics: dict[str, float]) -> dict[str, float]:
+    """``tau_diagnostics``' per-bin sums and row counts replaced by the mean reward of the bin (left out when
+    the bin held no row)."""
+    out = {k: v for k, v in metrics.items() if not k.endswith((":sum", ":rows"))}
+    for name in TAU_BIN_NAMES:
+        if metrics.get(f"{name}:rows", 0) > 0:
+            out[name] = metrics[f"{name}:sum"] / metrics[f"{name}:rows"]
+    return out
 
 
 def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, Discriminator, DiT]:
@@ -287,6 +316,7 @@ def distill(cfg: Config, d: Dist) -> dict:
     loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
     val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    judge = exact_judge_for(cfg, tok)
     run = build_distiller(cfg, d)
     engines = {"student": run.student, "discriminator": run.disc}
 
@@ -327,7 +357,7 @@ def distill(cfg: Config, d: Dist) -> dict:
                 sums = all_reduce_sum(*(window[k] for k in sorted(window)), *(timer.seconds[p] for p in PHASES),
                                       device=d.device)
                 elapsed = time.perf_counter() - window_start
-                metrics = {k: v / (window_steps * d.world_size) for k, v in zip(keys, sums)}
+                metrics = bin_means({k: v / (window_steps * d.world_size) for k, v in zip(keys, sums)})
                 metrics.update(run.guard.metrics())
                 metrics.update({"student/lr": run.student.get_lr()[0], "discriminator/lr": run.disc.get_lr()[0],
                                 "time/iteration_s": elapsed / window_steps,
@@ -348,9 +378,9 @@ def distill(cfg: Config, d: Dist) -> dict:
                                   f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token")
             if due(step, cfg.train.sample_every, cfg):
                 samples = sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok)
-                log_samples(tracker, samples, step, d.is_main)
+                log_samples(tracker, out_dir, d, samples, step, judge)
             end_of_step(cfg, d, step, engines, lambda: side_state(run.guard, run.ema, loader, tracker,
                                                                  teacher=str(run.teacher_dir)), tracker, preemption)
     bar.close()
-    finish(tracker, out_dir, d, CURVES)
+    finish(tracker, out_dir, d, {**CURVES, **exact_curves(cfg)})
     return {"step": step, **metrics}

@@ -25,6 +25,8 @@ from pipeline.atomic import atomic_write_bytes
 from pipeline.bundle import BundleError, load_bundle
 from pipeline.config import ConfigError, EvaluateConfig, load_config, to_dict
 from pipeline.runtime.data import TokenShards
+from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
+from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, is_exact, load_exact_judge
 from pipeline.measure.judge import JudgeError, bootstrap_interval, gen_ppl, in_domain_judge, load_judge, unigram_entropy
 from pipeline.measure.plots import plot_versus_nfe
 from pipeline.stages.sample import sample
@@ -34,10 +36,25 @@ from pipeline.runtime.tracking import make_tracker
 IN_DOMAIN = "in_domain_"  # key prefix of the in-domain judge's numbers
 
 
+def make_judge(cfg: EvaluateConfig, tok):
+    """The judge ``cfg.judge`` names: an exact judge for ``markov:PATH``, else an autoregressive LM."""
+    if not is_exact(cfg.judge):
+        return load_judge(cfg.judge, cfg.judge_context, cfg.judge_batch_size)
+    try:
+        return load_exact_judge(cfg.judge, tok)
+    except ExactJudgeError as err:
+        raise JudgeError(str(err)) from None
+
+
 def judged_row(judges: dict, cfg: EvaluateConfig, texts: list[str], ids: list[list[int]], **about) -> dict:
-    """Gen-PPL and its interval under each judge (keys prefixed by the judge's prefix) and the mean entropy."""
+    """Under each judge (keys prefixed by the judge's prefix): Gen-PPL and its interval, or an exact judge's
+    metrics and intervals; and the mean entropy of the token ids."""
     row = {**about, "samples": len(texts), "entropy": sum(unigram_entropy(i) for i in ids) / len(ids)}
     for prefix, judge in judges.items():
+        if isinstance(judge, ExactJudge):
+            summary = judge.summarise([judge.score(i) for i in ids], cfg.bootstrap_rounds, cfg.seed)
+            row.update({f"{prefix}{key}": value for key, value in summary.items() if key != "samples"})
+            continue
         scores = judge.score(texts)
         row.update({f"{prefix}gen_ppl": gen_ppl(scores), f"{prefix}judge_tokens": sum(c for _, c in scores),
                     f"{prefix}interval": list(bootstrap_interval(scores, cfg.bootstrap_rounds, seed=cfg.seed))})
@@ -48,11 +65,12 @@ def reference_row(judges: dict, cfg: EvaluateConfig, tok) -> dict:
     shards = TokenShards(cfg.data, "val")
     ids = [shards[i].tolist() for i in range(min(cfg.num_samples, len(shards)))]
     return judged_row(judges, cfg, [render(i, tok)[0] for i in ids], ids, model="held-out text", sampler="-",
-                      steps=None, temperature=None, control_for=None, nfe=None, masks_left=0, seconds_per_sample=None)
+                      steps=None, temperature=None, control_for=None, control=None, nfe=None, masks_left=0,
+                      seconds_per_sample=None)
 
 
 def sampled_row(judges: dict, cfg: EvaluateConfig, bundle, tok, model: str, sampler: str, steps: int,
-                temperature: float = 1.0, control_for: str | None = None) -> dict:
+                temperature: float = 1.0, control_for: str | None = None, control: str | None = None) -> dict:
     rows = sample(bundle, tok, steps, sampler, cfg.num_samples, cfg.batch_size, cfg.seed, temperature=temperature)
     samples_dir = Path(cfg.out) / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +79,7 @@ def sampled_row(judges: dict, cfg: EvaluateConfig, bundle, tok, model: str, samp
     batches = {r["batch"]: r for r in rows}.values()
     return judged_row(judges, cfg, [r["text"] for r in rows], [r["token_ids"] for r in rows], model=model,
                       sampler=sampler, steps=steps, temperature=temperature, control_for=control_for,
+                      control=control if control_for is None or control else "entropy-matched",
                       nfe=sum(r["nfe"] for r in rows) / len(rows), masks_left=sum(r["masks_left"] for r in rows),
                       seconds_per_sample=sum(b["batch_seconds"] for b in batches) / len(rows))
 
@@ -95,33 +114,84 @@ def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dic
     return controls
 
 
+def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, log) -> list[dict]:
+    """With an exact judge: the teacher at each of ``student_steps`` (with or without a student: what one must
+    beat), at the temperature of ``exact_control_temperatures`` whose samples have the lowest bigram TV (a lower
+    temperature trades bigram distance for likelihood, so a student that does not beat this row has only
+    sharpened)."""
+    controls = []
+    for steps in cfg.student_steps:
+        grid = [sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", steps, temperature,
+                            "best temperature", "best temperature")
+                for temperature in cfg.exact_control_temperatures]
+        best = min(grid, key=lambda r: math.inf if r["bigram_tv"] is None else r["bigram_tv"])
+        log(f"best-temperature control at {steps} steps: teacher at T = {best['temperature']:.2f} (bigram TV "
+            + ", ".join(f"{r['temperature']:.2f}: {r['bigram_tv']:.3f}" for r in grid if r["bigram_tv"] is not None)
+            + ")")
+        controls.append(best)
+    return controls
+
+
 def gen_ppl_text(r: dict, prefix: str = "") -> str:
     low, high = r[f"{prefix}interval"]
     return f"{r[f'{prefix}gen_ppl']:,.1f} ({low:,.1f}–{high:,.1f})"
 
 
-def markdown(rows: list[dict], cfg: EvaluateConfig) -> str:
+def metric_text(r: dict, key: str, fmt: str) -> str:
+    if r.get(key) is None:
+        return "–"
+    low, high = r[f"{key}_interval"]
+    return f"{format(r[key], fmt)} ({format(low, fmt)}–{format(high, fmt)})"
+
+
+def judge_columns(judges: dict) -> list[tuple[str, object]]:
+    """(title, row -> cell) of each judge's columns, in the judges' order."""
+    columns = []
+    for prefix, judge in judges.items():
+        if isinstance(judge, ExactJudge):
+            columns += [(title, lambda r, k=prefix + key, f=fmt: metric_text(r, k, f))
+                        for key, title, fmt in EXACT_METRICS]
+        else:
+            columns.append(("in-domain Gen-PPL" if prefix else "Gen-PPL", lambda r, p=prefix: gen_ppl_text(r, p)))
+    return columns
+
+
+def row_label(r: dict) -> str:
+    if r["control"] == "entropy-matched":
+        return f"{r['model']} (entropy-matched to {r['control_for']})"
+    if r["control"] == "best temperature":
+        return f"{r['model']} (best temperature by bigram TV)"
+    return r["model"]
+
+
+def markdown(rows: list[dict], cfg: EvaluateConfig, judges: dict) -> str:
     in_domain = cfg.in_domain_judge is not None
-    lines = [f"Judge: {cfg.judge}" + (f"; in-domain judge: {cfg.in_domain_judge} (trained on this corpus's training "
-                                      "split: it rewards fitting this corpus)" if in_domain else "") +
-             ". Gen-PPL is token-weighted; 95% bootstrap interval over samples in brackets.", "",
-             "| model | sampler | steps | T | NFE | samples | Gen-PPL | " + ("in-domain Gen-PPL | " if in_domain else "")
-             + "entropy | [MASK] left | s / sample |",
-             "|---|---|---|---|---|---|---|" + ("---|" if in_domain else "") + "---|---|---|"]
+    exact = isinstance(judges[""], ExactJudge)
+    intro = (f"Judge: {cfg.judge}" + (" (exact scores under the synthetic corpus's Markov chain)" if exact else "")
+             + (f"; in-domain judge: {cfg.in_domain_judge} (trained on this corpus's training split: it rewards "
+                "fitting this corpus)" if in_domain else "") + ". "
+             + ("NLL is letter-weighted; " if exact else "Gen-PPL is token-weighted; ")
+             + "95% bootstrap interval over samples in brackets.")
+    columns = judge_columns(judges)
+    lines = [intro, "", "| model | sampler | steps | T | NFE | samples | " + " | ".join(c[0] for c in columns)
+             + " | entropy | [MASK] left | s / sample |", "|---|---|---|---|---|---|" + "---|" * len(columns)
+             + "---|---|---|"]
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
-        model = r["model"] + (f" (entropy-matched to {r['control_for']})" if r["control_for"] else "")
-        lines.append(f"| {model} | {r['sampler']} | {fmt(r['steps'], 'd')} | {fmt(r['temperature'], '.2f')} | "
-                     f"{fmt(r['nfe'], '.1f')} | {r['samples']} | {gen_ppl_text(r)} | "
-                     + (f"{gen_ppl_text(r, IN_DOMAIN)} | " if in_domain else "") +
-                     f"{r['entropy']:.2f} | {r['masks_left']} | {fmt(r['seconds_per_sample'], '.3f')} |")
+        lines.append(f"| {row_label(r)} | {r['sampler']} | {fmt(r['steps'], 'd')} | {fmt(r['temperature'], '.2f')} | "
+                     f"{fmt(r['nfe'], '.1f')} | {r['samples']} | " + " | ".join(cell(r) for _, cell in columns)
+                     + f" | {r['entropy']:.2f} | {r['masks_left']} | {fmt(r['seconds_per_sample'], '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
 def log_row(r: dict, log) -> dict:
-    log(f"{r['model']} {r['sampler']} {r['steps']} steps, T = {r['temperature']:.3f}: Gen-PPL {gen_ppl_text(r)}"
-        + (f", in-domain {gen_ppl_text(r, IN_DOMAIN)}" if f"{IN_DOMAIN}gen_ppl" in r else "") +
-        f", entropy {r['entropy']:.2f}, NFE {r['nfe']:.1f}, {r['seconds_per_sample']:.3f} s/sample")
+    if "gen_ppl" in r:
+        in_domain = f", in-domain {gen_ppl_text(r, IN_DOMAIN)}" if f"{IN_DOMAIN}gen_ppl" in r else ""
+        judged = f"Gen-PPL {gen_ppl_text(r)}{in_domain}"
+    else:
+        judged = ", ".join(f"{title} {metric_text(r, key, fmt)}" for key, title, fmt in EXACT_METRICS)
+    log(f"{r['model']} {r['sampler']} {r['steps']} steps, T = {r['temperature']:.3f}: {judged}, entropy "
+        f"{r['entropy']:.2f}, NFE {r['nfe']:.1f}, {r['seconds_per_sample']:.3f} s/sample")
     return r
 
 
@@ -133,7 +203,8 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     if student is not None and student.manifest["tokenizer"]["fingerprint"] != teacher.manifest["tokenizer"]["fingerprint"]:
         raise BundleError(f"{cfg.student} and {cfg.teacher} use different tokenizers: compare like with like")
     tok = load_tokenizer(teacher.tokenizer_dir)
-    judges = {"": load_judge(cfg.judge, cfg.judge_context, cfg.judge_batch_size)}
+    judges = {"": make_judge(cfg, tok)}
+    exact = isinstance(judges[""], ExactJudge)
     if cfg.in_domain_judge is not None:
         judges[IN_DOMAIN] = in_domain_judge(Path(cfg.in_domain_judge), cfg.in_domain_judge, cfg.judge_batch_size,
                                             teacher.manifest["tokenizer"]["fingerprint"])
@@ -145,18 +216,25 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
         rows.append(log_row(sampled_row(judges, cfg, bundle, tok, model, sampler, steps), log))
     if cfg.entropy_control:
         rows += [log_row(r, log) for r in control_rows(judges, cfg, teacher, tok, rows, log)]
-    table = markdown(rows, cfg)
+    if exact and cfg.exact_control_temperatures:
+        rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, log)]
+    table = markdown(rows, cfg, judges)
     atomic_write_bytes(out / "results.md", table.encode())
     atomic_write_bytes(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1).encode())
-    plots = [plot_versus_nfe(rows, "gen_ppl", f"Gen-PPL ({cfg.judge})", out / "genppl_vs_nfe.png"),
-             plot_versus_nfe(rows, "seconds_per_sample", "seconds per sample", out / "seconds_vs_nfe.png")]
+    if exact:
+        plots = [plot_versus_nfe(rows, key, title, out / f"{key}_vs_nfe.png") for key, title, _ in EXACT_METRICS]
+    else:
+        plots = [plot_versus_nfe(rows, "gen_ppl", f"Gen-PPL ({cfg.judge})", out / "genppl_vs_nfe.png")]
+    plots.append(plot_versus_nfe(rows, "seconds_per_sample", "seconds per sample", out / "seconds_vs_nfe.png"))
     if cfg.in_domain_judge is not None:
         plots.append(plot_versus_nfe(rows, f"{IN_DOMAIN}gen_ppl", "in-domain Gen-PPL", out / "in_domain_genppl_vs_nfe.png"))
     tracker = make_tracker(cfg.tracking, True, "evaluate")
     tracker.log_params(to_dict(cfg))
     for r in rows[1:]:
         name = f"{r['model']}_{r['sampler']}" + (f"_control_{r['control_for'].replace(' ', '_')}" if r["control_for"] else "")
-        tracker.log_metrics({f"genppl/{name}": r["gen_ppl"], f"entropy/{name}": r["entropy"],
+        judged = ({f"{key}/{name}": r[key] for key, _, _ in EXACT_METRICS if r[key] is not None} if exact
+                  else {f"genppl/{name}": r["gen_ppl"]})
+        tracker.log_metrics({**judged, f"entropy/{name}": r["entropy"],
                              **({f"in_domain_genppl/{name}": r[f"{IN_DOMAIN}gen_ppl"]} if len(judges) > 1 else {})},
                             r["steps"])
     for path in (out / "results.md", out / "results.json", *plots):

@@ -26,9 +26,10 @@ from pipeline.config import Config
 from pipeline.runtime.data import TokenLoader, loader_from_config
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
-from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless, finish,
-                                   log_samples, record, record_evaluation, resume, sample_texts, side_state,
-                                   start_tracking)
+from pipeline.measure.plots import PRETRAIN_CURVES
+from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless,
+                                   exact_curves, exact_judge_for, finish, log_samples, record, record_evaluation,
+                                   resume, sample_texts, side_state, start_tracking)
 from pipeline.runtime.preemption import PreemptionWatch
 from pipeline.runtime.engine import build_engine, build_model, ds_config
 from pipeline.runtime.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_seed, rank_rows
@@ -86,6 +87,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
     val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    judge = exact_judge_for(cfg, tok)
     config = ds_config(cfg)
     torch.manual_seed(cfg.run.seed)
     engine, optimizer = build_engine(build_model(cfg.model, cfg.train.zero_stage, config), cfg.optim,
@@ -144,10 +146,10 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                                   f"{evaluation[val_key(cfg)]:.4f} nats/token "
                                   f"({evaluation['val/bits_per_token']:.3f} bits)")
             if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
-                log_samples(tracker, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, d.is_main)
+                log_samples(tracker, out_dir, d, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, judge)
             end_of_step(cfg, d, step, {"model": engine}, lambda: side_state(guard, ema, loader, tracker), tracker,
                         preemption)
     bar.close()
-    finish(tracker, out_dir, d)
+    finish(tracker, out_dir, d, {**PRETRAIN_CURVES, **exact_curves(cfg)})
     return {"step": step, **metrics}
 

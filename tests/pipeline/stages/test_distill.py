@@ -338,8 +338,11 @@ def test_mlflow_run_has_the_stage_metrics_samples_and_curves(tiny_data, teacher,
     for key in ("discriminator/loss", "discriminator/accuracy", "reward/mean", "reward/std", "reward/clipped_fraction",
                 "reward/group_std", "advantage/clipped_fraction", "student/kl_step1", "student/kl_step2", "student/entropy", "student/omega_mean",
                 "student/skipped_steps", "discriminator/skipped_steps", "time/rollout_s", "time/teacher_s",
-                "time/discriminator_s", "time/student_s", "train/rollout_tokens_per_s", "val/nelbo_nats"):
+                "time/discriminator_s", "time/student_s", "train/rollout_tokens_per_s", "val/nelbo_nats",
+                "advantage/tau_correlation"):
         assert key in run.data.metrics, key
+    assert any(key.startswith("reward/mean_tau_") for key in run.data.metrics)
+    assert not any(key.endswith((":sum", ":rows")) for key in run.data.metrics)
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert samples == {"samples/step_00000002_4steps.txt", "samples/step_00000002_8steps.txt"}
     assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -357,3 +360,18 @@ def test_a_teacher_bundle_distils_exactly_as_its_checkpoint(tiny_data, teacher, 
     assert "error" not in runs["bundle"]
     assert runs["bundle"]["student/loss"] == runs["checkpoint"]["student/loss"]
     assert runs["bundle"]["val/nelbo_nats"] == runs["checkpoint"]["val/nelbo_nats"]
+
+
+def test_tau_diagnostics_by_hand():
+    from pipeline.stages.distill import TAU_BIN_NAMES, bin_means, tau_diagnostics
+
+    shared = tau_diagnostics(torch.tensor([0.2, 0.2, 0.8, 0.8]), torch.zeros(4), torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    assert abs(shared["advantage/tau_correlation"]) < 1e-7  # advantages sum to 0 in every group sharing a τ
+    tau = torch.tensor([0.1, 0.25, 0.3, 1.0])
+    aligned = tau_diagnostics(tau, torch.tensor([1.0, 2.0, 4.0, 8.0]), 3 * (tau - tau.mean()))
+    assert aligned["advantage/tau_correlation"] == pytest.approx(1.0)
+    # τ bins [0, .25), [.25, .5), [.5, .75), [.75, 1]: rows 1 | 2 | 0 | 1, and a window of two such iterations
+    window = {k: 2 * v for k, v in aligned.items()}
+    means = bin_means(window)
+    assert [means.get(name) for name in TAU_BIN_NAMES] == [1.0, 3.0, None, 8.0]
+    assert not any(k.endswith((":sum", ":rows")) for k in means)
