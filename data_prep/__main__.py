@@ -3,13 +3,13 @@ and ``synthetic``)."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from data_prep.documents import InputError
 from data_prep.prepare import PrepareError, prepare, resolved
-from data_prep.synthetic import STANDARD_AMINO_ACIDS, make_markov_chain, render_files, sample_records, write_synthetic
+from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
+                                 write_synthetic)
 from data_prep.tokenizers import TokenizerError
 from data_prep.verify import verify
 from pipeline.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
@@ -105,10 +105,6 @@ def summary(manifest: dict, out: str) -> str:
     return "\n".join(lines)
 
 
-# what ``atomic_write_bytes`` leaves behind when a writer is killed mid-write
-_TEMPORARY = re.compile(r"^\.chain\.(json|fasta)\.tmp\d+$")
-
-
 def _synthetic(args: argparse.Namespace) -> int:
     """Write the Markov corpus, or accept an --out that already holds exactly it; anything else is exit 2."""
     try:
@@ -121,24 +117,18 @@ def _synthetic(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     records = sample_records(chain, args.records, args.length, seed=args.seed + 1)
-    files = render_files(chain, records)
     out = Path(args.out)
     try:
-        problem = _synthetic_out_problem(out, files)
-        if problem:
-            print(f"error: --out {out} {problem}; choose an empty or new directory", file=sys.stderr)
-            return 2
-        if out.is_dir() and set(files) <= {p.name for p in out.iterdir()}:
-            print(f"{out} already holds exactly this corpus ({', '.join(files)}); nothing written")
-            return 0
-        for stale in (p for p in out.glob(".chain.*") if _TEMPORARY.match(p.name)):
-            stale.unlink()
-        write_synthetic(out, chain, records)
-    except OSError as err:
+        written = write_synthetic(out, chain, records)
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    files = " ".join(str(out / name) for name in (CHAIN_FASTA, CHAIN_JSON))
+    if not written:
+        print(f"{out} already holds exactly this corpus ({files}); nothing written")
+        return 0
     print(f"wrote {len(records)} records, {len(records) * args.length:,} letters, entropy rate "
-          f"{chain.entropy_rate:.6f} nats/letter: {' '.join(str(out / name) for name in sorted(files))}")
+          f"{chain.entropy_rate:.6f} nats/letter: {files}")
     return 0
 
 
@@ -155,22 +145,6 @@ def _check_synthetic_flags(args: argparse.Namespace) -> None:
         if getattr(args, flag) < (0 if flag == "seed" else 1):
             raise ValueError(f"--{flag} must be {'non-negative' if flag == 'seed' else 'positive'}, "
                              f"got {getattr(args, flag)}")
-
-
-def _synthetic_out_problem(out: Path, files: dict[str, bytes]) -> str | None:
-    """Why ``out`` cannot take these files: it is a file, or holds anything but (some of) exactly these bytes."""
-    if out.exists() and not out.is_dir():
-        return "is a file, not a directory"
-    if not out.exists():
-        return None
-    entries = [p for p in sorted(out.iterdir()) if not _TEMPORARY.match(p.name)]
-    foreign = [p.name for p in entries if p.name not in files]
-    if foreign:
-        return f"is not empty: it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
-    differing = [p.name for p in entries if not p.is_file() or p.read_bytes() != files[p.name]]
-    if differing:
-        return f"holds a different corpus ({', '.join(differing)} differ)"
-    return None
 
 
 if __name__ == "__main__":

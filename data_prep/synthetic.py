@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,10 +269,40 @@ def render_files(chain: MarkovChain, records: list[str]) -> dict[str, bytes]:
             CHAIN_JSON: json.dumps(description, indent=1).encode()}
 
 
-def write_synthetic(out, chain: MarkovChain, records: list[str]) -> None:
-    """Write ``out/chain.fasta`` then ``out/chain.json``, each atomically: the json's presence means complete."""
+def write_synthetic(out, chain: MarkovChain, records: list[str]) -> bool:
+    """Write ``out/chain.fasta`` then ``out/chain.json``, each atomically (the json's presence means complete);
+    returns False, writing nothing, when ``out`` already holds exactly these files. A file at ``out``, or a
+    directory holding anything else, is a ValueError naming what is there."""
     out = Path(out)
+    files = render_files(chain, records)
+    problem = _output_problem(out, files)
+    if problem:
+        raise ValueError(f"--out {out} {problem}; choose an empty or new directory")
+    if out.is_dir() and set(files) <= {p.name for p in out.iterdir()}:
+        return False
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in render_files(chain, records).items():
+    for stale in (p for p in out.glob(".chain.*") if _TEMPORARY.match(p.name)):
+        stale.unlink()
+    for name, data in files.items():
         atomic_write_bytes(out / name, data)
+    return True
 
+
+# what ``atomic_write_bytes`` leaves behind when a writer is killed mid-write
+_TEMPORARY = re.compile(r"^\.chain\.(json|fasta)\.tmp\d+$")
+
+
+def _output_problem(out: Path, files: dict[str, bytes]) -> str | None:
+    """Why ``out`` cannot take these files: it is a file, or holds anything but (some of) exactly these bytes."""
+    if out.exists() and not out.is_dir():
+        return "is a file, not a directory"
+    if not out.exists():
+        return None
+    entries = [p for p in sorted(out.iterdir()) if not _TEMPORARY.match(p.name)]
+    foreign = [p.name for p in entries if p.name not in files]
+    if foreign:
+        return f"is not empty: it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
+    differing = [p.name for p in entries if not p.is_file() or p.read_bytes() != files[p.name]]
+    if differing:
+        return f"holds a different corpus ({', '.join(differing)} differ)"
+    return None
