@@ -264,12 +264,16 @@ def tau_diagnostics(tau: torch.Tensor, rewards: torch.Tensor, advantages: torch.
     advantages with τ (0 when τ is shared by a group) and, per τ bin, the sum of the rewards and the rows
     (``bin_means`` turns them into means once summed over a logging window and the ranks)."""
     centred_tau, centred_advantage = tau - tau.mean(), advantages - advantages.mean()
-    scale = (centred_tau.norm() * centred_advantage.norm()).item()
-    out = {"advantage/tau_correlation": (centred_tau @ centred_advantage).item() / scale if scale > 1e-12 else 0.0}
     bins = torch.bucketize(tau, torch.tensor(TAU_BINS[1:-1], device=tau.device), right=True)
-    for k, name in enumerate(TAU_BIN_NAMES):
-        inside = bins == k
-        out[f"{name}:sum"], out[f"{name}:rows"] = rewards[inside].sum().item(), inside.sum().item()
+    inside = (bins[None, :] == torch.arange(len(TAU_BIN_NAMES), device=tau.device)[:, None]).float()
+    # one transfer to the host for all of them (each .item() would synchronise the device)
+    values = torch.cat([torch.stack([centred_tau @ centred_advantage, centred_tau.norm() * centred_advantage.norm()]),
+                        inside @ rewards.float(), inside.sum(1)]).tolist()
+    bins_count = len(TAU_BIN_NAMES)
+    covariance, scale, sums, rows = values[0], values[1], values[2:2 + bins_count], values[2 + bins_count:]
+    out = {"advantage/tau_correlation": covariance / scale if scale > 1e-12 else 0.0}
+    for name, total, count in zip(TAU_BIN_NAMES, sums, rows):
+        out[f"{name}:sum"], out[f"{name}:rows"] = total, count
     return out
 
 

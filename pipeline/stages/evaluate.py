@@ -114,14 +114,17 @@ def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dic
     return controls
 
 
-def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, log) -> list[dict]:
+def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], log) -> list[dict]:
     """With an exact judge: the teacher at each of ``student_steps`` (with or without a student: what one must
     beat), at the temperature of ``exact_control_temperatures`` whose samples have the lowest bigram TV (a lower
     temperature trades bigram distance for likelihood, so a student that does not beat this row has only
-    sharpened)."""
+    sharpened). A teacher row of ``rows`` at T = 1 has the same seeds, so it is reused rather than sampled again."""
+    plain = {r["steps"]: r for r in rows if r["model"] == "teacher" and r["temperature"] == 1.0 and not r["control"]}
     controls = []
     for steps in cfg.student_steps:
-        grid = [sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", steps, temperature,
+        grid = [{**plain[steps], "control_for": "best temperature", "control": "best temperature"}
+                if temperature == 1.0 and steps in plain else
+                sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", steps, temperature,
                             "best temperature", "best temperature")
                 for temperature in cfg.exact_control_temperatures]
         best = min(grid, key=lambda r: math.inf if r["bigram_tv"] is None else r["bigram_tv"])
@@ -217,7 +220,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     if cfg.entropy_control:
         rows += [log_row(r, log) for r in control_rows(judges, cfg, teacher, tok, rows, log)]
     if exact and cfg.exact_control_temperatures:
-        rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, log)]
+        rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, log)]
     table = markdown(rows, cfg, judges)
     atomic_write_bytes(out / "results.md", table.encode())
     atomic_write_bytes(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1).encode())
