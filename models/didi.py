@@ -45,24 +45,48 @@ def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
 @dataclass
 class Rollout:
     x: torch.Tensor  # (B', L) final student sample
-    states: list[torch.Tensor]  # (B', L) state before each step: z_1 (all [MASK]) and, with two steps, z_τ
+    states: list[torch.Tensor]  # (B', L) state before each step: z_1 (all [MASK]) and the intermediate ones
     log_probs: list[torch.Tensor]  # (B', L, V + 1) student SUBS log-probs at each state, with grad
     masked: list[torch.Tensor]  # positions masked before each step (the KL and entropy run over them)
     log_prob: torch.Tensor  # (B',) log P_ν(trajectory), with grad
 
 
-def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], tau: torch.Tensor, seq_len: int,
+def rollout_grid(steps: int, t0: float = 1e-3) -> list[float]:
+    """The shared times 1 > t_1 > … > t_N = t0 of an N-step rollout (N ≥ 3): uniform, as the plain sampler's."""
+    return [1 - k * (1 - t0) / steps for k in range(steps + 1)]
+
+
+def snap_tau(tau: torch.Tensor, steps: int, t0: float = 1e-3) -> torch.Tensor:
+    """For an N-step rollout (N ≥ 3) each row's τ moved to the nearest intermediate time of the grid, so that the
+    discriminator's time is one of the rollout's; τ itself for the paper's rollouts (N ≤ 2)."""
+    if steps <= 2:
+        return tau
+    inner = torch.tensor(rollout_grid(steps, t0)[1:-1], dtype=tau.dtype, device=tau.device)
+    return inner[(tau[:, None] - inner[None, :]).abs().argmin(1)]
+
+
+def rollout_times(tau: torch.Tensor, steps: int = 2, t0: float = 1e-3) -> torch.Tensor:
+    """Each row's rollout times (B', N + 1) from 1 to t0: N = 1 is the ablation's one step 1 → t0, N = 2 the
+    paper's 1 → τ → t0, N ≥ 3 the shared uniform grid (``rollout_grid``)."""
+    one = torch.ones_like(tau)
+    if steps == 1:
+        return torch.stack([one, t0 * one], 1)
+    if steps == 2:
+        return torch.stack([one, tau, t0 * one], 1)
+    return torch.tensor(rollout_grid(steps, t0), dtype=tau.dtype, device=tau.device).expand(tau.shape[0], -1)
+
+
+def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torch.Tensor, seq_len: int,
                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
-                    t0: float = 1e-3, intermediate: bool = True, shard: VocabShard | None = None) -> Rollout:
-    """1 → τ → t0 (or, without the intermediate state, 1 → t0 in one step, the ablation's baseline) with one
-    student forward per step; samples come from the detached probabilities.
+                    shard: VocabShard | None = None) -> Rollout:
+    """Ancestral steps through each row's ``times`` (B', N + 1) (``rollout_times``) with one student forward per
+    step; samples come from the detached probabilities.
 
     ``student(z)`` returns SUBS log-probabilities with grad. log P sums, per row, the log-probabilities of the
     newly unmasked positions only (a position that stays masked has a ν-independent probability).
     """
-    rows, device = tau.shape[0], tau.device
-    one = torch.ones_like(tau)
-    alphas = [schedule.alpha(one), *([schedule.alpha(tau)] if intermediate else []), schedule.alpha(t0 * one)]
+    rows, device = times.shape[0], times.device
+    alphas = [schedule.alpha(times[:, k]) for k in range(times.shape[1])]
     z = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
     states, log_probs, masked, log_prob = [], [], [], torch.zeros(rows, device=device)
     for alpha_t, alpha_s in zip(alphas, alphas[1:]):
@@ -150,8 +174,8 @@ def entropy(log_p: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None 
 def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor,
                  kls: Sequence[torch.Tensor], entropies: Sequence[torch.Tensor], cs: Sequence[float] = (0.01, 0.01),
                  lambda_kl: float = 1.0, lambda_h: float = 5e-4) -> torch.Tensor:
-    """L_S = −mean(ω·Â·log P) + λ_KL Σ_k c_k KL_k − λ_H·mean_k H_k over the rollout's steps (two: c1 KL1 + c2 KL2
-    and ½(H1 + H2)); ω and Â are detached."""
+    """L_S = −mean(ω·Â·log P) + λ_KL Σ_k c_k KL_k − λ_H·mean_k H_k over the rollout's steps (the paper's two:
+    c1 KL1 + c2 KL2 and ½(H1 + H2)); ω and Â are detached."""
     pg = -(weight.detach() * advantages.detach() * log_prob).mean()
     kl = sum(c * k for c, k in zip(cs, kls, strict=True))
     return pg + lambda_kl * kl - lambda_h * sum(entropies) / len(entropies)

@@ -128,7 +128,7 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
 class Bundle:
     path: Path
     manifest: dict
-    model: DiT  # EMA weights, eval mode
+    model: DiT  # EMA weights, eval mode (or, for an exact judge's reference, a chain's exact posterior)
     discriminator: Discriminator | None
     online: DiT | None
 
@@ -139,6 +139,10 @@ class Bundle:
     @property
     def mask_id(self) -> int:
         return self.manifest["model"]["vocab_size"]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.state_dict().values().__iter__()).device
 
     @property
     def tokenizer_dir(self) -> Path:

@@ -185,6 +185,7 @@ class DistillConfig:
     teacher: str = ""  # a pre-training run directory, its checkpoints/ folder, one step_N folder, or a bundle
     # the techniques, each switchable for the paper's cumulative ablation (all on is DiDi-Instruct)
     intermediate_state: bool = True  # two-step rollout 1 → τ → t0 with matching at z_τ; off: one step 1 → t0
+    rollout_steps: int = 2  # student steps of a rollout: 2 is the paper's; N ≥ 3 runs the uniform N-step grid
     coupled_time: bool = True  # the discriminator sees the rollout's τ; off: an independent t ~ Beta per row
     omega_weight: bool = True  # policy-gradient weight ω(t); off: 1
     regularisation: bool = True  # λ_KL·KL + λ_H·entropy terms; off: logged, not in the loss
@@ -209,6 +210,14 @@ class DistillConfig:
     reward_clip: float = 8.0
     advantage_clip: float = 3.0
     teacher_offload: bool = False  # ZeRO-3 only: keep the frozen teacher's parameters in CPU memory
+    # what the policy gradient maximises: the discriminator's log density ratio (the method), or, a diagnostic on
+    # a synthetic corpus, log p(x) − log P(x | order) with p train.exact_judge's chain (a perfect reward)
+    reward: Literal["discriminator", "exact"] = "discriminator"
+
+    @property
+    def steps(self) -> int:
+        """Student steps of a rollout (1 without the intermediate state)."""
+        return self.rollout_steps if self.intermediate_state else 1
 
     def validate(self) -> None:
         if self.group_size < 2:
@@ -222,6 +231,12 @@ class DistillConfig:
         for name in ("c1", "c2", "lambda_kl", "lambda_h"):
             _non_negative(f"distill.{name}", getattr(self, name))
         _non_negative("distill.unfreeze_blocks", self.unfreeze_blocks)
+        if self.rollout_steps < 2:
+            raise ConfigError(f"distill.rollout_steps: {self.rollout_steps}; a rollout has at least 2 steps (the "
+                              "one-step ablation is distill.intermediate_state: false)")
+        if not self.intermediate_state and self.rollout_steps != 2:
+            raise ConfigError(f"distill.intermediate_state: false is the one-step rollout, but distill.rollout_steps "
+                              f"is {self.rollout_steps}")
         if not 0.0 < self.t0 < 0.02:
             raise ConfigError(f"distill.t0: {self.t0} must be in (0, 0.02), below the smallest τ")
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -289,6 +304,9 @@ class Config:
                               f"model's {self.model.num_layers} blocks")
         if self.distill.teacher_offload and self.train.zero_stage != 3:
             raise ConfigError("distill.teacher_offload: needs train.zero_stage: 3 (offload works on ZeRO-3 partitions)")
+        if self.distill.reward == "exact" and self.train.exact_judge is None:
+            raise ConfigError("distill.reward: exact scores the rollouts under a synthetic corpus's chain; set "
+                              "train.exact_judge: markov:DIR")
         if self.train.grad_accum != 1:
             raise ConfigError("train.grad_accum: distillation takes one rollout per optimizer step (use 1; "
                               "raise distill.rollout_rows or the number of ranks instead)")
@@ -324,6 +342,9 @@ class EvaluateConfig:
     # With an exact judge (markov:CHAIN): the teacher at each of student_steps, at the temperature of this grid
     # with the lowest bigram TV (the best-temperature control); [] turns it off.
     exact_control_temperatures: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.8, 0.9, 1.0])
+    # With an exact judge: the plain sampler driven by the chain's exact posterior at each of teacher_steps (what a
+    # perfect denoiser reaches at N steps; pipeline/measure/exact_denoiser.py)
+    exact_denoiser: bool = True
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:

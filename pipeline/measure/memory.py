@@ -262,8 +262,7 @@ def rollout_log_probs(student: DiT, cfg: Config) -> list[torch.Tensor]:
     rows, length = cfg.distill.rollout_rows, cfg.model.seq_len
     first_rows = 1 if cfg.model.dropout == 0 else rows
     out = [log_probs(student, tokens(student, first_rows, length)).expand(rows, -1, -1)]
-    if cfg.distill.intermediate_state:
-        out.append(log_probs(student, tokens(student, rows, length)))
+    out += [log_probs(student, tokens(student, rows, length)) for _ in range(cfg.distill.steps - 1)]
     return out
 
 

@@ -32,12 +32,13 @@ from tqdm import tqdm
 
 from data_prep.tokenizers import load_tokenizer
 from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
-                         group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
-                         student_rollout)
+                         group_normalised_advantages, jeffreys, omega, Rollout, rollout_times,
+                         row_rewards, sample_tau, snap_tau, student_loss, student_rollout)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
 from models.sampler import ancestral_sample
+from pipeline.measure.exact_judge import ExactJudge
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
 from pipeline.config import Config
 from pipeline.runtime.data import loader_from_config, read_manifest
@@ -135,11 +136,12 @@ class Distiller:
     ``student`` and ``disc`` are trainable engines (DeepSpeed's, or anything with the same ``backward``,
     ``step``, ``module`` and ``get_lr``) whose optimizers report ``last_step_skipped``; ``teacher`` is frozen."""
 
-    def __init__(self, cfg: Config, d: Dist, student, student_opt, disc, disc_opt, teacher, teacher_dir=None):
+    def __init__(self, cfg: Config, d: Dist, student, student_opt, disc, disc_opt, teacher, teacher_dir=None,
+                 judge=None):
         self.cfg, self.d, self.mask_id = cfg, d, cfg.model.vocab_size
         self.schedule, self.autocast = LogLinearSchedule(), autocast_for(cfg, d)
         self.student, self.student_opt, self.disc, self.disc_opt = student, student_opt, disc, disc_opt
-        self.teacher, self.teacher_dir = teacher, teacher_dir
+        self.teacher, self.teacher_dir, self.judge = teacher, teacher_dir, judge  # judge: for reward: exact
         self.shard = student.module.vocab_shard  # this rank's vocabulary columns (None: all)
         self.ema = EMA(student.module, cfg.train.ema, cfg.train.ema_warmup)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main)
@@ -177,7 +179,7 @@ class Distiller:
         else:
             groups = self.generators(step, TAU, c.rollout_rows // c.group_size)
             tau = sample_tau(groups, c.tau_a, c.tau_b).repeat_interleave(c.group_size)
-        return tau.to(self.d.device)
+        return snap_tau(tau, c.steps, c.t0).to(self.d.device)
 
     @torch.no_grad()
     def teacher_samples(self, step: int, rows: int) -> torch.Tensor:
@@ -196,8 +198,8 @@ class Distiller:
         gens = self.generators(step, ROLLOUT, c.rollout_rows)
         tau = self.taus(step, gens)
         with timer("rollout"):
-            roll = student_rollout(lambda z: self._log_probs(self.student, z), tau, self.cfg.model.seq_len,
-                                   mask_id, schedule, gens, c.t0, c.intermediate_state, self.shard)
+            roll = student_rollout(lambda z: self._log_probs(self.student, z), rollout_times(tau, c.steps, c.t0),
+                                   self.cfg.model.seq_len, mask_id, schedule, gens, self.shard)
         with timer("teacher"), torch.no_grad():
             targets = [self._log_probs(self.teacher, z) for z in roll.states]
             real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
@@ -222,7 +224,8 @@ class Distiller:
             with self.autocast():
                 d_fake = self.disc(z_fake, sigma).float()
             self.disc.train()
-            rewards = row_rewards(d_fake, m_fake, c.reward_clip)
+            rewards = (row_rewards(d_fake, m_fake, c.reward_clip) if c.reward == "discriminator"
+                       else exact_rewards(self.judge, roll, c.reward_clip))
             advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
             weight = omega(t, schedule) if c.omega_weight else torch.ones_like(t)
             if c.importance_weight:
@@ -237,7 +240,7 @@ class Distiller:
                 kls = [jeffreys(target, p, m, c.jeffreys_beta, n, self.shard) for target, p, m, n in steps]
             hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
             lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
-            loss_s = student_loss(weight, advantages, roll.log_prob, kls, hs, (c.c1, c.c2)[:len(kls)], *lambdas)
+            loss_s = student_loss(weight, advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas)
             self.student.backward(loss_s)
             self.student.step()
             if not self.student_opt.last_step_skipped:
@@ -257,6 +260,22 @@ class Distiller:
             "student/tau_mean": tau.mean().item(), "discriminator/t_mean": t.mean().item(),
             **tau_diagnostics(tau, rewards, advantages),
         }
+
+
+def exact_rewards(judge: ExactJudge, roll: Rollout, break_cost: float) -> torch.Tensor:
+    """``distill.reward: exact``: log p(x) − log P_ν(x | the rollout's unmasking order) per row, p the chain's
+    exact likelihood (a token inside the row that is not a letter costs ``break_cost`` nats). Its expectation is
+    minus the order-averaged KL(P_ν(· | order) ‖ p), an upper bound of KL(q_ν ‖ p) that is 0 only for a sampler
+    whose every step draws exactly from the chain: the distillation's aim with a perfect reward in place of the
+    discriminator's estimate."""
+    scores = [judge.score(row) for row in roll.x.tolist()]
+    log_p = torch.tensor([-(s.nll + break_cost * s.breaks) for s in scores], device=roll.x.device)
+    return log_p - roll.log_prob.detach()
+
+
+def kl_weights(c) -> tuple[float, ...]:
+    """c_k of each rollout state's KL: c1 at the first (all-[MASK]) state, c2 at every later one."""
+    return (c.c1,) + (c.c2,) * (c.steps - 1)
 
 
 def tau_diagnostics(tau: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor) -> dict[str, float]:
@@ -297,7 +316,7 @@ def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, 
     return student, disc, teacher_copy(cfg, weights, 0.0)
 
 
-def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | None = None) -> Distiller:
+def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | None = None, judge=None) -> Distiller:
     """The DeepSpeed engines of a run, initialised from the teacher's EMA weights (or from ``weights``, for
     benchmarks)."""
     teacher_dir = None
@@ -311,7 +330,7 @@ def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | Non
                                   ds_config(cfg, grad_clip=cfg.discriminator_optim.grad_clip))
     teacher = build_frozen_engine(teacher, ds_config(cfg, zero_stage=3 if cfg.train.zero_stage == 3 else 0,
                                                      offload=cfg.distill.teacher_offload))
-    return Distiller(cfg, d, student, student_opt, disc, disc_opt, teacher, teacher_dir)
+    return Distiller(cfg, d, student, student_opt, disc, disc_opt, teacher, teacher_dir, judge)
 
 
 def distill(cfg: Config, d: Dist) -> dict:
@@ -321,7 +340,7 @@ def distill(cfg: Config, d: Dist) -> dict:
     val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
     tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
     judge = exact_judge_for(cfg, tok)
-    run = build_distiller(cfg, d)
+    run = build_distiller(cfg, d, judge=judge)
     engines = {"student": run.student, "discriminator": run.disc}
 
     side = resume(cfg, d, engines, run.guard, run.ema, loader)

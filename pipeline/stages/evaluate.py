@@ -9,7 +9,9 @@ entropy of the token ids, [MASK]s left after noise removal (should be 0), NFE an
 each student sampler, the entropy-matched control: the teacher at the temperature whose entropy matches the
 student's (a lower temperature lowers Gen-PPL and entropy together, so a student that does not beat this row
 has only sharpened its distribution). With ``in_domain_judge`` (a causal DiT bundle trained on this corpus's
-training split), every row is also scored by it. Same judges, seeds and sample count throughout. Writes
+training split), every row is also scored by it. With an exact judge (``judge: markov:CHAIN``): the teacher's
+best temperature at each of ``student_steps`` and the exact denoiser (the chain's posterior driving the plain
+sampler) at each of ``teacher_steps``. Same judges, seeds and sample count throughout. Writes
 ``results.md``, ``results.json``, plots and the samples to ``out``, and logs them to MLflow.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.bundle import BundleError, load_bundle
 from pipeline.config import ConfigError, EvaluateConfig, load_config, to_dict
 from pipeline.runtime.data import TokenShards
 from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
+from pipeline.measure.exact_denoiser import exact_bundle
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, is_exact, load_exact_judge
 from pipeline.measure.judge import JudgeError, bootstrap_interval, gen_ppl, in_domain_judge, load_judge, unigram_entropy
 from pipeline.measure.plots import plot_versus_nfe
@@ -33,6 +36,7 @@ from pipeline.stages.sample import sample
 from pipeline.measure.text import render
 from pipeline.runtime.tracking import make_tracker
 
+EXACT_DENOISER = "exact denoiser"  # the model of the rows sampled from the chain's exact posterior
 IN_DOMAIN = "in_domain_"  # key prefix of the in-domain judge's numbers
 
 
@@ -221,6 +225,10 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
         rows += [log_row(r, log) for r in control_rows(judges, cfg, teacher, tok, rows, log)]
     if exact and cfg.exact_control_temperatures:
         rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, log)]
+    if exact and cfg.exact_denoiser:
+        oracle = exact_bundle(teacher, judges[""].chain, tok)
+        rows += [log_row(sampled_row(judges, cfg, oracle, tok, EXACT_DENOISER, "ancestral", steps), log)
+                 for steps in cfg.teacher_steps]
     table = markdown(rows, cfg, judges)
     atomic_write_bytes(out / "results.md", table.encode())
     atomic_write_bytes(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1).encode())

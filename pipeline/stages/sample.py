@@ -51,7 +51,7 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
     if sampler == "rgas" and bundle.discriminator is None:
         raise ValueError(f"{bundle.path} has no discriminator ({bundle.manifest['kind']} bundle): RGAS needs a "
                          "distilled student's bundle; use --sampler ancestral")
-    device = next(bundle.model.parameters()).device
+    device = bundle.device
     mask_id = bundle.mask_id
 
     def denoise(z):

@@ -5,7 +5,7 @@ import torch
 
 from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
                          group_normalised_advantages, jeffreys, omega, row_rewards, sample_tau, student_loss,
-                         masked_mean, student_rollout)
+                         masked_mean, rollout_grid, rollout_times, snap_tau, student_rollout)
 from models.diffusion import NEG_INF, LogLinearSchedule, subs_log_probs
 
 S = LogLinearSchedule()
@@ -51,7 +51,7 @@ def test_two_step_rollout_log_probability_counts_newly_unmasked_positions_only()
     V, L, rows = 6, 12, 8
     student = TableStudent(L, V, V)
     tau = torch.full((rows,), 0.5)
-    r = student_rollout(student, tau, L, V, S, gens(rows))
+    r = student_rollout(student, rollout_times(tau), L, V, S, gens(rows))
     z_tau = r.states[1]
     assert r.x.shape == z_tau.shape == (rows, L) and r.log_prob.shape == (rows,) and len(r.log_probs) == 2
     table_lp = torch.log_softmax(student.table[:, :V], -1).detach()
@@ -72,15 +72,15 @@ def test_one_step_rollout_without_intermediate_state_samples_everything_from_p1(
     V, L, rows = 6, 12, 8
     student = TableStudent(L, V, V)
     calls = []
-    r = student_rollout(lambda z: calls.append(z) or student(z), torch.full((rows,), 0.5), L, V, S, gens(rows),
-                        intermediate=False)
+    r = student_rollout(lambda z: calls.append(z) or student(z), rollout_times(torch.full((rows,), 0.5), 1), L, V, S,
+                        gens(rows))
     assert len(calls) == len(r.states) == len(r.log_probs) == len(r.masked) == 1 and r.masked[0].all()
     table_lp = torch.log_softmax(student.table[:, :V], -1).detach()
     new = r.x != V
     expected = torch.stack([sum(table_lp[l, r.x[i, l]] for l in range(L) if new[i, l]) for i in range(rows)])
     assert torch.allclose(r.log_prob.detach(), expected, atol=1e-5)
     # each position unmasks with probability (α_t0 − α_1)/(1 − α_1) ≈ 0.999 whatever τ
-    many = student_rollout(TableStudent(64, V, V), torch.full((400,), 0.1), 64, V, S, gens(400, 3), intermediate=False)
+    many = student_rollout(TableStudent(64, V, V), rollout_times(torch.full((400,), 0.1), 1), 64, V, S, gens(400, 3))
     a1, a0 = S.alpha(torch.tensor(1.0)), S.alpha(torch.tensor(1e-3))
     assert (many.x != V).double().mean().item() == pytest.approx(((a0 - a1) / (1 - a1)).item(), abs=0.002)
 
@@ -89,12 +89,32 @@ def test_rollout_unmasks_at_the_scheduled_rates():
     V, L, rows = 5, 64, 400
     student = TableStudent(L, V, V)
     tau = torch.full((rows,), 0.3)
-    r = student_rollout(student, tau, L, V, S, gens(rows, 2))
+    r = student_rollout(student, rollout_times(tau), L, V, S, gens(rows, 2))
     a1, at = S.alpha(torch.tensor(1.0)), S.alpha(torch.tensor(0.3))
     assert (r.states[1] != V).double().mean().item() == pytest.approx(((at - a1) / (1 - a1)).item(), abs=0.01)
     still = (r.x == V).double().mean().item()  # (1 − α_t0)/(1 − α_τ) of the masked ones survive
     a0 = S.alpha(torch.tensor(1e-3))
     assert still == pytest.approx(((1 - at) / (1 - a1) * (1 - a0) / (1 - at)).item(), abs=0.003)
+
+
+def test_n_step_rollout_runs_the_uniform_grid_and_snaps_tau_to_its_inner_times():
+    """N = 4: times 1, 0.75, 0.5, 0.25 (t0 = 0), four student calls; each state keeps the scheduled share masked,
+    log P sums the newly unmasked positions of every step; τ goes to the nearest inner time."""
+    assert rollout_grid(4, 0.0) == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert snap_tau(torch.tensor([0.98, 0.6, 0.4, 0.02]), 4, 0.0).tolist() == [0.75, 0.5, 0.5, 0.25]
+    assert torch.equal(snap_tau(torch.tensor([0.3]), 2), torch.tensor([0.3]))  # the paper's τ is the rollout's
+    V, L, rows = 5, 64, 400
+    student = TableStudent(L, V, V)
+    calls = []
+    times = rollout_times(torch.full((rows,), 0.5), 4, 1e-3)
+    r = student_rollout(lambda z: calls.append(z) or student(z), times, L, V, S, gens(rows, 4))
+    assert len(calls) == len(r.states) == len(r.log_probs) == 4
+    for k, t in enumerate(rollout_grid(4, 1e-3)[:-1]):  # before step k a position is masked w.p. 1 − α(t_k) = t_k
+        assert r.masked[k].double().mean().item() == pytest.approx(t, abs=0.01)
+    table_lp = torch.log_softmax(student.table[:, :V], -1).detach()
+    new = [r.masked[k] & ((r.states[k + 1] if k + 1 < 4 else r.x) != V) for k in range(4)]
+    expected = sum((table_lp.gather(1, r.x.clamp(max=V - 1).T).T * n).sum(1) for n in new)
+    assert torch.allclose(r.log_prob.detach(), expected, atol=1e-4)
 
 
 def test_coupled_corruption_uses_each_rows_tau_on_both_sides():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models.autoregressive import next_token_nll
-from models.didi import entropy, forward_kl, jeffreys, student_rollout
+from models.didi import entropy, forward_kl, jeffreys, rollout_times, student_rollout
 from models.discriminator import Discriminator
 from models.diffusion import NEG_INF, LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.dit import DiT
@@ -83,8 +83,8 @@ def _checks(rank, world):
                          torch.full((B, L), V), 6, V, generator=torch.Generator().manual_seed(5), shard=shard),
         ancestral_sample(lambda zz: subs_log_probs(dense(zz, torch.zeros(zz.shape[0])), zz, V),
                          torch.full((B, L), V), 6, V, generator=torch.Generator().manual_seed(5)))
-    rollouts = [student_rollout(lambda zz, m=m, s=s: subs_log_probs(m(zz, torch.zeros(B)), zz, V, s), t, L, V,
-                                LogLinearSchedule(), [torch.Generator().manual_seed(10 + i) for i in range(B)], shard=s)
+    rollouts = [student_rollout(lambda zz, m=m, s=s: subs_log_probs(m(zz, torch.zeros(B)), zz, V, s), rollout_times(t), L,
+                                V, LogLinearSchedule(), [torch.Generator().manual_seed(10 + i) for i in range(B)], shard=s)
                 for m, s in ((model, shard), (dense, None))]
     out["rollout"] = (torch.equal(rollouts[0].x, rollouts[1].x),
                       (rollouts[0].log_prob - rollouts[1].log_prob).abs().max().item())

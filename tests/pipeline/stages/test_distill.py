@@ -170,7 +170,8 @@ def test_every_option_of_the_spec_runs_and_changes_the_run(tiny_data, teacher, t
 
 
 ARMS = {"all": {}, "one_step": {"intermediate_state": False}, "uncoupled": {"coupled_time": False},
-        "no_omega": {"omega_weight": False}, "unregularised": {"regularisation": False}}
+        "no_omega": {"omega_weight": False}, "unregularised": {"regularisation": False},
+        "four_steps": {"rollout_steps": 4}}
 
 
 def _first_iterations(rank, world_size, cfg_dict):
@@ -222,6 +223,10 @@ def test_ablation_switches_do_what_they_say(tiny_data, teacher, tmp_path):
     assert off["student/kl_step1"] == base["student/kl_step1"] and off["student/entropy"] == base["student/entropy"]
     terms = 100 * 0.01 * (base["student/kl_step1"] + base["student/kl_step2"]) - 0.5 * base["student/entropy"]
     assert base["student/loss"] - off["student/loss"] == pytest.approx(terms, rel=1e-3)
+    # a 4-step rollout: four student calls, a KL at each state, the discriminator at the grid's inner times
+    four = arms["four_steps"]
+    assert four["student_calls"] == 4 and "student/kl_step4" in four and "student/kl_step5" not in four
+    assert four["discriminator/t_mean"] == four["student/tau_mean"] != base["student/tau_mean"]
 
 
 @pytest.mark.distributed
@@ -303,6 +308,10 @@ def test_bad_distillation_configs_fail_before_any_work(tiny_data, teacher, tmp_p
                                          "distill.rollout_rows 8"),
         (["--set", "distill.teacher_offload=true"], "distill.teacher_offload: needs train.zero_stage: 3"),
         (["--set", "distill.kl=reverse"], "'distill.kl' must be one of forward, jeffreys"),
+        (["--set", "distill.rollout_steps=1"], "a rollout has at least 2 steps"),
+        (["--set", "distill.rollout_steps=4", "--set", "distill.intermediate_state=false"],
+         "distill.intermediate_state: false is the one-step rollout"),
+        (["--set", "distill.reward=exact"], "set train.exact_judge: markov:DIR"),
     ]
     # a teacher of another vocabulary (its metadata says so) or trained on another tokenizer
     other = tmp_path / "other_teacher"
@@ -375,3 +384,25 @@ def test_tau_diagnostics_by_hand():
     means = bin_means(window)
     assert [means.get(name) for name in TAU_BIN_NAMES] == [1.0, 3.0, None, 8.0]
     assert not any(k.endswith((":sum", ":rows")) for k in means)
+
+
+def test_exact_reward_is_the_chain_log_likelihood_minus_the_rollout_log_probability():
+    """reward: exact on a 2-state chain by hand: log p(x) − log P(x | order), an inner non-letter costing 8 nats."""
+    import numpy as np
+
+    from data_prep.synthetic import MarkovChain
+    from data_prep.tokenizers import build_tokenizer
+    from models.didi import Rollout
+    from pipeline.measure.exact_judge import ExactJudge
+    from pipeline.stages.distill import exact_rewards
+
+    tok = build_tokenizer("protein", iter(()))
+    chain = MarkovChain("AC", np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([5 / 6, 1 / 6]), [[0], [0, 1]])
+    a, c = (tok.encode(x)[0] for x in "AC")
+    x = torch.tensor([[tok.bos_id, a, a, c, tok.eos_id], [tok.bos_id, c, tok.eos_id, a, tok.eos_id]])
+    log_prob = torch.tensor([-1.5, -0.25], requires_grad=True)
+    roll = Rollout(x, [], [], [], log_prob)
+    got = exact_rewards(ExactJudge(chain, tok), roll, 8.0)
+    first = math.log(5 / 6) + math.log(0.9) + math.log(0.1) + 1.5
+    second = math.log(1 / 6) - 8.0 + math.log(5 / 6) + 0.25  # C, a break (the inner [EOS]), then A afresh
+    assert got.tolist() == pytest.approx([first, second], rel=1e-6) and not got.requires_grad

@@ -1,6 +1,7 @@
 """An exact judge (``markov:CHAIN``) on a synthetic corpus: during training (``train.exact_judge``: the logged
 samples scored exactly, in ``metrics.jsonl`` and the curves) and in the evaluation stage (the held-out row scores
-the chain's own entropy rate; the teacher rows and the best-temperature control carry the exact metrics); a chain
+the chain's own entropy rate; the teacher rows, the best-temperature control and the exact denoiser's rows carry the
+exact metrics); a chain
 that does not fit the corpus is refused with the reason."""
 from __future__ import annotations
 
@@ -65,14 +66,17 @@ def test_exact_evaluation_rows_and_controls(chain_corpus, markov_teacher, tmp_pa
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["model"], r["steps"], r["control"]) for r in rows] == [
         ("held-out text", None, None), ("teacher", 4, None), ("teacher", 32, None), ("student", 4, None),
-        ("teacher", 4, "best temperature")]
+        ("teacher", 4, "best temperature"), ("exact denoiser", 4, None), ("exact denoiser", 32, None)]
     chain = load_chain(chain_corpus / "corpus")
     held_out = rows[0]
     low, high = held_out["nll_per_letter_interval"]
     assert low - 0.05 < chain.entropy_rate < high + 0.05  # real chunks of the chain score its entropy rate
     assert held_out["invalid_rate"] < 0.01 and held_out["empty_samples"] == 0
-    best = rows[-1]
+    best = rows[4]
     assert best["temperature"] in (0.7, 1.0)
+    exact4, exact32 = rows[-2:]  # a perfect denoiser: N-step sampling costs it only the independent draws
+    assert exact32["invalid_rate"] < 0.02 and exact32["nll_per_letter"] < chain.entropy_rate + 0.3
+    assert exact4["invalid_rate"] > 3 * max(exact32["invalid_rate"], 0.005)
     table = (out / "results.md").read_text()
     assert "| exact NLL / letter | invalid | bigram TV | letter entropy |" in table
     assert "teacher (best temperature by bigram TV)" in table
