@@ -205,6 +205,9 @@ class DistillConfig:
     unfreeze_blocks: int = 4  # trainable last blocks of the discriminator's trunk
     sigma_to: Literal["trainable", "all"] = "trainable"  # discriminator blocks that see σ_τ
     real_side: Literal["data", "teacher"] = "data"  # what the discriminator learns to call real
+    # where the discriminator's loss and the row reward average: the re-masked positions (the paper), or every
+    # position of the corrupted row, the visible tokens too (our extension)
+    discriminator_positions: Literal["masked", "all"] = "masked"
     teacher_sample_steps: int = 128  # sampler steps of the teacher's samples when real_side is teacher
     label_smoothing: float = 0.1
     reward_clip: float = 8.0

@@ -209,6 +209,8 @@ class Distiller:
         z_fake, z_real = coupled_corruption(roll.x, real.repeat_interleave(c.group_size, 0), t, mask_id,
                                             schedule, gens)
         m_fake, m_real = z_fake == mask_id, z_real == mask_id
+        if c.discriminator_positions == "all":
+            m_fake, m_real = torch.ones_like(m_fake), torch.ones_like(m_real)
         sigma = schedule.sigma(t)
 
         with timer("discriminator"):
@@ -357,6 +359,8 @@ def distill(cfg: Config, d: Dist) -> dict:
     rollout_tokens = cfg.distill.rollout_rows * cfg.model.seq_len * d.data_size
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
                dynamic_ncols=True, desc="distill")
+    if step == 0 and judge is not None:  # the exact curves' baseline: before any update the student is the teacher
+        log_samples(tracker, out_dir, d, sample_texts(run.student, run.ema, cfg, d, 0, run.autocast, tok), 0, judge)
     run.student.train()
     run.disc.train()
     with PreemptionWatch(d.device) as preemption:

@@ -171,7 +171,7 @@ def test_every_option_of_the_spec_runs_and_changes_the_run(tiny_data, teacher, t
 
 ARMS = {"all": {}, "one_step": {"intermediate_state": False}, "uncoupled": {"coupled_time": False},
         "no_omega": {"omega_weight": False}, "unregularised": {"regularisation": False},
-        "four_steps": {"rollout_steps": 4}}
+        "four_steps": {"rollout_steps": 4}, "all_positions": {"discriminator_positions": "all"}}
 
 
 def _first_iterations(rank, world_size, cfg_dict):
@@ -227,6 +227,10 @@ def test_ablation_switches_do_what_they_say(tiny_data, teacher, tmp_path):
     four = arms["four_steps"]
     assert four["student_calls"] == 4 and "student/kl_step4" in four and "student/kl_step5" not in four
     assert four["discriminator/t_mean"] == four["student/tau_mean"] != base["student/tau_mean"]
+    # the discriminator at every position: the same rollout, another loss and reward
+    every = arms["all_positions"]
+    assert every["student/log_prob"] == base["student/log_prob"] and every["student/kl_step1"] == base["student/kl_step1"]
+    assert every["discriminator/loss"] != base["discriminator/loss"] and every["reward/mean"] != base["reward/mean"]
 
 
 @pytest.mark.distributed
