@@ -2,7 +2,7 @@
 co-hosted under DeepSpeed (ZeRO 0–3, CPU or GPU).
 
 All four models start from the teacher checkpoint's EMA weights. One iteration follows the algorithm box:
-two-step student rollout → teacher targets → discriminator step on coupled-noised fake and real rows →
+two-step student rollout (or N steps on the inference grid, ``distill.rollout_steps``) → teacher targets → discriminator step on coupled-noised fake and real rows →
 rewards from the updated discriminator → group-normalised advantages → student step → EMA. Every random draw
 is keyed by (seed, step, global row), so N ranks reproduce one process and a resumed run continues the same
 streams; position-averaged terms use the global count of positions, so the data-parallel gradient equals
@@ -20,6 +20,7 @@ teacher samples with the plain ancestral sampler, which dominates the iteration.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections import defaultdict
@@ -40,7 +41,7 @@ from models.dit import DiT
 from models.sampler import ancestral_sample
 from pipeline.measure.exact_judge import ExactJudge
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
-from pipeline.config import Config
+from pipeline.config import Config, DistillConfig
 from pipeline.runtime.data import loader_from_config, read_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
@@ -63,7 +64,8 @@ CURVES = {
     "reward": ("reward/mean", "reward/std", "reward/group_std"),
     "reward by the row's τ": TAU_BIN_NAMES,
     "corr(advantage, τ)": ("advantage/tau_correlation",),
-    "KL(teacher ‖ student), nats": ("student/kl_step1", "student/kl_step2"),
+    "corr(advantage, exact quality)": ("advantage/exact_correlation",),
+    "KL(teacher ‖ student), nats": ("student/kl_step1", "student/kl_last"),
     "student entropy, nats": ("student/entropy",),
     "EMA student val NELBO (nats/token)": ("val/nelbo_nats",),
     "seconds per iteration": tuple(f"time/{p}_s" for p in PHASES),
@@ -137,7 +139,7 @@ class Distiller:
     ``step``, ``module`` and ``get_lr``) whose optimizers report ``last_step_skipped``; ``teacher`` is frozen."""
 
     def __init__(self, cfg: Config, d: Dist, student, student_opt, disc, disc_opt, teacher, teacher_dir=None,
-                 judge=None):
+                 judge: ExactJudge | None = None):
         self.cfg, self.d, self.mask_id = cfg, d, cfg.model.vocab_size
         self.schedule, self.autocast = LogLinearSchedule(), autocast_for(cfg, d)
         self.student, self.student_opt, self.disc, self.disc_opt = student, student_opt, disc, disc_opt
@@ -249,7 +251,10 @@ class Distiller:
                 self.ema.update()
 
         clipped = ((d_fake.abs() >= c.reward_clip) & m_fake).sum() / m_fake.sum().clamp(min=1)
+        exact = {} if self.judge is None else {"advantage/exact_correlation": exact_correlation(self.judge, roll.x,
+                                                                                              advantages)}
         return {
+            **exact,
             "discriminator/loss": loss_d.item(), "discriminator/accuracy": accuracy.item(),
             "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
             "reward/clipped_fraction": clipped.item(),
@@ -275,7 +280,17 @@ def exact_rewards(judge: ExactJudge, roll: Rollout, break_cost: float) -> torch.
     return log_p - roll.log_prob.detach()
 
 
-def kl_weights(c) -> tuple[float, ...]:
+def exact_correlation(judge: ExactJudge, x: torch.Tensor, advantages: torch.Tensor) -> float:
+    """With ``train.exact_judge``: the correlation of this rank's advantages with the rows' exact quality (minus
+    the NLL per letter under the chain): whether the reward ranks the student's samples the right way (0 for
+    a constant one)."""
+    quality = [-s.nll / s.letters if s.letters else 0.0 for s in (judge.score(row) for row in x.tolist())]
+    pair = torch.stack([advantages.detach().double().cpu(), torch.tensor(quality, dtype=torch.float64)])
+    value = torch.corrcoef(pair)[0, 1].item()
+    return value if math.isfinite(value) else 0.0
+
+
+def kl_weights(c: DistillConfig) -> tuple[float, ...]:
     """c_k of each rollout state's KL: c1 at the first (all-[MASK]) state, c2 at every later one."""
     return (c.c1,) + (c.c2,) * (c.steps - 1)
 
@@ -318,9 +333,10 @@ def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, 
     return student, disc, teacher_copy(cfg, weights, 0.0)
 
 
-def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | None = None, judge=None) -> Distiller:
+def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | None = None,
+                    judge: ExactJudge | None = None) -> Distiller:
     """The DeepSpeed engines of a run, initialised from the teacher's EMA weights (or from ``weights``, for
-    benchmarks)."""
+    benchmarks); ``judge`` scores the rollouts under ``distill.reward: exact``."""
     teacher_dir = None
     if weights is None:
         teacher_dir = check_teacher(cfg)

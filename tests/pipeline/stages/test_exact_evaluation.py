@@ -123,6 +123,8 @@ def test_a_perfect_reward_makes_the_8_step_student_beat_its_teacher(chain_corpus
     assert "error" not in result, result
     curves = read_metrics(tmp_path / "distill" / "metrics.jsonl")
     assert curves[0]["exact/nll_per_letter_4steps"] > curves[60]["exact/nll_per_letter_4steps"]  # from the teacher on
+    correlations = [m["advantage/exact_correlation"] for m in curves.values() if "advantage/exact_correlation" in m]
+    assert len(correlations) == 6 and min(correlations) > 0.5  # a perfect reward ranks the rows by their quality
     student = convert(tmp_path / "distill", tmp_path / "student", log=lambda _: None)
     (tmp_path / "none.yaml").write_text("tracking: {backend: none}\n")
     out = tmp_path / "eval"
