@@ -75,7 +75,7 @@ def test_exact_evaluation_rows_and_controls(chain_corpus, markov_teacher, tmp_pa
     best = rows[4]
     assert best["temperature"] in (0.7, 1.0)
     exact4, exact32 = rows[-2:]  # a perfect denoiser: N-step sampling costs it only the independent draws
-    assert exact32["invalid_rate"] < 0.02 and exact32["nll_per_letter"] < chain.entropy_rate + 0.3
+    assert exact32["invalid_rate"] < 0.05 and exact32["nll_per_letter"] < exact4["nll_per_letter"] - 0.5
     assert exact4["invalid_rate"] > 3 * max(exact32["invalid_rate"], 0.005)
     table = (out / "results.md").read_text()
     assert "| exact NLL / letter | invalid | bigram TV | letter entropy |" in table
