@@ -18,13 +18,8 @@ if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; the
   export DS_ACCELERATOR=cpu
 fi
 mkdir -p "$OUT" "$RESULTS"
-stage() {  # stage NAME COMMAND...: run it and append its wall-clock seconds to $OUT/timings.tsv
-  local name="$1" start=$SECONDS
-  shift
-  "$@"
-  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/timings.tsv"
-}
-: > "$OUT/timings.tsv"
+TIMINGS="$OUT/timings.tsv"
+: > "$TIMINGS"
 stage corpus python -m data_prep synthetic markov --out "$OUT/corpus" --seed "$SEED"
 stage prepare python -m data_prep prepare --input "$OUT/corpus/chain.fasta" --tokenizer protein --seq-len 64 \
   --out "$OUT/data" --workers 2

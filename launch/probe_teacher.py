@@ -25,6 +25,7 @@ from data_prep.tokenizers import load_tokenizer  # noqa: E402
 from models.diffusion import subs_log_probs  # noqa: E402
 from pipeline.bundle import load_bundle  # noqa: E402
 from pipeline.measure.exact_denoiser import ChainPosterior  # noqa: E402
+from pipeline.measure.exact_judge import ExactJudge  # noqa: E402
 from pipeline.runtime.data import TokenShards  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bundle = load_bundle(args.teacher)
     tok = load_tokenizer(bundle.tokenizer_dir)
-    exact = ChainPosterior(load_chain(args.chain), tok, bundle.mask_id)
+    exact = ChainPosterior(ExactJudge(load_chain(args.chain), tok), bundle.mask_id)
     shards = TokenShards(args.data, "val")
     rows = torch.stack([torch.as_tensor(shards[i]).long() for i in range(min(args.rows, len(shards)))])
     results = probe(bundle.model, exact, rows, args.levels, args.seed)

@@ -15,13 +15,8 @@ if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; the
   export DS_ACCELERATOR=cpu
 fi
 mkdir -p "$OUT"
-stage() {  # stage NAME COMMAND...: run it and append its wall-clock seconds to $OUT/timings.tsv
-  local name="$1" start=$SECONDS
-  shift
-  "$@"
-  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/timings.tsv"
-}
-: > "$OUT/timings.tsv"
+TIMINGS="$OUT/timings.tsv"
+: > "$TIMINGS"
 stage prepare python -m data_prep prepare --config launch/configs/regimes/macbeth1k_prepare.yaml --out "$OUT/data" \
   --workers 2
 stage teacher deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/regimes/macbeth1k_pretrain.yaml \

@@ -27,3 +27,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # DeepSpeed JIT-builds its CPU communication op once; keep it in the project, not in ~/.cache
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/build/torch_extensions}"
 cd "$ROOT"
+stage() {  # stage NAME COMMAND...: run it and append its wall-clock seconds to the recipe's $TIMINGS file
+  local name="$1" start=$SECONDS
+  shift
+  "$@"
+  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "${TIMINGS:?set TIMINGS to the timings file first}"
+}

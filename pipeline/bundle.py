@@ -15,6 +15,7 @@ Loading needs nothing but torch, safetensors and ``models/``; every file is chec
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -142,7 +143,7 @@ class Bundle:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.state_dict().values().__iter__()).device
+        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
 
     @property
     def tokenizer_dir(self) -> Path:

@@ -17,27 +17,22 @@ import dataclasses
 import torch
 from torch import nn
 
-from data_prep.synthetic import MarkovChain
-from data_prep.tokenizers import Tokenizer
 from models.diffusion import NEG_INF
 from pipeline.bundle import Bundle
+from pipeline.measure.exact_judge import ExactJudge
 
 
 class ChainPosterior(nn.Module):
-    """``forward(z, sigma)`` → (B, L, V + 1) log-probabilities of each position given z's unmasked positions (a
+    """The posterior of ``judge``'s chain (its letters are the judge's tokens). ``forward(z, sigma)`` → (B, L, V + 1) log-probabilities of each position given z's unmasked positions (a
     model's logits: SUBS keeps unmasked positions and the [MASK] column out)."""
 
-    def __init__(self, chain: MarkovChain, tok: Tokenizer, vocab_size: int):
+    def __init__(self, judge: ExactJudge, vocab_size: int):
         super().__init__()
-        ids = []
-        for letter in chain.alphabet:
-            token = tok.encode(letter)
-            if len(token) != 1:
-                raise ValueError(f"chain letter {letter!r} is not one token of the {tok.kind} tokenizer")
-            ids.append(token[0])
-        self.register_buffer("letter_ids", torch.tensor(ids))
+        chain, tok = judge.chain, judge.tok
+        letters = sorted(judge.state.items(), key=lambda item: item[1])  # the judge's token id -> chain state
+        self.register_buffer("letter_ids", torch.tensor([token for token, _ in letters]))
         state = torch.full((vocab_size + 1,), -1, dtype=torch.long)
-        state[self.letter_ids] = torch.arange(len(ids))
+        state[self.letter_ids] = torch.arange(len(letters))
         self.register_buffer("state", state)  # token id -> chain state, -1 for a non-letter
         self.register_buffer("transition", torch.tensor(chain.transition, dtype=torch.float64))
         self.register_buffer("stationary", torch.tensor(chain.stationary, dtype=torch.float64))
@@ -74,7 +69,7 @@ def _normalised(x: torch.Tensor) -> torch.Tensor:
     return x / x.sum(-1, keepdim=True).clamp(min=1e-300)
 
 
-def exact_bundle(bundle: Bundle, chain: MarkovChain, tok: Tokenizer) -> Bundle:
-    """``bundle`` with its model replaced by the chain's exact posterior (same tokenizer, length and [MASK])."""
-    return dataclasses.replace(bundle, model=ChainPosterior(chain, tok, bundle.mask_id), discriminator=None,
+def exact_bundle(bundle: Bundle, judge: ExactJudge) -> Bundle:
+    """``bundle`` with its model replaced by the judge's chain's exact posterior (same tokenizer, length, [MASK])."""
+    return dataclasses.replace(bundle, model=ChainPosterior(judge, bundle.mask_id), discriminator=None,
                                online=None)

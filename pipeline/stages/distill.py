@@ -33,13 +33,13 @@ from tqdm import tqdm
 
 from data_prep.tokenizers import load_tokenizer
 from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
-                         group_normalised_advantages, jeffreys, omega, Rollout, rollout_times,
-                         row_rewards, sample_tau, snap_tau, student_loss, student_rollout)
+                         group_normalised_advantages, jeffreys, omega, rollout_times, row_rewards,
+                         sample_tau, snap_tau, student_loss, student_rollout)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
 from models.sampler import ancestral_sample
-from pipeline.measure.exact_judge import ExactJudge
+from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
 from pipeline.config import Config, DistillConfig
 from pipeline.runtime.data import loader_from_config, read_manifest
@@ -228,8 +228,10 @@ class Distiller:
             with self.autocast():
                 d_fake = self.disc(z_fake, sigma).float()
             self.disc.train()
+            # with an exact judge the rows are scored once, for the reward (reward: exact) and the correlation
+            scores = None if self.judge is None else [self.judge.score(row) for row in roll.x.tolist()]
             rewards = (row_rewards(d_fake, m_fake, c.reward_clip) if c.reward == "discriminator"
-                       else exact_rewards(self.judge, roll, c.reward_clip))
+                       else exact_rewards(scores, roll.log_prob, c.reward_clip))
             advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
             weight = omega(t, schedule) if c.omega_weight else torch.ones_like(t)
             if c.importance_weight:
@@ -251,8 +253,7 @@ class Distiller:
                 self.ema.update()
 
         clipped = ((d_fake.abs() >= c.reward_clip) & m_fake).sum() / m_fake.sum().clamp(min=1)
-        exact = {} if self.judge is None else {"advantage/exact_correlation": exact_correlation(self.judge, roll.x,
-                                                                                              advantages)}
+        exact = {} if scores is None else {"advantage/exact_correlation": exact_correlation(scores, advantages)}
         return {
             **exact,
             "discriminator/loss": loss_d.item(), "discriminator/accuracy": accuracy.item(),
@@ -269,22 +270,21 @@ class Distiller:
         }
 
 
-def exact_rewards(judge: ExactJudge, roll: Rollout, break_cost: float) -> torch.Tensor:
+def exact_rewards(scores: list[SampleScore], log_prob: torch.Tensor, break_cost: float) -> torch.Tensor:
     """``distill.reward: exact``: log p(x) − log P_ν(x | the rollout's unmasking order) per row, p the chain's
-    exact likelihood (a token inside the row that is not a letter costs ``break_cost`` nats). Its expectation is
-    minus the order-averaged KL(P_ν(· | order) ‖ p), an upper bound of KL(q_ν ‖ p) that is 0 only for a sampler
-    whose every step draws exactly from the chain: the distillation's aim with a perfect reward in place of the
-    discriminator's estimate."""
-    scores = [judge.score(row) for row in roll.x.tolist()]
-    log_p = torch.tensor([-(s.nll + break_cost * s.breaks) for s in scores], device=roll.x.device)
-    return log_p - roll.log_prob.detach()
+    exact likelihood (``scores``: the rows' exact scores; a token inside the row that is not a letter costs
+    ``break_cost`` nats). Its expectation is minus the order-averaged KL(P_ν(· | order) ‖ p), an upper bound of
+    KL(q_ν ‖ p) that is 0 only for a sampler whose every step draws exactly from the chain: the distillation's
+    aim with a perfect reward in place of the discriminator's estimate."""
+    log_p = torch.tensor([-(s.nll + break_cost * s.breaks) for s in scores], device=log_prob.device)
+    return log_p - log_prob.detach()
 
 
-def exact_correlation(judge: ExactJudge, x: torch.Tensor, advantages: torch.Tensor) -> float:
+def exact_correlation(scores: list[SampleScore], advantages: torch.Tensor) -> float:
     """With ``train.exact_judge``: the correlation of this rank's advantages with the rows' exact quality (minus
     the NLL per letter under the chain): whether the reward ranks the student's samples the right way (0 for
     a constant one)."""
-    quality = [-s.nll / s.letters if s.letters else 0.0 for s in (judge.score(row) for row in x.tolist())]
+    quality = [-s.nll / s.letters if s.letters else 0.0 for s in scores]
     pair = torch.stack([advantages.detach().double().cpu(), torch.tensor(quality, dtype=torch.float64)])
     value = torch.corrcoef(pair)[0, 1].item()
     return value if math.isfinite(value) else 0.0

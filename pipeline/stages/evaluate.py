@@ -226,7 +226,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     if exact and cfg.exact_control_temperatures:
         rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, log)]
     if exact and cfg.exact_denoiser:
-        oracle = exact_bundle(teacher, judges[""].chain, tok)
+        oracle = exact_bundle(teacher, judges[""])
         rows += [log_row(sampled_row(judges, cfg, oracle, tok, EXACT_DENOISER, "ancestral", steps), log)
                  for steps in cfg.teacher_steps]
     table = markdown(rows, cfg, judges)

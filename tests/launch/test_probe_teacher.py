@@ -8,6 +8,7 @@ from data_prep.synthetic import make_markov_chain, sample_records
 from data_prep.tokenizers import build_tokenizer
 from launch.probe_teacher import probe
 from pipeline.measure.exact_denoiser import ChainPosterior
+from pipeline.measure.exact_judge import ExactJudge
 
 PROTEIN = build_tokenizer("protein", iter(()))
 V = PROTEIN.vocab_size
@@ -20,7 +21,7 @@ def rows(chain, count=32, length=34):
 
 def test_the_exact_posterior_has_no_error_and_a_uniform_model_is_under_confident():
     chain = make_markov_chain(seed=2)
-    exact = ChainPosterior(chain, PROTEIN, V)
+    exact = ChainPosterior(ExactJudge(chain, PROTEIN), V)
     data = rows(chain)
     perfect = probe(exact, exact, data, [0.9, 0.5], seed=0)
     for r in perfect:

@@ -52,7 +52,7 @@ def brute_force(chain: MarkovChain, text: str) -> list[np.ndarray]:
 @pytest.mark.parametrize("text", ["????", "A??D", "?C?|??", "??A|D?", "D???A"])
 def test_posterior_matches_enumeration(text):
     chain = three_states()
-    out = ChainPosterior(chain, PROTEIN, V)(torch.tensor([row(text)]))
+    out = ChainPosterior(ExactJudge(chain, PROTEIN), V)(torch.tensor([row(text)]))
     assert out.shape == (1, len(text) + 2, V + 1)
     letter_ids = [PROTEIN.encode(c)[0] for c in chain.alphabet]
     for position, (c, expected) in enumerate(zip(text, brute_force(chain, text))):
@@ -67,7 +67,8 @@ def test_many_step_sampling_from_the_posterior_reproduces_the_chain():
     """256 steps from the exact posterior ≈ drawing from the chain: NLL per letter near the entropy rate and
     almost no invalid transitions; 4 steps (letters drawn independently in large groups) much worse."""
     chain = make_markov_chain(seed=3)
-    judge, model = ExactJudge(chain, PROTEIN), ChainPosterior(chain, PROTEIN, V)
+    judge = ExactJudge(chain, PROTEIN)
+    model = ChainPosterior(judge, V)
     scores = {}
     for steps in (4, 256):
         x = ancestral_sample(lambda z: model(z).log_softmax(-1), torch.full((64, 34), V), steps, V,

@@ -396,17 +396,31 @@ def test_exact_reward_is_the_chain_log_likelihood_minus_the_rollout_log_probabil
 
     from data_prep.synthetic import MarkovChain
     from data_prep.tokenizers import build_tokenizer
-    from models.didi import Rollout
     from pipeline.measure.exact_judge import ExactJudge
-    from pipeline.stages.distill import exact_rewards
+    from pipeline.stages.distill import exact_correlation, exact_rewards
 
     tok = build_tokenizer("protein", iter(()))
     chain = MarkovChain("AC", np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([5 / 6, 1 / 6]), [[0], [0, 1]])
     a, c = (tok.encode(x)[0] for x in "AC")
     x = torch.tensor([[tok.bos_id, a, a, c, tok.eos_id], [tok.bos_id, c, tok.eos_id, a, tok.eos_id]])
     log_prob = torch.tensor([-1.5, -0.25], requires_grad=True)
-    roll = Rollout(x, [], [], [], log_prob)
-    got = exact_rewards(ExactJudge(chain, tok), roll, 8.0)
+    judge = ExactJudge(chain, tok)
+    scores = [judge.score(row) for row in x.tolist()]
+    got = exact_rewards(scores, log_prob, 8.0)
     first = math.log(5 / 6) + math.log(0.9) + math.log(0.1) + 1.5
     second = math.log(1 / 6) - 8.0 + math.log(5 / 6) + 0.25  # C, a break (the inner [EOS]), then A afresh
     assert got.tolist() == pytest.approx([first, second], rel=1e-6) and not got.requires_grad
+    # the advantages' correlation with the rows' exact quality (−NLL per letter): two rows, so ±1 by sign
+    assert scores[0].nll / scores[0].letters < scores[1].nll / scores[1].letters
+    assert exact_correlation(scores, torch.tensor([1.0, -1.0])) == pytest.approx(1.0)
+    assert exact_correlation(scores, torch.tensor([-1.0, 1.0])) == pytest.approx(-1.0)
+    assert exact_correlation(scores, torch.tensor([0.5, 0.5])) == 0.0  # a constant reward ranks nothing
+
+
+def test_kl_weights_are_c1_at_the_first_state_and_c2_at_every_later_one():
+    from pipeline.config import DistillConfig
+    from pipeline.stages.distill import kl_weights
+
+    assert kl_weights(DistillConfig(c1=0.1, c2=0.02, intermediate_state=False)) == (0.1,)
+    assert kl_weights(DistillConfig(c1=0.1, c2=0.02)) == (0.1, 0.02)
+    assert kl_weights(DistillConfig(c1=0.1, c2=0.02, rollout_steps=4)) == (0.1, 0.02, 0.02, 0.02)
