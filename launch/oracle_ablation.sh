@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One arm of the ablation on the synthetic benchmark (after launch/oracle.sh, whose corpus, data and teacher it
-# reuses), from the paper's rollout to this benchmark's settings one key at a time:
-#   bash launch/oracle_ablation.sh ARM   ARM: paper | rollout8 | tau_row | positions_all_2steps
+# reuses): the paper's cumulative ablation, then from the paper's method to this benchmark's settings one key at
+# a time:
+#   bash launch/oracle_ablation.sh ARM
+#   ARM: baseline | intermediate | coupled | omega | paper | rollout8 | tau_row | positions_all_2steps
 # (launch/oracle_tables.py lists each arm's keys). Distils with them, converts the student, evaluates it and the
 # teacher at 8 and 32 steps under the exact judge, and rewrites launch/results/oracle/ablation.md from the main
 # run and every arm finished so far.

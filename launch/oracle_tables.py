@@ -17,11 +17,20 @@ from pipeline.measure.exact_judge import METRICS  # noqa: E402
 from pipeline.measure.machine import describe  # noqa: E402
 from pipeline.stages.evaluate import metric_text  # noqa: E402
 
-# From the paper's rollout to launch/configs/markov/distill.yaml one key at a time (the main run is the last
-# row), and one arm that drops a key of the main run's.
+# The paper's cumulative ablation (its four techniques, one at a time, on its 2-step rollout and re-masked
+# discriminator positions), then from the paper's method to launch/configs/markov/distill.yaml one key at a
+# time (the main run), and two arms that each drop a key of the main run's.
+PAPER = ["distill.rollout_steps=2", "distill.discriminator_positions=masked"]
 ARMS = {
-    "paper": ("the paper's rollout (2 steps) and discriminator (re-masked positions)",
-              ["distill.rollout_steps=2", "distill.discriminator_positions=masked"]),
+    "baseline": ("none of the paper's four techniques (one-step rollout, independent t, ω = 1, no regulariser)",
+                 PAPER + ["distill.intermediate_state=false", "distill.coupled_time=false",
+                          "distill.omega_weight=false", "distill.regularisation=false"]),
+    "intermediate": ("+ intermediate-state matching (the 2-step rollout)",
+                     PAPER + ["distill.coupled_time=false", "distill.omega_weight=false",
+                              "distill.regularisation=false"]),
+    "coupled": ("+ coupled time", PAPER + ["distill.omega_weight=false", "distill.regularisation=false"]),
+    "omega": ("+ ω(t)", PAPER + ["distill.regularisation=false"]),
+    "paper": ("+ regularisation: the paper's method", PAPER),
     "rollout8": ("+ 8-step rollouts on the inference grid", ["distill.discriminator_positions=masked"]),
     "main": ("+ the discriminator at every position (launch/configs/markov/distill.yaml)", []),
     "tau_row": ("main, with one τ per row instead of per group", ["distill.tau_per=row"]),

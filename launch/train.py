@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg) + layout(cfg, world_size))
             return 0
         from pipeline.stages.distill import distill
-        from pipeline.runtime.distributed import setup
+        from pipeline.runtime.distributed import setup, shutdown
         from pipeline.stages.pretrain import pretrain
 
         d = setup(cfg.model.tensor_parallel)
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             if d.is_main:
                 print(f"\n{stop}", flush=True)
             return EXIT_CODE
+        shutdown()
         if d.is_main:
             print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in result.items()), flush=True)

@@ -8,9 +8,11 @@ NCCL where the machine has that many.
 """
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import socket
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -86,6 +88,16 @@ def setup(tensor_parallel: int = 1) -> Dist:
     return Dist(rank, world, local_rank, device, tensor_parallel)
 
 
+def shutdown() -> None:
+    """Leave the process group once every rank is done, with the stage's communication objects freed first, so
+    that no gloo worker thread still holds a tensor when the interpreter exits (freeing one then aborts the
+    process with SIGABRT, pytorch/pytorch#179291) and NCCL has nothing to warn about."""
+    if dist.is_initialized():
+        dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(*values: float, device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -112,10 +124,14 @@ def _rank_main(rank: int, fn: Callable, world_size: int, workdir: str, args: tup
     dist.init_process_group("nccl" if use_cuda else "gloo", init_method=init, rank=rank, world_size=world_size)
     try:
         result = fn(rank, world_size, *args)
-        dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    shutdown()
     Path(workdir, f"result{rank}.pkl").write_bytes(pickle.dumps(result))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the result is written: skip the interpreter's shutdown, where library threads can still abort
 
 
 def run_ranks(fn: Callable, world_size: int, *args: Any) -> list[Any]:

@@ -44,3 +44,18 @@ def test_switches_change_one_key_at_a_time_and_unknown_arms_are_refused(capsys):
     for arm in ("main", "nope"):
         with pytest.raises(SystemExit, match="unknown arm"):
             switches(arm)
+
+
+def test_the_cumulative_arms_add_one_technique_each_and_every_arm_is_a_valid_config():
+    from pipeline.config import load_config
+
+    techniques = ("intermediate_state", "coupled_time", "omega_weight", "regularisation")
+    cumulative = ("baseline", "intermediate", "coupled", "omega", "paper")
+    on = []
+    for arm in ARMS:
+        cfg = load_config("launch/configs/markov/distill.yaml", [s.removeprefix("--set=") for s in
+                                                                  (switches(arm) if arm != "main" else [])])
+        if arm in cumulative:
+            on.append([t for t in techniques if getattr(cfg.distill, t)])
+            assert (cfg.distill.rollout_steps, cfg.distill.discriminator_positions) == (2, "masked"), arm
+    assert on == [list(techniques[:k]) for k in range(5)]
