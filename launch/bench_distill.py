@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from launch.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
 from pipeline.config import Config, from_dict  # noqa: E402
 from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
-from pipeline.runtime.engine import GuardedAdamW, lr_factor  # noqa: E402
+from pipeline.runtime.engine import optimizer_for  # noqa: E402
 
 VOCAB = 4000
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -91,11 +91,7 @@ class PlainEngine:
 
     def __init__(self, module: torch.nn.Module, optim=None, grad_clip: float = 0.0, max_steps: int = 1):
         self.module, self.grad_clip = module, grad_clip
-        params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = optim and GuardedAdamW(params, lr=optim.lr, betas=tuple(optim.betas),
-                                                weight_decay=optim.weight_decay)
-        self.scheduler = optim and torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, optim, max_steps))
+        self.optimizer, self.scheduler = optimizer_for(module, optim, max_steps) if optim else (None, None)
 
     def __call__(self, *args):
         return self.module(*args)

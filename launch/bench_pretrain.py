@@ -99,18 +99,19 @@ def time_steps(step, data: list[torch.Tensor], steps: int, repeats: int, sync) -
 
 
 def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeats: int, threads: int) -> dict:
-    """The reference: one process, the whole global batch, a plain AdamW loop."""
+    """The reference: one process, the whole global batch, a plain loop with the engines' optimizer, schedule
+    and clipping."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = bench_config(size, seq_len, global_batch, 0)
     d = Dist(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    from pipeline.runtime.engine import build_model
+    from pipeline.runtime.engine import build_model, optimizer_for
     from pipeline.runtime.loop import autocast_for
 
     torch.manual_seed(0)
     model = build_model(cfg.model).to(d.device)
     autocast = autocast_for(cfg, d)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    optimizer, scheduler = optimizer_for(model, cfg.optim, cfg.train.max_steps)
     mask_id = cfg.model.vocab_size
 
     def step(x, i):
@@ -121,6 +122,7 @@ def plain_pytorch(size: str, seq_len: int, global_batch: int, steps: int, repeat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
     times = time_steps(step, batches(cfg, d, 4), steps, repeats, device_sync(d))

@@ -63,10 +63,15 @@ def quiet_deepspeed() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"deepspeed.*")
 
 
+def uses_cuda() -> bool:
+    """Whether this process's rank runs on a GPU: one is present and ``DS_ACCELERATOR`` does not ask for CPU ranks."""
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
+
+
 def setup(tensor_parallel: int = 1) -> Dist:
     """Join (or create) the process group: NCCL on GPUs, gloo on CPU; with ``tensor_parallel`` > 1 also
     megatron-core's tensor- and data-parallel groups."""
-    use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"  # cpu: CPU ranks
+    use_cuda = uses_cuda()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     import deepspeed
 

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from models.dit import DiT
 from pipeline.config import Config, ModelConfig, OptimConfig
+from pipeline.runtime.distributed import uses_cuda
 
 
 def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None,
@@ -108,15 +109,23 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def bf16_compute(cfg: Config, device_type: str) -> bool:
+    """Whether the models compute in bf16: ``train.precision`` bf16, or auto on a GPU (master weights, optimizer
+    states and gradient reductions stay fp32 either way)."""
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device_type == "cuda")
+
+
 def ds_config(cfg: Config, grad_clip: float | None = None, zero_stage: int | None = None,
               offload: bool = False) -> dict:
-    """DeepSpeed's config: the per-rank micro-batch, accumulation, clipping and ZeRO stage (fp32 master
-    weights; bf16 comes from autocast around the forward pass). ``offload`` keeps a ZeRO-3 model's
-    parameters in CPU memory (for the frozen teacher)."""
+    """DeepSpeed's config: the per-rank micro-batch, accumulation, clipping and ZeRO stage, fp32 master weights,
+    and bf16 compute through DeepSpeed's own ``torch_autocast`` section (without it an engine switches off an
+    autocast entered outside it on a GPU and computes in fp32). No module is listed as safe for lower-precision
+    communication, so gradients are reduced in fp32. The throughput timer is off: it synchronises the device
+    at every forward and step. ``offload`` keeps a ZeRO-3 model's parameters in CPU memory (for the teacher)."""
     zero = {"stage": cfg.train.zero_stage if zero_stage is None else zero_stage}
     if offload:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "gradient_clipping": cfg.optim.grad_clip if grad_clip is None else grad_clip,
@@ -124,17 +133,26 @@ def ds_config(cfg: Config, grad_clip: float | None = None, zero_stage: int | Non
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
+        "timers": {"throughput": {"enabled": False}},
     }
+    if bf16_compute(cfg, "cuda" if uses_cuda() else "cpu"):
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    return config
+
+
+def optimizer_for(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
+    """GuardedAdamW over the parameters that require grad, and its LR schedule: the engines' and the
+    benchmarks' plain references', so both do the same work."""
+    optimizer = GuardedAdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
+                             betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
 
 
 def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict):
-    """A DeepSpeed engine with GuardedAdamW over the parameters that require grad and the LR schedule;
-    returns (engine, optimizer)."""
+    """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule; returns (engine, optimizer)."""
     import deepspeed
 
-    optimizer = GuardedAdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
-                             betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
+    optimizer, scheduler = optimizer_for(model, optim, max_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                            mpu=mpu_for(model))
     return engine, optimizer

@@ -16,6 +16,7 @@ from pipeline.runtime import checkpoint
 from pipeline.config import Config, ConfigError, save_resolved, to_dict
 from pipeline.runtime.data import TokenLoader
 from pipeline.runtime.distributed import Dist, broadcast_object
+from pipeline.runtime.engine import bf16_compute
 from pipeline.runtime.ema import EMA
 from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, load_exact_judge
@@ -121,8 +122,9 @@ def finish(tracker: Tracker, out_dir: Path, d: Dist, panels: dict | None = None)
 
 
 def autocast_for(cfg: Config, d: Dist):
-    """bf16 autocast on GPU (or when asked), fp32 on CPU; master weights stay fp32 either way."""
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
+    """bf16 autocast on GPU (or when asked), fp32 on CPU, for what runs outside the engines (inside them,
+    ``ds_config``'s ``torch_autocast`` section); master weights stay fp32 either way."""
+    bf16 = bf16_compute(cfg, d.device.type)
     return lambda: torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
