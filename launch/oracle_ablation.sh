@@ -3,7 +3,8 @@
 # reuses): the paper's cumulative ablation, then from the paper's method to this benchmark's settings one key at
 # a time:
 #   bash launch/oracle_ablation.sh ARM
-#   ARM: baseline | intermediate | coupled | omega | paper | rollout8 | tau_row | positions_all_2steps
+#   ARM: baseline | intermediate | coupled | omega | paper | rollout8 | tau_row | positions_all_2steps |
+#        iterations1200
 # (launch/oracle_tables.py lists each arm's keys). Distils with them, converts the student, evaluates it and the
 # teacher at 8 and 32 steps under the exact judge, and rewrites launch/results/oracle/ablation.md from the main
 # run and every arm finished so far.
