@@ -27,14 +27,15 @@ def layout(cfg: Config, world_size: int) -> str:
 
     import torch
 
-    from pipeline.runtime.engine import build_model
+    from pipeline.runtime.distributed import uses_cuda
+    from pipeline.runtime.engine import bf16_compute, build_model
 
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(dataclasses.replace(cfg.model, tensor_parallel=1)).parameters())
     micro, accum, tp = cfg.data.batch_size, cfg.train.grad_accum, cfg.model.tensor_parallel
     data_ranks = world_size // tp
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    device = "cuda" if uses_cuda() else "cpu"
+    precision = "bf16" if bf16_compute(cfg, device) else "fp32"
     lines = [
         f"stage: {cfg.stage}; model: {params:,} parameters ({cfg.model.num_layers} x {cfg.model.hidden_size}, "
         f"{cfg.model.num_heads} heads), V = {cfg.model.vocab_size} + [MASK], L = {cfg.model.seq_len}",
