@@ -1,5 +1,5 @@
-"""``python -m data_prep prepare|verify|synthetic``: the data-preparation CLI (the work is in ``prepare``, ``verify``
-and ``synthetic``)."""
+"""``python -m data_prep prepare|tokenizer|merge|verify|synthetic``: the data-preparation CLI (the work is in
+``prepare``, ``merge``, ``verify`` and ``synthetic``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from data_prep.documents import InputError
-from data_prep.prepare import PrepareError, prepare, resolved
+from data_prep.merge import merge
+from data_prep.prepare import PrepareError, Task, prepare, resolved, train_tokenizer
 from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
                                  write_synthetic)
 from data_prep.tokenizers import TokenizerError
@@ -28,6 +29,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description="Prepare token shards for training.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="tokenise inputs into webdataset shards with a manifest")
+    _prepare_flags(p)
+    p.add_argument("--num-tasks", type=int, default=1, metavar="N", help="array job: the number of tasks")
+    p.add_argument("--task-index", type=int, default=0, metavar="I", help="array job: this task, 0 … N-1")
+    t = sub.add_parser("tokenizer", help="array job, first step: claim the output directory, train the tokenizer")
+    _prepare_flags(t)
+    g = sub.add_parser("merge", help="array job, last step: check every task's shards, write the manifest")
+    g.add_argument("directory")
+    v = sub.add_parser("verify", help="re-check every shard's count and checksum against the manifest")
+    v.add_argument("directory")
+    s = sub.add_parser("synthetic", help="sample a corpus from a known distribution and write the distribution too")
+    kinds = s.add_subparsers(dest="kind", required=True)
+    m = kinds.add_parser("markov", help="a sparse first-order Markov chain over the 20 standard amino acids")
+    m.add_argument("--out", required=True, help="output directory: chain.json (the chain) and chain.fasta")
+    m.add_argument("--successors", type=int, default=3, help="preferred successors per letter (1-20)")
+    m.add_argument("--records", type=int, default=400, help="FASTA records to sample")
+    m.add_argument("--length", type=int, default=2000, help="letters per record")
+    m.add_argument("--seed", type=int, default=0, help="draws the chain; the records are sampled with seed + 1")
+    m.add_argument("--mass", type=float, default=0.999, help="probability the preferred successors share, in (0, 1]")
+    return parser
+
+
+def _prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with prepare settings (flags override it)")
     p.add_argument("--input", nargs="+", metavar="PATH", help="text/JSONL/FASTA files or directories (.gz too)")
     p.add_argument("--out", help="output directory")
@@ -41,18 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spm-model-type", help="bpe | unigram | char")
     p.add_argument("--strict", action="store_true", default=None, help="fail on unreadable files or bad records")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    v = sub.add_parser("verify", help="re-check every shard's count and checksum against the manifest")
-    v.add_argument("directory")
-    s = sub.add_parser("synthetic", help="sample a corpus from a known distribution and write the distribution too")
-    kinds = s.add_subparsers(dest="kind", required=True)
-    m = kinds.add_parser("markov", help="a sparse first-order Markov chain over the 20 standard amino acids")
-    m.add_argument("--out", required=True, help="output directory: chain.json (the chain) and chain.fasta")
-    m.add_argument("--successors", type=int, default=3, help="preferred successors per letter (1-20)")
-    m.add_argument("--records", type=int, default=400, help="FASTA records to sample")
-    m.add_argument("--length", type=int, default=2000, help="letters per record")
-    m.add_argument("--seed", type=int, default=0, help="draws the chain; the records are sampled with seed + 1")
-    m.add_argument("--mass", type=float, default=0.999, help="probability the preferred successors share, in (0, 1]")
-    return parser
 
 
 def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
@@ -81,13 +92,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"OK {args.directory}: {totals['shards']} shards, {totals['samples']} sequences match the manifest")
         return 0
     try:
+        if args.command == "merge":
+            manifest = merge(args.directory)
+            print(summary(manifest, args.directory))
+            return 0
         cfg = resolved(_prepare_config(args))
         print(to_yaml(cfg), end="")
-        manifest = prepare(cfg)
+        if args.command == "tokenizer":
+            tok = train_tokenizer(cfg)
+            print(f"tokenizer {tok.describe()['kind']} (V={tok.vocab_size}, fingerprint {tok.fingerprint}) in "
+                  f"{Path(cfg.out) / 'tokenizer'}: now run the tasks (prepare --num-tasks N --task-index I)")
+            return 0
+        task = Task(args.task_index, args.num_tasks)
+        result = prepare(cfg, task=task)
     except (ConfigError, InputError, PrepareError, TokenizerError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(summary(manifest, cfg.out))
+    if task.count > 1:
+        print(f"task {task.index} of {task.count}: built {len(result['built'])} of {len(result['units'])} shards; "
+              f"when every task is done: python -m data_prep merge {cfg.out}")
+    else:
+        print(summary(result, cfg.out))
     return 0
 
 

@@ -4,6 +4,11 @@ Restartable: documents are grouped into shard units by text size in one determin
 always the same documents; each finished shard gets a side file (``.parts/NAME.json``) written after the
 shard itself, and a rerun skips every shard whose side file and checksum agree. Workers tokenise and write
 units in parallel; the result does not depend on their number. ``manifest.json`` is written last.
+
+As an array job, task I of N builds the units whose ordinal k (in input order, both splits counted together)
+has k mod N = I and records what it read in ``.parts/task-I-of-N.json``; ``data_prep.merge`` then writes the
+manifest. Every task reads all inputs (reading is cheap next to tokenising) so the units, and therefore the
+bytes, are the same whatever N is.
 """
 from __future__ import annotations
 
@@ -34,6 +39,23 @@ class PrepareError(ValueError):
     """The job cannot produce a dataset from this input; the message says why."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Task ``index`` of an array job of ``count`` tasks; the default is the whole job in one process."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise PrepareError(f"--task-index {self.index} with --num-tasks {self.count}: the index must be in "
+                               f"[0, {self.count - 1}] (SLURM: an array starting at 0, e.g. --array=0-{self.count - 1})")
+
+    @property
+    def record(self) -> str:
+        return f"task-{self.index:05d}-of-{self.count:05d}.json"
+
+
 @dataclasses.dataclass
 class Unit:
     """The documents of one shard."""
@@ -48,27 +70,43 @@ class Unit:
         return f"{self.split}-{self.index:05d}.tar"
 
 
-def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print) -> dict:
-    """Run the whole job (or finish an interrupted one) and return the manifest."""
+def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task = Task()) -> dict:
+    """Run the whole job (or finish an interrupted one) and return the manifest; as one task of an array job,
+    build that task's units and return its record (the tokenizer must exist: ``train_tokenizer`` first)."""
     cfg = resolved(cfg)
     out = Path(cfg.out)
     files = list_input_files(cfg.inputs)
-    _claim_output_dir(out, cfg)
-    tok = _tokenizer(out, cfg, files, log)
+    if task.count == 1:
+        _claim_output_dir(out, cfg)
+        tok = _tokenizer(out, cfg, files, log)
+    else:
+        tok = _join_output_dir(out, cfg)
     (out / ".parts").mkdir(exist_ok=True)
     stats = ReadStats()
-    results = []
+    results, names = [], []
     units = _units(iter_documents(files, stats, cfg.min_doc_chars, cfg.jsonl_field, cfg.strict), cfg)
     sequences = 0
     with tqdm(desc="shards", unit="shard", file=sys.stderr, disable=None) as bar:
-        for part in _run_units(units, out, cfg.seq_len, cfg.workers):
+        for part in _run_units(_owned(units, task, names), out, cfg.seq_len, cfg.workers):
             results.append(part)
             sequences += part["num_samples"]
             bar.update(1)
             bar.set_postfix(docs=stats.documents, seqs=sequences)
+    if task.count > 1:
+        record = {"task": task.index, "tasks": task.count, "units": names, "built": [p["name"] for p in results],
+                  "files": len(files), "sources": dataclasses.asdict(stats), "fingerprint": tok.fingerprint}
+        atomic_write_bytes(out / ".parts" / task.record, json.dumps(record).encode())
+        return record
     manifest = _manifest(cfg, tok, stats, results, len(files))
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
+
+
+def train_tokenizer(cfg: PrepareConfig, log: Callable[[str], None] = print) -> Tokenizer:
+    """Claim the output directory and train (or load) its tokenizer: the first step of an array job."""
+    cfg = resolved(cfg)
+    _claim_output_dir(Path(cfg.out), cfg)
+    return _tokenizer(Path(cfg.out), cfg, list_input_files(cfg.inputs), log)
 
 
 def resolved(cfg: PrepareConfig) -> PrepareConfig:
@@ -83,17 +121,30 @@ def _claim_output_dir(out: Path, cfg: PrepareConfig) -> None:
     """Refuse a directory that holds something else; record this job's config in it."""
     saved = out / CONFIG_NAME
     if saved.exists():
-        old = to_dict(load_config(saved, cls=PrepareConfig))
-        new = to_dict(cfg)
-        diff = [k for k in new if k not in ("out", "workers") and old.get(k) != new[k]]
-        if diff:
-            detail = "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} now" for k in diff)
+        if detail := _differences(out, cfg, "now"):
             raise PrepareError(f"{out} holds a different dataset ({detail}); use another --out or remove it")
     elif out.exists() and any(out.iterdir()):
         raise PrepareError(f"{out} is not empty and holds no {CONFIG_NAME}: choose an empty or new directory")
     for stale in out.glob(".*.tmp*") if out.exists() else ():
         stale.unlink()
     save_resolved(cfg, out, CONFIG_NAME)
+
+
+def _join_output_dir(out: Path, cfg: PrepareConfig) -> Tokenizer:
+    """A task's check that the directory was claimed by this job's config and holds its tokenizer."""
+    first = f"python -m data_prep tokenizer with the same settings and --out {out}"
+    if not (out / CONFIG_NAME).exists() or not (out / "tokenizer" / "tokenizer.json").exists():
+        raise PrepareError(f"{out} has no {CONFIG_NAME} and tokenizer yet: run {first} before the tasks")
+    if detail := _differences(out, cfg, "in this task"):
+        raise PrepareError(f"{out} was set up for other settings ({detail}); give every task the same settings")
+    return load_tokenizer(out / "tokenizer")
+
+
+def _differences(out: Path, cfg: PrepareConfig, now: str) -> str:
+    """The settings (all but out and workers) in which ``cfg`` differs from the config saved in ``out``."""
+    old, new = to_dict(load_config(out / CONFIG_NAME, cls=PrepareConfig)), to_dict(cfg)
+    return "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} {now}"
+                     for k in new if k not in ("out", "workers") and old.get(k) != new[k])
 
 
 def _tokenizer(out: Path, cfg: PrepareConfig, files: list[Path], log: Callable[[str], None]) -> Tokenizer:
@@ -133,6 +184,14 @@ def _units(docs: Iterator[str], cfg: PrepareConfig) -> Iterator[Unit]:
         for unit in (last, tail):
             if unit and unit.docs:
                 yield unit
+
+
+def _owned(units: Iterator[Unit], task: Task, names: list[str]) -> Iterator[Unit]:
+    """The task's units; every unit's name is appended to ``names`` (the whole job's units, in order)."""
+    for k, unit in enumerate(units):
+        names.append(unit.name)
+        if k % task.count == task.index:
+            yield unit
 
 
 def _part_path(out: Path, name: str) -> Path:
