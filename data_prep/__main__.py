@@ -21,7 +21,8 @@ import yaml
 FLAGS = {
     "input": "inputs", "out": "out", "tokenizer": "tokenizer", "seq_len": "seq_len", "workers": "workers",
     "val_fraction": "val_fraction", "min_doc_chars": "min_doc_chars", "jsonl_field": "jsonl_field",
-    "shard_mb": "shard_mb", "spm_model_type": "spm_model_type", "strict": "strict",
+    "parquet_column": "parquet_column", "shard_mb": "shard_mb", "spm_model_type": "spm_model_type",
+    "strict": "strict",
 }
 
 
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with prepare settings (flags override it)")
-    p.add_argument("--input", nargs="+", metavar="PATH", help="text/JSONL/FASTA files or directories (.gz too)")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="text/JSONL/FASTA (.gz, .zst too) or Parquet files, or directories")
     p.add_argument("--out", help="output directory")
     p.add_argument("--tokenizer", help="spm:VOCAB | gpt2:RANKS_FILE | protein")
     p.add_argument("--seq-len", type=int, help="sequence length L, including [BOS] and [EOS]")
@@ -60,6 +61,7 @@ def _prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, help="share of documents in the validation split")
     p.add_argument("--min-doc-chars", type=int, help="text files: minimum document size in characters")
     p.add_argument("--jsonl-field", help="JSONL: the field holding the text")
+    p.add_argument("--parquet-column", help="Parquet: the string column holding the text")
     p.add_argument("--shard-mb", type=float, help="text megabytes per shard")
     p.add_argument("--spm-model-type", help="bpe | unigram | char")
     p.add_argument("--strict", action="store_true", default=None, help="fail on unreadable files or bad records")

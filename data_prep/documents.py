@@ -6,9 +6,11 @@ A document is what the train/validation split assigns as a whole:
   meaningful document-level split; line endings are normalised to ``\\n``;
 - JSONL (``.jsonl``, ``.ndjson``): one document per line, from a configurable string field;
 - FASTA (``.fa``, ``.fasta``, ``.faa``, ``.fna``, ``.fas``): one document per record, the sequence in
-  upper case with line breaks and a trailing ``*`` removed.
-Any of them may be gzip-compressed (``.gz``). Files that are not valid UTF-8 (or cannot be read) are skipped
-and counted, as are malformed or empty records; ``strict`` turns both into errors.
+  upper case with line breaks and a trailing ``*`` removed;
+- Parquet (``.parquet``): one document per row, from a configurable string column, read a row group at a time.
+Text, JSONL and FASTA may be gzip- or zstd-compressed (``.gz``, ``.zst``; zstd through pyarrow, which also reads
+Parquet). Every file is streamed, so memory does not grow with its size. Files that are not valid UTF-8 (or
+cannot be read) are skipped and counted, as are malformed or empty records; ``strict`` turns both into errors.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from typing import IO, Iterable, Iterator
 
 FASTA_SUFFIXES = {".fa", ".fasta", ".faa", ".fna", ".fas"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+COMPRESSED_SUFFIXES = {".gz", ".zst"}
+PARQUET_ROWS = 1024  # rows decoded at a time
 
 
 class InputError(ValueError):
@@ -68,9 +72,11 @@ def list_input_files(paths: list[str]) -> list[Path]:
 
 def file_format(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
         suffixes.pop()
     last = suffixes[-1] if suffixes else ""
+    if last == ".parquet" and len(suffixes) == len(path.suffixes):
+        return "parquet"
     if last in FASTA_SUFFIXES:
         return "fasta"
     if last in JSONL_SUFFIXES:
@@ -80,28 +86,40 @@ def file_format(path: Path) -> str:
 
 def _open_text(path: Path) -> IO[str]:
     """UTF-8 (strict) with universal newlines: ``\r\n`` and ``\r`` become ``\n``."""
-    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    suffix = path.suffix.lower()
+    if suffix == ".zst":
+        import pyarrow  # only where a zstd file is read: it takes a while to import
+
+        raw = pyarrow.input_stream(str(path), compression="zstd")
+    else:
+        raw = gzip.open(path, "rb") if suffix == ".gz" else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
 
 
-def _unreadable_reason(path: Path) -> str | None:
+def _unreadable_reason(path: Path, parquet_column: str) -> str | None:
     """Decode the whole file once, so that a bad file is skipped before any of its documents is used."""
     try:
-        with _open_text(path) as f:
-            while f.read(1 << 20):
+        if file_format(path) == "parquet":
+            for _ in _parquet_values(path, parquet_column):
                 pass
+        else:
+            with _open_text(path) as f:
+                while f.read(1 << 20):
+                    pass
     except UnicodeDecodeError as err:
         return f"not valid UTF-8 (byte {err.start} of a chunk)"
-    except (OSError, EOFError) as err:
+    except InputError as err:
+        return str(err)
+    except (OSError, EOFError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
         return f"unreadable ({err.__class__.__name__}: {err})"
     return None
 
 
 def iter_documents(paths: list[Path], stats: ReadStats, min_doc_chars: int, jsonl_field: str,
-                   strict: bool) -> Iterator[str]:
+                   parquet_column: str, strict: bool) -> Iterator[str]:
     """Yield every document of every input file, in a deterministic order."""
     for path in paths:
-        reason = _unreadable_reason(path)
+        reason = _unreadable_reason(path, parquet_column)
         if reason:
             if strict:
                 raise InputError(f"{path}: {reason}")
@@ -109,6 +127,10 @@ def iter_documents(paths: list[Path], stats: ReadStats, min_doc_chars: int, json
             continue
         stats.files += 1
         fmt = file_format(path)
+        if fmt == "parquet":
+            docs = parquet_documents(path, parquet_column, stats, strict)
+            yield from _counted(docs, stats)
+            continue
         with _open_text(path) as f:
             if fmt == "text":
                 docs = text_documents(f, min_doc_chars)
@@ -116,10 +138,14 @@ def iter_documents(paths: list[Path], stats: ReadStats, min_doc_chars: int, json
                 docs = jsonl_documents(f, path, jsonl_field, stats, strict)
             else:
                 docs = fasta_documents(f, path, stats, strict)
-            for doc in docs:
-                stats.documents += 1
-                stats.chars += len(doc)
-                yield doc
+            yield from _counted(docs, stats)
+
+
+def _counted(docs: Iterator[str], stats: ReadStats) -> Iterator[str]:
+    for doc in docs:
+        stats.documents += 1
+        stats.chars += len(doc)
+        yield doc
 
 
 def text_documents(lines: Iterable[str], min_doc_chars: int) -> Iterator[str]:
@@ -164,6 +190,31 @@ def jsonl_documents(f: IO[str], path: Path, field_name: str, stats: ReadStats, s
             stats.skip_record(f"{path}:{n}: field '{field_name}' is empty or not a string", strict)
             continue
         yield value
+
+
+def _parquet_values(path: Path, column: str) -> Iterator[str | None]:
+    """The column's values row by row, decoded ``PARQUET_ROWS`` at a time; a missing or non-string column is an
+    InputError naming the columns there are."""
+    import pyarrow
+    import pyarrow.parquet
+
+    source = pyarrow.parquet.ParquetFile(path)
+    schema = source.schema_arrow
+    if column not in schema.names:
+        raise InputError(f"no column '{column}' (columns: {', '.join(schema.names)}); set parquet_column")
+    kind = schema.field(column).type
+    if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
+        raise InputError(f"column '{column}' holds {kind}, not strings")
+    for batch in source.iter_batches(batch_size=PARQUET_ROWS, columns=[column]):
+        yield from batch.column(0).to_pylist()
+
+
+def parquet_documents(path: Path, column: str, stats: ReadStats, strict: bool) -> Iterator[str]:
+    for n, value in enumerate(_parquet_values(path, column)):
+        if not value or not value.strip():
+            stats.skip_record(f"{path}: row {n}: column '{column}' is empty or null", strict)
+            continue
+        yield value.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def fasta_documents(f: IO[str], path: Path, stats: ReadStats, strict: bool) -> Iterator[str]:

@@ -84,7 +84,7 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task =
     (out / ".parts").mkdir(exist_ok=True)
     stats = ReadStats()
     results, names = [], []
-    units = _units(iter_documents(files, stats, cfg.min_doc_chars, cfg.jsonl_field, cfg.strict), cfg)
+    units = _units(_documents(files, stats, cfg), cfg)
     sequences = 0
     with tqdm(desc="shards", unit="shard", file=sys.stderr, disable=None) as bar:
         for part in _run_units(_owned(units, task, names), out, cfg.seq_len, cfg.workers):
@@ -153,12 +153,16 @@ def _tokenizer(out: Path, cfg: PrepareConfig, files: list[Path], log: Callable[[
         return load_tokenizer(tok_dir)
     if cfg.tokenizer.startswith("spm:"):
         log(f"training SentencePiece ({cfg.spm_model_type}, {cfg.tokenizer[4:]} pieces) on the train split")
-    docs = iter_documents(files, ReadStats(), cfg.min_doc_chars, cfg.jsonl_field, cfg.strict)
+    docs = _documents(files, ReadStats(), cfg)
     lines = (line for doc in docs if content_split(doc, cfg.val_fraction) == "train"
              for line in doc.split("\n") if line)
     tok = build_tokenizer(cfg.tokenizer, lines, cfg.spm_model_type, cfg.spm_max_sentences)
     tok.save(tok_dir)
     return tok
+
+
+def _documents(files: list[Path], stats: ReadStats, cfg: PrepareConfig) -> Iterator[str]:
+    return iter_documents(files, stats, cfg.min_doc_chars, cfg.jsonl_field, cfg.parquet_column, cfg.strict)
 
 
 def _units(docs: Iterator[str], cfg: PrepareConfig) -> Iterator[Unit]:

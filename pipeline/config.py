@@ -386,6 +386,7 @@ class PrepareConfig:
     val_fraction: float = 0.05
     min_doc_chars: int = 2000  # text files: blocks between blank lines are merged up to this size
     jsonl_field: str = "text"
+    parquet_column: str = "text"
     shard_mb: float = 64.0  # text megabytes per shard (before tokenisation)
     spm_max_sentences: int = 2_000_000  # sentences sampled for SentencePiece training
     strict: bool = False  # fail on unreadable files and malformed records instead of skipping them

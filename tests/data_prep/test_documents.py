@@ -7,9 +7,10 @@ from data_prep.documents import (InputError, ReadStats, content_split, iter_docu
                                  text_documents)
 
 
-def docs_of(paths, strict=False, min_doc_chars=1, field="text"):
+def docs_of(paths, strict=False, min_doc_chars=1, field="text", column="text"):
     stats = ReadStats()
-    return list(iter_documents(list_input_files([str(p) for p in paths]), stats, min_doc_chars, field, strict)), stats
+    files = list_input_files([str(p) for p in paths])
+    return list(iter_documents(files, stats, min_doc_chars, field, column, strict)), stats
 
 
 def test_text_blocks_by_hand():
@@ -85,3 +86,64 @@ def test_content_split_is_deterministic_and_proportional():
     share = first.count("val") / len(docs)
     assert 0.08 < share < 0.12  # binomial sd is 0.005
     assert all(content_split(d, 0.0) == "train" for d in docs[:100])
+
+
+def write_zstd(path, data: bytes):
+    import pyarrow
+
+    with pyarrow.output_stream(str(path), compression="zstd") as f:
+        f.write(data)
+
+
+def test_zstd_text_jsonl_and_fasta_and_a_truncated_zstd_file_is_skipped(tmp_path):
+    write_zstd(tmp_path / "a.txt.zst", b"one\r\ntwo\r\n\r\nthree\r\n")
+    write_zstd(tmp_path / "b.jsonl.zst", (json.dumps({"text": "from jsonl"}) + "\n").encode())
+    write_zstd(tmp_path / "c.fasta.zst", b">p\nmkt\n")
+    docs, stats = docs_of([tmp_path])
+    assert docs == ["one\ntwo", "three", "from jsonl", "MKT"] and stats.files == 3
+    whole = (tmp_path / "b.jsonl.zst").read_bytes()
+    (tmp_path / "d.txt.zst").write_bytes(whole[:-4])
+    docs, stats = docs_of([tmp_path])
+    assert len(docs) == 4 and stats.skipped_files == [f"{tmp_path / 'd.txt.zst'}: unreadable (OSError: Truncated "
+                                                      f"compressed stream)"]
+
+
+def test_parquet_rows_from_the_configured_column(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    table = pyarrow.table({"id": [1, 2, 3, 4], "body": ["first\r\nrow", None, "  ", "last"]})
+    pyarrow.parquet.write_table(table, tmp_path / "t.parquet", row_group_size=2)
+    docs, stats = docs_of([tmp_path / "t.parquet"], column="body")
+    assert docs == ["first\nrow", "last"] and stats.skipped_records == 2
+    assert "t.parquet: row 1: column 'body' is empty or null" in stats.first_skipped_record
+    docs, stats = docs_of([tmp_path / "t.parquet"])
+    assert docs == [] and "no column 'text' (columns: id, body); set parquet_column" in stats.skipped_files[0]
+    with pytest.raises(InputError, match="column 'id' holds int64, not strings"):
+        docs_of([tmp_path / "t.parquet"], column="id", strict=True)
+    (tmp_path / "u.parquet").write_bytes(b"PAR1 not really")
+    docs, stats = docs_of([tmp_path / "u.parquet"])
+    assert "u.parquet: unreadable (ArrowInvalid" in stats.skipped_files[0]
+
+
+def test_large_compressed_and_parquet_inputs_are_streamed(tmp_path):
+    """About 24 MB of text in each format; reading it holds a few MB (Arrow: one 2 MB row group's column and its
+    decoded batches), not the file."""
+    import tracemalloc
+
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = [f"document {i} " + "word " * 200 for i in range(24_000)]
+    write_zstd(tmp_path / "big.jsonl.zst", "".join(json.dumps({"text": r}) + "\n" for r in rows).encode())
+    pyarrow.parquet.write_table(pyarrow.table({"text": rows}), tmp_path / "big.parquet", row_group_size=2000)
+    for name in ("big.jsonl.zst", "big.parquet"):
+        stats, arrow_peak = ReadStats(), 0
+        tracemalloc.start()
+        for n, doc in enumerate(iter_documents([tmp_path / name], stats, 1, "text", "text", True)):
+            if n % 1000 == 0:
+                arrow_peak = max(arrow_peak, pyarrow.total_allocated_bytes())
+        python_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert stats.documents == len(rows) and stats.chars == sum(map(len, rows))
+        assert python_peak < 8e6 and arrow_peak < 12e6, (name, python_peak, arrow_peak)

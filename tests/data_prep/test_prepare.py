@@ -229,3 +229,22 @@ def test_cli_prepare_with_config_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "min_doc_chars: 1000" in out and "train:" in out
     assert "min_doc_chars: 1000" in (tmp_path / "o" / "prepare_config.yaml").read_text()
+
+
+def test_the_same_documents_as_jsonl_zst_and_parquet_make_the_same_dataset(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    from tests.data_prep.test_documents import write_zstd
+
+    plays = [(CORPUS / name).read_text() for name in ("macbeth.txt", "tempest.txt")]
+    docs = [block for play in plays for block in play.split("\n\n\n") if block.strip()]
+    write_zstd(tmp_path / "docs.jsonl.zst", "".join(json.dumps({"text": d}) + "\n" for d in docs).encode())
+    pyarrow.parquet.write_table(pyarrow.table({"content": docs}), tmp_path / "docs.parquet", row_group_size=50)
+    common = ["--tokenizer", "spm:400", "--seq-len", "64", "--shard-mb", "0.05"]
+    assert cli(["prepare", "--input", str(tmp_path / "docs.jsonl.zst"), "--out", str(tmp_path / "a"), *common]) == 0
+    assert cli(["prepare", "--input", str(tmp_path / "docs.parquet"), "--out", str(tmp_path / "b"),
+                "--parquet-column", "content", *common]) == 0
+    a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab")
+    assert a["sources"]["documents"] == b["sources"]["documents"] == len(docs)
+    assert a["splits"] == b["splits"] and shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
