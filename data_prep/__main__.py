@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with prepare settings (flags override it)")
-    p.add_argument("--input", nargs="+", metavar="PATH", help="text/JSONL/FASTA (.gz, .zst too) or Parquet files, or directories")
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="text/JSONL/FASTA (.gz, .zst too) or Parquet files, or directories")
     p.add_argument("--out", help="output directory")
     p.add_argument("--tokenizer", help="spm:VOCAB | gpt2:RANKS_FILE | protein")
     p.add_argument("--seq-len", type=int, help="sequence length L, including [BOS] and [EOS]")

@@ -49,7 +49,7 @@ class Task:
     def __post_init__(self):
         if self.count < 1 or not 0 <= self.index < self.count:
             raise PrepareError(f"--task-index {self.index} with --num-tasks {self.count}: the index must be in "
-                               f"[0, {self.count - 1}] (SLURM: an array starting at 0, e.g. --array=0-{self.count - 1})")
+                               f"[0, {self.count - 1}] (SLURM: an array from 0, e.g. --array=0-{self.count - 1})")
 
     @property
     def record(self) -> str:

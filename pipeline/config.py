@@ -44,9 +44,12 @@ class RunConfig:
 class DataConfig:
     """The prepared dataset (output of ``python -m data_prep prepare``) and how it is batched."""
 
-    path: str = ""
+    path: str = ""  # a directory, or for streaming also http(s)://HOST/DIR, file://DIR or "pipe:CMD {}"
     batch_size: Optional[int] = None  # sequences per rank per micro-step; None: 8 (pretrain), rollout rows / G (distill)
     num_workers: int = 0  # DataLoader worker processes per rank
+    source: Optional[Literal["local", "stream"]] = None  # None: stream when path is a URL or pipe:, else local
+    shuffle_buffer: int = 10000  # stream: sequences held per rank for shuffling within the epoch's shard order
+    retries: int = 3  # stream: extra attempts at a remote shard that fails or does not match its checksum
 
     def validate(self) -> None:
         if not self.path:
@@ -54,6 +57,24 @@ class DataConfig:
         if self.batch_size is not None:
             _positive("data.batch_size", self.batch_size)
         _non_negative("data.num_workers", self.num_workers)
+        _non_negative("data.shuffle_buffer", self.shuffle_buffer)
+        _non_negative("data.retries", self.retries)
+        remote = is_remote(self.path)
+        if self.source == "local" and remote:
+            raise ConfigError(f"data.path: {self.path!r} is a URL; data.source: local reads a directory "
+                              f"(use data.source: stream, or leave it unset)")
+        if self.path.startswith("pipe:") and "{}" not in self.path:
+            raise ConfigError(f"data.path: the pipe: command {self.path!r} needs {{}} where each file name goes, "
+                              f"e.g. 'pipe:aws s3 cp s3://bucket/data/{{}} -'")
+
+    @property
+    def streaming(self) -> bool:
+        return self.source == "stream" or (self.source is None and is_remote(self.path))
+
+
+def is_remote(path: str) -> bool:
+    """A ``pipe:`` command or a URL with a scheme (http, https, file, ...), not a plain path."""
+    return path.startswith("pipe:") or "://" in path
 
 
 @dataclass

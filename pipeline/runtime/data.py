@@ -10,9 +10,11 @@ rest of the epoch exactly, whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -20,8 +22,10 @@ import numpy as np
 import torch
 
 from data_prep.shards import MEMBER_SUFFIX, encode_tokens
-from pipeline.config import Config, ModelConfig
+from pipeline.atomic import atomic_write_bytes
+from pipeline.config import Config, ModelConfig, is_remote
 from pipeline.runtime.preemption import ignore_in_workers
+from pipeline.runtime.urls import FetchError, fetch, resolve
 
 TAR_BLOCK = 512
 
@@ -30,15 +34,42 @@ class DataError(ValueError):
     """The prepared data cannot be used as configured; the message names the file and the mismatch."""
 
 
-def read_manifest(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / "manifest.json"
+def read_manifest(directory: str | os.PathLike, retries: int = 3) -> dict:
+    """The manifest of a prepared dataset: a directory, or a location that streaming reads (``urls``)."""
+    if is_remote(str(directory)):
+        url = resolve(str(directory), "manifest.json")
+        try:
+            text = fetch(url, retries).decode()
+        except (FetchError, UnicodeDecodeError) as err:
+            raise DataError(f"cannot read the dataset's manifest: {err}") from None
+    else:
+        url = Path(directory) / "manifest.json"
+        try:
+            text = url.read_text()
+        except FileNotFoundError:
+            raise DataError(f"{url} not found: prepare the data first (python -m data_prep prepare ... --out "
+                            f"{directory})") from None
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: prepare the data first (python -m data_prep prepare ... --out "
-                        f"{directory})") from None
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err}") from None
+        raise DataError(f"{url} is not valid JSON: {err}") from None
+
+
+def dataset_tokenizer_dir(location: str, retries: int = 3) -> Path:
+    """The dataset's tokenizer directory: the local one, or for a streamed dataset a fresh local copy of its
+    files (in the temporary directory, one folder per location)."""
+    if not is_remote(location):
+        return Path(location) / "tokenizer"
+    folder = Path(tempfile.gettempdir()) / "didi-tokenizers" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        meta = fetch(resolve(location, "tokenizer/tokenizer.json"), retries)
+        if model_file := json.loads(meta).get("model_file"):
+            atomic_write_bytes(folder / model_file, fetch(resolve(location, f"tokenizer/{model_file}"), retries))
+    except (FetchError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read the dataset's tokenizer: {err}") from None
+    atomic_write_bytes(folder / "tokenizer.json", meta)
+    return folder
 
 
 def check_compatible(manifest: dict, model: ModelConfig, where: str) -> None:
@@ -219,6 +250,11 @@ class TokenLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def loader_from_config(cfg: Config, split: str, rank: int, world_size: int, shuffle: bool = True) -> TokenLoader:
+def loader_from_config(cfg: Config, split: str, rank: int, world_size: int, shuffle: bool = True):
+    """``data.source``'s loader: ``TokenLoader`` (random access to a directory) or ``StreamLoader``."""
+    if cfg.data.streaming:
+        from pipeline.runtime.stream import stream_from_config  # stream imports this module
+
+        return stream_from_config(cfg, split, rank, world_size, shuffle)
     return TokenLoader(cfg.data.path, split, cfg.data.batch_size, rank, world_size, cfg.run.seed,
                        cfg.data.num_workers, shuffle, cfg.model)

@@ -27,6 +27,7 @@ from data_prep.tokenizers import TokenizerError, load_tokenizer
 from models.discriminator import Discriminator
 from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
+from pipeline.runtime.data import DataError, dataset_tokenizer_dir
 from pipeline.config import Config, ConfigError, load_config
 from models.tensor_parallel import join_shards
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
@@ -98,10 +99,10 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
                               "checkpoint")
     if kind == "teacher" and cfg.model.causal:
         kind = "judge"  # an autoregressive model trained by the same stage
-    tokenizer = Path(cfg.data.path) / "tokenizer"
     try:
+        tokenizer = dataset_tokenizer_dir(cfg.data.path, cfg.data.retries)
         tok = load_tokenizer(tokenizer)
-    except TokenizerError as err:
+    except (TokenizerError, DataError) as err:
         raise CheckpointError(f"the run's tokenizer (data.path of {step_dir / 'config.yaml'}): {err}") from None
     if meta.get("tokenizer", tok.fingerprint) != tok.fingerprint or tok.vocab_size != cfg.model.vocab_size:
         raise CheckpointError(f"{tokenizer} (fingerprint {tok.fingerprint}, V = {tok.vocab_size}) is not the tokenizer "

@@ -42,7 +42,7 @@ from models.sampler import ancestral_sample
 from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
 from pipeline.config import Config, DistillConfig
-from pipeline.runtime.data import loader_from_config, read_manifest
+from pipeline.runtime.data import dataset_tokenizer_dir, loader_from_config, read_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config
@@ -356,7 +356,7 @@ def distill(cfg: Config, d: Dist) -> dict:
     out_dir = Path(cfg.run.out_dir)
     loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
     val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
-    tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    tok = load_tokenizer(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries))
     judge = exact_judge_for(cfg, tok)
     run = build_distiller(cfg, d, judge=judge)
     engines = {"student": run.student, "discriminator": run.disc}

@@ -23,7 +23,7 @@ from data_prep.tokenizers import load_tokenizer
 from models.autoregressive import next_token_nll
 from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
 from pipeline.config import Config
-from pipeline.runtime.data import TokenLoader, loader_from_config
+from pipeline.runtime.data import TokenLoader, dataset_tokenizer_dir, loader_from_config
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.measure.plots import PRETRAIN_CURVES
@@ -86,7 +86,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     out_dir = Path(cfg.run.out_dir)
     loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
     val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
-    tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    tok = load_tokenizer(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries))
     judge = exact_judge_for(cfg, tok)
     config = ds_config(cfg)
     torch.manual_seed(cfg.run.seed)
