@@ -58,7 +58,22 @@ def test_merge_names_missing_tasks_damaged_shards_and_stale_records_and_writes_n
     assert shard_bytes(out) == shard_bytes(tiny_data)
 
 
+def test_merge_refuses_tasks_that_used_another_tokenizer(tmp_path):
+    out = tmp_path / "job"
+    run_job(out, 2)
+    record = out / ".parts" / Task(1, 2).record
+    record.write_text(json.dumps({**json.loads(record.read_text()), "fingerprint": "0123abcd"}))
+    with pytest.raises(PrepareError, match=r"tasks \[1\] used another tokenizer than .*tokenizer \(fingerprint"):
+        merge(out)
+    assert not (out / "manifest.json").exists()
+
+
 def test_a_task_needs_the_tokenizer_step_the_same_settings_and_a_valid_index(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep")
+    with pytest.raises(PrepareError, match="not empty and holds no prepare_config.yaml"):
+        train_tokenizer(tiny_prepare_config(tmp_path / "foreign"), **QUIET)
+    assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
     cfg = tiny_prepare_config(tmp_path / "job")
     with pytest.raises(PrepareError, match="run python -m data_prep tokenizer with the same settings"):
         prepare(cfg, task=Task(0, 2), **QUIET)

@@ -13,19 +13,23 @@ def arm_config(arm: str | None, section: str = "distill"):
     return asdict(getattr(load_config(DISTILL, overrides), section))
 
 
-def test_each_ablation_arm_adds_one_technique_to_the_previous():
-    configs = [arm_config(arm) for arm in ARMS] + [arm_config(None)]
+def test_each_ablation_arm_adds_one_technique_to_the_previous_and_the_main_arm_adds_the_benchmark_settings():
+    configs = [arm_config(arm) for arm in ARMS]
     assert not any(configs[0][t] for t in TECHNIQUES) and all(configs[-1][t] for t in TECHNIQUES)
     for k, (before, after) in enumerate(zip(configs, configs[1:])):
         assert [key for key in before if before[key] != after[key]] == [TECHNIQUES[k]]
+    paper, main = configs[-1], arm_config(None)
+    assert {k: main[k] for k in main if main[k] != paper[k]} == {
+        "rollout_steps": 8, "discriminator_positions": "all", "tau_per": "group"}
+    assert (paper["rollout_steps"], paper["discriminator_positions"], paper["tau_per"]) == (2, "masked", "row")
 
 
-def test_each_settings_variant_changes_one_key_of_the_main_arm():
+def test_each_settings_variant_changes_one_key_of_the_paper_arm():
     for variant, override in VARIANTS.items():
         section, key = override.split("=")[0].split(".")
-        main, changed = arm_config(None, section), arm_config(variant, section)
-        assert [k for k in main if main[k] != changed[k]] == [key], variant
-        assert all(arm_config(None, other) == arm_config(variant, other)
+        paper, changed = arm_config("paper", section), arm_config(variant, section)
+        assert [k for k in paper if paper[k] != changed[k]] == [key], variant
+        assert all(arm_config("paper", other) == arm_config(variant, other)
                    for other in ("distill", "optim", "train", "model", "discriminator_optim") if other != section)
 
 

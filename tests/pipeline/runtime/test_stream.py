@@ -142,6 +142,9 @@ def test_a_changed_missing_or_flaky_shard(many_shards, served, tmp_path, monkeyp
         all_batches(loader)
     with pytest.raises(DataError, match="train-00003.tar: sha256 .* does not match"):
         StreamLoader(str(copy), "train", 4, shuffle=False).read_shard(3)  # a local path: no retry
+    (copy / "train-00003.tar").write_bytes(bytes(flipped[:1024]))  # a truncated download
+    with pytest.raises(DataError, match=r"train-00003.tar: sha256 \S+ of 1,024 bytes does not match"):
+        loader.read_shard(3)
     (copy / "train-00003.tar").unlink()
     with pytest.raises(DataError, match=r"train-00003.tar: unreadable \(OSError: .*exit 1.* after 3 attempts"):
         loader.read_shard(3)
@@ -153,6 +156,8 @@ def test_a_changed_missing_or_flaky_shard(many_shards, served, tmp_path, monkeyp
                           local.read(list(range(local.starts[1]))))
     with pytest.raises(DataError, match="cannot read the dataset's manifest: http.*/nowhere/manifest.json"):
         StreamLoader(served.rsplit("/", 1)[0] + "/nowhere", "train", 4, retries=0)
+    with pytest.raises(DataError, match=r"manifest: http://127.0.0.1:9/data/manifest.json: unreadable .*exit 7"):
+        StreamLoader("http://127.0.0.1:9/data", "train", 4, retries=0)  # nothing listens on port 9
 
 
 def test_data_source_config():
