@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One arm of the cumulative ablation, or one variant of the student's settings (after launch/reproduce.sh, whose
 # data, teacher and judge it reuses):
-#   bash launch/ablation.sh ARM   ARM: none | intermediate_state | coupled_time | omega_weight (the ablation)
+#   bash launch/ablation.sh ARM   ARM: none | intermediate_state | coupled_time | omega_weight | paper (the ablation)
 #                                      lr2e-5 | lr1e-4 | tau_small (variants)
-# An ablation arm distils with the techniques up to ARM on and the later ones off (each arm differs from the
-# previous one in one key); a variant changes one key of the main arm (launch/reproduction.py lists both). Then
-# converts the student, judges it at 8 and 32 NFE like the main arm (the last two rows of the ablation,
-# + regularisation and + RGAS, are the main arm) and rewrites launch/results/reproduce/{ablation,variants}.md
-# from every arm finished so far.
+# Every arm and variant has the paper's 2-step rollout, one τ per row and the discriminator at the re-masked
+# positions. An ablation arm distils with the techniques up to ARM on and the later ones off (each arm differs
+# from the previous one in one key; paper has all four); a variant changes one key of the paper arm
+# (launch/reproduction.py lists both). Then converts the student, judges it at 8 and 32 NFE like the main arm
+# (the last two rows of the ablation, the benchmark's settings and + RGAS, are the main arm) and rewrites
+# launch/results/reproduce/{ablation,variants}.md from every arm finished so far.
 source "$(dirname "$0")/setup_env.sh"
 ARM="${1:?usage: bash launch/ablation.sh ARM (an ablation arm or a settings variant, see the header)}"
 OUT="${OUT:-runs/reproduce}"
