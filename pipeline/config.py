@@ -299,8 +299,12 @@ class Config:
     def with_stage_defaults(data: dict) -> dict:
         """The raw config with its stage's defaults filled in under the given values."""
         stage = data.get("stage", "pretrain")
-        if stage == "pretrain" and any(key in data for key in DISTILL_ONLY):
-            raise ConfigError(f"sections {', '.join(DISTILL_ONLY)} belong to stage: distill, not pretrain")
+        stages = typing.get_args(typing.get_type_hints(Config)["stage"])
+        if stage not in stages:
+            raise ConfigError(f"'stage' must be one of {', '.join(stages)}, got {stage!r}")
+        if stage == "pretrain" and (given := [key for key in DISTILL_ONLY if key in data]):
+            raise ConfigError(f"sections {', '.join(DISTILL_ONLY)} belong to stage: distill, not pretrain "
+                              f"(given: {', '.join(given)})")
         merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
         for section, values in STAGE_DEFAULTS.get(stage, {}).items():
             if merged.get(section) is None:
@@ -550,7 +554,12 @@ def apply_overrides(data: dict, overrides: list[str], cls: type) -> dict:
             if key not in names:
                 raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(keys[: i + 1])}'")
             if i == len(keys) - 1:
-                node[key] = yaml.safe_load(raw)
+                try:
+                    node[key] = yaml.safe_load(raw)
+                except yaml.YAMLError as err:
+                    problem = str(err).splitlines()[0]
+                    raise ConfigError(f"--set {item!r}: the value of '{path}' is not valid YAML ({problem}); "
+                                      f"quote it, e.g. {path}='\"{raw}\"'") from None
             else:
                 schema = typing.get_type_hints(schema)[key]
                 node = node.setdefault(key, {})
