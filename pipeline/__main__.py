@@ -11,6 +11,7 @@ COMMANDS = {
     "sample": ("pipeline.stages.sample", "samples from a bundle, ancestral or RGAS"),
     "evaluate": ("pipeline.stages.evaluate", "teacher and student over step grids, judged side by side"),
     "validate": ("pipeline.config", "check a training config and print it resolved"),
+    "verify-checkpoints": ("pipeline.runtime.integrity", "check every checkpoint of a run against its checksums"),
     "plan-memory": ("pipeline.measure.memory", "per-rank memory of a training config or of the paper's sizes"),
 }
 

@@ -163,12 +163,15 @@ class TrainConfig:
     # markov:CHAIN (a synthetic corpus's chain.json): the samples are also scored exactly and logged as exact/*
     exact_judge: Optional[str] = None
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # the newest complete checkpoints kept (older ones deleted); 0 keeps every one
+    resume: Literal["fallback", "strict"] = "fallback"  # a damaged newest checkpoint: resume from an older one, or stop
     max_nonfinite: int = 5  # consecutive skipped steps (non-finite gradients) before the run stops
 
     def validate(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
                      "sample_count", "checkpoint_every", "max_nonfinite"):
             _positive(f"train.{name}", getattr(self, name))
+        _non_negative("train.keep_checkpoints", self.keep_checkpoints)
         if not self.sample_steps or min(self.sample_steps) <= 0:
             raise ConfigError(f"train.sample_steps: {self.sample_steps} must be a non-empty list of positive counts")
         if self.exact_judge is not None:

@@ -2,13 +2,18 @@
 
 Layout under ``{run.out_dir}/checkpoints``: ``step_NNNNNNNN/`` holds one folder per engine (DeepSpeed's
 ``save_checkpoint`` files, tagged with the engine's name), ``rankNNNNN.pt`` per rank (RNG states, EMA
-partition, data position, counters), ``meta.json`` and the resolved ``config.yaml``. ``latest`` is written by rank 0 after every rank has
-finished, by rename, so a crash while saving leaves the previous checkpoint in force.
+partition, data position, counters), ``meta.json`` and the resolved ``config.yaml``. ``files.json`` (``integrity``) the size and sha256 of every
+other file. ``latest`` is written by rank 0 after every rank has finished, by rename, so a crash while saving
+leaves the previous checkpoint in force; then all but the newest ``train.keep_checkpoints`` are deleted. A
+resume verifies the checkpoint first: a damaged newest one is moved aside (``step_N.damaged``) and the run goes
+on from the newest intact one, or stops naming both under ``train.resume: strict``.
 """
 from __future__ import annotations
 
 import json
 import random
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,7 @@ import torch.distributed as dist
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
 from pipeline.config import Config, save_resolved
+from pipeline.runtime import integrity
 from pipeline.runtime.data import read_manifest
 
 
@@ -66,17 +72,32 @@ def model_signature(cfg: Config) -> dict:
     return {**signature, "causal": True} if m.causal else signature
 
 
+def _gather(obj) -> list:
+    """Every rank's ``obj``, in rank order (collective)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side: dict) -> Path:
-    """Save every engine (collective), this rank's side state, then publish ``latest``."""
+    """Save every engine (collective) and this rank's side state, hash the files (each rank a share), then
+    publish ``latest`` and delete what ``train.keep_checkpoints`` does not keep."""
     root = checkpoint_root(cfg)
     tag = tag_for(step)
     directory = root / tag
+    if rank == 0:  # a manifest left by an earlier save of this step no longer describes it
+        (directory / integrity.MANIFEST).unlink(missing_ok=True)
+    _barrier()
     for name, engine in engines.items():
         engine.save_checkpoint(str(directory), tag=name, save_latest=False)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
         torch.save({**side, "step": step, "rng": rng_state()}, tmp)
     _barrier()
+    names = [n for n in integrity.listing(directory) if n not in RANK0_FILES]
+    shares = _gather(integrity.describe(directory, names[rank::world_size]))
     if rank == 0:
         save_resolved(cfg, directory)
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
@@ -88,7 +109,58 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
             meta["split"] = {name: {k: [p.dim, p.size, p.qkv] for k, p in layout(engine.module).items()}
                              for name, engine in engines.items()}
         atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
+        files = {k: v for share in shares for k, v in share.items()}
+        integrity.write_manifest(directory, {**files, **integrity.describe(directory, list(RANK0_FILES))})
         atomic_write_bytes(root / "latest", tag.encode())
+        _retain(root, tag, cfg.train.keep_checkpoints)
+    _barrier()
+    return directory
+
+
+RANK0_FILES = ("config.yaml", "meta.json")
+
+
+def _retain(root: Path, latest: str, keep: int) -> None:
+    """Delete complete checkpoints beyond the newest ``keep`` (0: none); never ``latest``'s."""
+    if keep == 0:
+        return
+    complete = [d for d in integrity.step_dirs(root) if integrity.read_manifest(d) is not None]
+    for directory in complete[keep:]:
+        if directory.name != latest:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _intact(cfg: Config, root: Path, tag: str, rank: int, world_size: int) -> Path:
+    """The checkpoint to resume from: ``latest``'s if it verifies, else (``train.resume: fallback``) the newest
+    older complete one that does, the damaged ones moved aside; every rank reaches the same answer."""
+    newest = root / tag
+    if integrity.read_manifest(newest) is None and (newest / "meta.json").exists():
+        return newest  # written before checkpoints carried checksums: nothing to verify against
+    candidates = [newest] + [d for d in integrity.step_dirs(root)
+                             if d.name < tag and integrity.read_manifest(d) is not None]
+    damaged: list[tuple[Path, str]] = []
+    for directory in candidates:
+        found = [p for share in _gather(integrity.problems(directory, rank, world_size)) for p in share]
+        if not found:
+            break
+        damaged.append((directory, found[0]))
+    else:
+        directory = None
+    if damaged and (cfg.train.resume == "strict" or directory is None):
+        what = "; ".join(f"{d.name}: {why}" for d, why in damaged)
+        instead = (f"the newest intact checkpoint is {directory.name} (train.resume: fallback resumes from it)"
+                   if directory else "no older checkpoint is intact: start a new run.out_dir")
+        raise CheckpointError(f"cannot resume: {what}; {instead}")
+    if damaged and rank == 0:
+        for bad, why in damaged:
+            aside = bad.with_name(bad.name + ".damaged")
+            n = 1
+            while aside.exists():
+                aside, n = bad.with_name(f"{bad.name}.damaged{n}"), n + 1
+            bad.rename(aside)
+            print(f"WARNING: checkpoint {bad.name} is damaged ({why}); moved to {aside.name}, "
+                  f"resuming from {directory.name}", file=sys.stderr, flush=True)
+        atomic_write_bytes(root / "latest", directory.name.encode())
     _barrier()
     return directory
 
@@ -99,7 +171,7 @@ def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
     tag = latest_tag(root)
     if tag is None:
         return None
-    directory = root / tag
+    directory = _intact(cfg, root, tag, rank, world_size)
     try:
         meta = json.loads((directory / "meta.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError) as err:

@@ -26,6 +26,7 @@ import torch
 from data_prep.tokenizers import TokenizerError, load_tokenizer
 from models.discriminator import Discriminator
 from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
+from pipeline.runtime import integrity
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
 from pipeline.runtime.data import DataError, dataset_tokenizer_dir
 from pipeline.config import Config, ConfigError, load_config
@@ -88,6 +89,9 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
             log=print) -> Path:
     """Write the bundle of ``checkpoint`` to ``out``; returns ``out``."""
     step_dir, out = _step_dir(Path(checkpoint), tag), Path(out)
+    if integrity.read_manifest(step_dir) is not None and (damaged := integrity.problems(step_dir)):
+        raise CheckpointError(f"{step_dir} is damaged: {'; '.join(damaged)} (python -m pipeline verify-checkpoints "
+                              f"{step_dir.parent} checks them all)")
     meta = read_meta(step_dir)
     try:
         cfg: Config = load_config(step_dir / "config.yaml")

@@ -199,7 +199,8 @@ def test_unusable_checkpoints_are_refused_with_the_reason(tiny_data, tmp_path):
     truncated = subprocess.run(train_command(path) + ["--set", "train.max_steps=6"], env=env,
                                capture_output=True, text=True)
     assert truncated.returncode == 2
-    assert "rank00000.pt: unreadable, truncated or corrupt" in truncated.stderr
+    assert "cannot resume: step_00000003: " in truncated.stderr and "rank00000.pt: 100 bytes" in truncated.stderr
+    assert "no older checkpoint is intact: start a new run.out_dir" in truncated.stderr
 
 
 @pytest.mark.distributed

@@ -1,0 +1,114 @@
+"""Checkpoints that survive damage: checksums written with every checkpoint, a damaged newest one moved aside
+and the run resumed from the newest intact one (or stopped, naming both, under train.resume: strict), retention,
+verify-checkpoints, and conversion refusing a damaged checkpoint."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, from_dict, save_resolved
+from pipeline.measure.plots import read_metrics
+from pipeline.runtime import integrity
+from tests.conftest import ROOT, train_command
+from tests.pipeline.stages.test_distill import distill_settings
+from tests.pipeline.stages.test_pretrain import settings
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train(path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(path, *[f"--set={o}" for o in overrides]), env=ENV, capture_output=True,
+                          text=True)
+
+
+def truncate_largest(step_dir: Path, engine: str) -> Path:
+    """Cut the engine's largest file to a third, as a full disk or a killed copy would."""
+    victim = max((p for p in (step_dir / engine).iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    return victim
+
+
+def steps_kept(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+
+
+def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str]) -> None:
+    """The damaged-checkpoint case: 12 steps with checkpoints every 4, the newest one damaged, then a run to
+    16 that must name the file, resume from step 8 and log exactly what a clean resume from step 8 logs."""
+    assert train(config).returncode == 0
+    run, control = tmp_path / "run", tmp_path / "control"
+    shutil.copytree(run, control)
+    shutil.rmtree(control / "checkpoints" / "step_00000012")
+    (control / "checkpoints" / "latest").write_text("step_00000008")
+    victim = truncate_largest(run / "checkpoints" / "step_00000012", engine)
+    verify = subprocess.run([sys.executable, "-m", "pipeline", "verify-checkpoints", str(run)], env=ENV,
+                            capture_output=True, text=True, cwd=ROOT)
+    assert verify.returncode == 1 and f"FAIL step_00000012\n     {victim}: " in verify.stdout
+    assert "OK   step_00000008" in verify.stdout and "2 of 3 checkpoints intact" in verify.stdout
+
+    strict = train(config, "train.max_steps=16", "train.resume=strict")
+    assert strict.returncode == 2
+    assert f"cannot resume: step_00000012: {victim}: " in strict.stderr
+    assert "the newest intact checkpoint is step_00000008 (train.resume: fallback resumes from it)" in strict.stderr
+    assert (run / "checkpoints" / "step_00000012").is_dir()  # strict moves nothing
+
+    resumed = train(config, "train.max_steps=16")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (f"WARNING: checkpoint step_00000012 is damaged ({victim}: " in resumed.stderr
+            and "moved to step_00000012.damaged, resuming from step_00000008" in resumed.stderr)
+    assert "resuming at step 8" in resumed.stdout
+    assert (run / "checkpoints" / "step_00000012.damaged" / engine / victim.name).exists()  # kept, not deleted
+    # retention (keep 3): 4 is gone, the damaged one stays aside
+    assert steps_kept(run) == ["step_00000008", "step_00000012", "step_00000012.damaged", "step_00000016"]
+    assert train(config, f"run.out_dir={control}", "train.max_steps=16").returncode == 0
+    clean, got = (read_metrics(where / "metrics.jsonl") for where in (control, run))
+    for step in range(9, 17):
+        for key in compared:
+            assert got[step].get(key) == clean[step].get(key), (step, key)
+
+
+@pytest.mark.distributed
+def test_pretraining_resumes_from_the_newest_intact_checkpoint(tiny_data, tmp_path):
+    cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=12, train__checkpoint_every=4,
+                                     train__eval_every=8))
+    check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "model", ["train/loss_nats", "val/nelbo_nats"])
+    files = integrity.read_manifest(tmp_path / "run" / "checkpoints" / "step_00000016")
+    assert {"meta.json", "config.yaml", "rank00000.pt"} <= set(files)
+    assert files == integrity.describe(tmp_path / "run" / "checkpoints" / "step_00000016", sorted(files))
+    # conversion names a damaged checkpoint instead of reading it
+    victim = truncate_largest(tmp_path / "run" / "checkpoints" / "step_00000016", "model")
+    convert = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--checkpoint", str(tmp_path / "run"),
+                              "--out", str(tmp_path / "bundle")], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert convert.returncode == 2 and f"{victim}: " in convert.stderr and "truncated" in convert.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.distributed
+def test_distillation_resumes_from_the_newest_intact_checkpoint(tiny_data, teacher, tmp_path):
+    cfg = from_dict(Config, distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=12,
+                                             train__checkpoint_every=4, train__eval_every=8))
+    check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "discriminator",
+                   ["student/loss", "discriminator/loss", "val/nelbo_nats"])
+
+
+def test_problems_name_missing_truncated_and_changed_files(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 10)
+    (tmp_path / "c").write_bytes(b"z")
+    integrity.write_manifest(tmp_path, integrity.describe(tmp_path, integrity.listing(tmp_path)))
+    assert integrity.problems(tmp_path) == []
+    (tmp_path / "a").write_bytes(b"x" * 4)
+    (tmp_path / "sub" / "b").write_bytes(b"Y" * 10)
+    (tmp_path / "c").unlink()
+    assert integrity.problems(tmp_path) == [f"{tmp_path / 'a'}: 4 bytes, 10 when it was written (truncated?)",
+                                            f"{tmp_path / 'c'}: missing",
+                                            f"{tmp_path / 'sub' / 'b'}: sha256 differs from when it was written "
+                                            f"(damaged)"]
+    # each of two ranks checks its share (file k is rank k mod 2's), and together they check everything
+    shares = [integrity.problems(tmp_path, rank, 2) for rank in (0, 1)]
+    assert [len(share) for share in shares] == [2, 1]
+    assert sorted(shares[0] + shares[1]) == sorted(integrity.problems(tmp_path))
