@@ -1,0 +1,16 @@
+"""The kill soak's short CI case: one pre-training job on 2 ranks killed at a random moment, rerun to the end,
+equal bit for bit to the uninterrupted run (the full soak: python launch/soak.py)."""
+import json
+
+import pytest
+
+from launch.soak import main
+
+pytestmark = pytest.mark.distributed
+
+
+def test_one_killed_trial_resumes_to_the_uninterrupted_run(tmp_path):
+    assert main(["--trials", "1", "--stages", "pretrain", "--pretrain-steps", "15", "--seed", "3",
+                 "--out", str(tmp_path), "--json", str(tmp_path / "soak.json")]) == 0
+    (record,) = json.loads((tmp_path / "soak.json").read_text())["trials"]
+    assert record["hit"] and record["reruns"] >= 1 and record["passed"], record
