@@ -185,12 +185,14 @@ def soak(stages: list[str], trials: int, out: Path, seed: int, steps: dict[str, 
         run_s = training_seconds(cfg, reference, out / stage / "reference.log")
         for k in range(trials):
             where = out / stage / f"trial{k:03d}"
-            cfg_k = save_resolved(settings(stage, data, where, teacher, steps[stage]), out / stage, f"{where.name}.yaml")
+            run = settings(stage, data, where, teacher, steps[stage])
+            cfg_k = save_resolved(run, out / stage, f"{where.name}.yaml")
             record = trial(stage, cfg_k, where, reference, random.Random(f"{seed}-{stage}-{k}"), run_s)
             results["trials"].append(record)
             during = " during a checkpoint" if record["during_checkpoint"] else ""
-            print(f"{stage} trial {k}: {record['target']}{during} after {record['killed_after_steps']} steps, {record['reruns']} rerun(s): "
-                  f"{'PASS' if record['passed'] else 'FAIL ' + record['difference']}", flush=True)
+            print(f"{stage} trial {k}: {record['target']}{during} after {record['killed_after_steps']} steps, "
+                  f"{record['reruns']} rerun(s): {'PASS' if record['passed'] else 'FAIL ' + record['difference']}",
+                  flush=True)
         mine = [r for r in results["trials"] if r["stage"] == stage]
         results["summary"][stage] = {"trials": len(mine), "passed": sum(r["passed"] for r in mine),
                                      "killed": sum(r["hit"] for r in mine),
