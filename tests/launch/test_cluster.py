@@ -3,15 +3,14 @@ the SLURM rank script, preemption by SIGUSR1 / SIGTERM and a rank killed with SI
 the losses of the uninterrupted two-node run."""
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from launch.soak import deepspeed, environment, free_port, start
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.runtime.preemption import EXIT_CODE
 from tests.conftest import ROOT, train_command
@@ -21,33 +20,11 @@ pytestmark = pytest.mark.distributed
 STEPS = 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def environment(**extra: str) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, **extra}
-
-
-def deepspeed(cfg: Path, *launcher: str) -> list[str]:
-    return [sys.executable, "-m", "deepspeed.launcher.runner", *launcher, "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), str(ROOT / "launch" / "train.py"), "--config", str(cfg)]
-
-
 def config(tiny_data, tmp_path: Path, name: str, **changes) -> Path:
     changes = {"train__max_steps": STEPS, "train__eval_every": 100, "train__checkpoint_every": 1000,
                "model__dropout": 0.1, **changes}
     cfg = from_dict(Config, settings(tiny_data, tmp_path / name, **changes))
     return save_resolved(cfg, tmp_path, f"{name}.yaml")
-
-
-def start(command: list[str], log: Path, **env: str) -> subprocess.Popen:
-    """A job in its own session (so that the whole job can be signalled), its output in ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(command, env=environment(**env), stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
 
 
 def wait_for_step(out: Path, step: int, job: subprocess.Popen, timeout: float = 300) -> None:
