@@ -101,6 +101,10 @@ def test_a_truncated_engine_file_is_named(tiny_data, teacher, tmp_path):
                                                 train__checkpoint_every=1))
     states = tmp_path / "run" / "checkpoints" / "step_00000001" / "discriminator" / "mp_rank_00_model_states.pt"
     states.write_bytes(states.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"step_00000001 is damaged: .*discriminator/mp_rank_00_model_states"
+                                              r".pt: 200 bytes, .* \(truncated\?\)"):
+        convert(tmp_path / "run", tmp_path / "bundle", log=lambda _: None)
+    (states.parents[1] / "files.json").unlink()  # without checksums, reading the file is what fails
     with pytest.raises(CheckpointError, match="discriminator: cannot read the discriminator engine"):
         convert(tmp_path / "run", tmp_path / "bundle", log=lambda _: None)
     assert not (tmp_path / "bundle").exists()  # nothing half-written
