@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime import integrity
+from launch.soak import deepspeed, environment
 from tests.conftest import ROOT, train_command
 from tests.pipeline.stages.test_distill import distill_settings
 from tests.pipeline.stages.test_pretrain import settings
@@ -19,14 +20,20 @@ from tests.pipeline.stages.test_pretrain import settings
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def train(path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_command(path, *[f"--set={o}" for o in overrides]), env=ENV, capture_output=True,
-                          text=True)
+def train(path: Path, *overrides: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    """The training command (one process, or 2 ranks under the deepspeed launcher) with ``--set`` overrides."""
+    sets = [f"--set={o}" for o in overrides]
+    if ranks == 1:
+        return subprocess.run(train_command(path, *sets), env=ENV, capture_output=True, text=True)
+    return subprocess.run([*deepspeed(path, "--num_gpus", str(ranks)), *sets], env=environment(), cwd=ROOT,
+                          capture_output=True, text=True)
 
 
-def truncate_largest(step_dir: Path, engine: str) -> Path:
-    """Cut the engine's largest file to a third, as a full disk or a killed copy would."""
-    victim = max((p for p in (step_dir / engine).iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+def truncate(step_dir: Path, engine: str, name: str | None = None) -> Path:
+    """Cut one of the engine's files (``name``, else its largest) to a third, as a full disk or a killed copy
+    would."""
+    files = [p for p in (step_dir / engine).iterdir() if p.is_file()]
+    victim = step_dir / engine / name if name else max(files, key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
     return victim
 
@@ -35,27 +42,28 @@ def steps_kept(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
 
 
-def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str]) -> None:
-    """The damaged-checkpoint case: 12 steps with checkpoints every 4, the newest one damaged, then a run to
-    16 that must name the file, resume from step 8 and log exactly what a clean resume from step 8 logs."""
-    assert train(config).returncode == 0
+def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str], ranks: int = 1,
+                   damaged: str | None = None) -> None:
+    """The damaged-checkpoint case: 12 steps with checkpoints every 4, a file of the newest one cut short, then a
+    run to 16 that must name the file, resume from step 8 and log exactly what a clean resume from step 8 logs."""
+    assert train(config, ranks=ranks).returncode == 0
     run, control = tmp_path / "run", tmp_path / "control"
     shutil.copytree(run, control)
     shutil.rmtree(control / "checkpoints" / "step_00000012")
     (control / "checkpoints" / "latest").write_text("step_00000008")
-    victim = truncate_largest(run / "checkpoints" / "step_00000012", engine)
+    victim = truncate(run / "checkpoints" / "step_00000012", engine, damaged)
     verify = subprocess.run([sys.executable, "-m", "pipeline", "verify-checkpoints", str(run)], env=ENV,
                             capture_output=True, text=True, cwd=ROOT)
     assert verify.returncode == 1 and f"FAIL step_00000012\n     {victim}: " in verify.stdout
     assert "OK   step_00000008" in verify.stdout and "2 of 3 checkpoints intact" in verify.stdout
 
-    strict = train(config, "train.max_steps=16", "train.resume=strict")
+    strict = train(config, "train.max_steps=16", "train.resume=strict", ranks=ranks)
     assert strict.returncode == 2
     assert f"cannot resume: step_00000012: {victim}: " in strict.stderr
     assert "the newest intact checkpoint is step_00000008 (train.resume: fallback resumes from it)" in strict.stderr
     assert (run / "checkpoints" / "step_00000012").is_dir()  # strict moves nothing
 
-    resumed = train(config, "train.max_steps=16")
+    resumed = train(config, "train.max_steps=16", ranks=ranks)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (f"WARNING: checkpoint step_00000012 is damaged ({victim}: " in resumed.stderr
             and "moved to step_00000012.damaged, resuming from step_00000008" in resumed.stderr)
@@ -63,7 +71,7 @@ def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str
     assert (run / "checkpoints" / "step_00000012.damaged" / engine / victim.name).exists()  # kept, not deleted
     # retention (keep 3): 4 is gone, the damaged one stays aside
     assert steps_kept(run) == ["step_00000008", "step_00000012", "step_00000012.damaged", "step_00000016"]
-    assert train(config, f"run.out_dir={control}", "train.max_steps=16").returncode == 0
+    assert train(config, f"run.out_dir={control}", "train.max_steps=16", ranks=ranks).returncode == 0
     clean, got = (read_metrics(where / "metrics.jsonl") for where in (control, run))
     for step in range(9, 17):
         for key in compared:
@@ -71,15 +79,17 @@ def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str
 
 
 @pytest.mark.distributed
-def test_pretraining_resumes_from_the_newest_intact_checkpoint(tiny_data, tmp_path):
+def test_pretraining_on_two_ranks_resumes_from_the_newest_intact_checkpoint(tiny_data, tmp_path):
+    """Rank 1's ZeRO-3 optimizer partition of the newest checkpoint cut short, as found by a user."""
     cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=12, train__checkpoint_every=4,
-                                     train__eval_every=8))
-    check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "model", ["train/loss_nats", "val/nelbo_nats"])
+                                     train__eval_every=8, train__zero_stage=3, data__batch_size=2))
+    check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "model", ["train/loss_nats", "val/nelbo_nats"],
+                   ranks=2, damaged="zero_pp_rank_1_mp_rank_00_optim_states.pt")
     files = integrity.read_manifest(tmp_path / "run" / "checkpoints" / "step_00000016")
-    assert {"meta.json", "config.yaml", "rank00000.pt"} <= set(files)
+    assert {"meta.json", "config.yaml", "rank00000.pt", "rank00001.pt"} <= set(files)
     assert files == integrity.describe(tmp_path / "run" / "checkpoints" / "step_00000016", sorted(files))
     # conversion names a damaged checkpoint instead of reading it
-    victim = truncate_largest(tmp_path / "run" / "checkpoints" / "step_00000016", "model")
+    victim = truncate(tmp_path / "run" / "checkpoints" / "step_00000016", "model")
     convert = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--checkpoint", str(tmp_path / "run"),
                               "--out", str(tmp_path / "bundle")], env=ENV, capture_output=True, text=True, cwd=ROOT)
     assert convert.returncode == 2 and f"{victim}: " in convert.stderr and "truncated" in convert.stderr
