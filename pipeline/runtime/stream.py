@@ -3,7 +3,8 @@
 
 Each epoch's shard order is a permutation drawn from (seed, epoch); shards go to the data-parallel ranks in that
 order, each to the rank holding the fewest sequences so far, and every rank takes the batches of the smallest
-rank's share, so all ranks step together. Within a rank the shards' sequences pass through a shuffle buffer of
+rank's share, so all ranks step together. A split with fewer shards than ranks (a small validation split) is
+read whole by every rank, each keeping every W-th sequence. Within a rank the shards' sequences pass through a shuffle buffer of
 K sequences seeded by (seed, epoch, rank): the next sequence replaces a random one of the K, which is emitted;
 the last K are emitted in a random order. The buffer's choices depend on positions only, never on content, so
 the whole epoch's order is computed from the manifest before anything is read (``plan``). That makes resuming
@@ -96,10 +97,7 @@ class StreamLoader:
         self.entries = manifest["splits"][split]["shards"]
         self.counts = np.array([e["num_samples"] for e in self.entries], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])
-        if len(self.entries) < world_size:
-            raise DataError(f"{location}: split '{split}' has {len(self.entries)} shards for {world_size} "
-                            f"data-parallel ranks; streaming gives each rank whole shards: prepare it with a "
-                            f"smaller --shard-mb or use fewer ranks")
+        self.shared = len(self.entries) < world_size  # every rank reads every shard and keeps its W-th part
         self.steps_per_epoch = self._steps(0)
         self.epoch, self.position = 0, 0
 
@@ -107,11 +105,21 @@ class StreamLoader:
         return self.steps_per_epoch
 
     def _rank_shards(self, epoch: int) -> list[list[int]]:
+        """Each rank's shards in ``epoch``; with fewer shards than ranks (a small validation split), all of them."""
         order = epoch_order(len(self.entries), self.seed, epoch, self.shuffle)
+        if self.shared:
+            return [order.tolist()] * self.world_size
         return assign(self.counts, order, self.world_size)
 
+    def _stream(self, epoch: int, rank: int) -> tuple[list[int], np.ndarray]:
+        """A rank's shards and the split indices of its sequences in reading order: its shards' sequences, or
+        with shared shards every W-th sequence of them all."""
+        shards = self._rank_shards(epoch)[rank]
+        stream = np.concatenate([np.arange(self.starts[s], self.starts[s + 1]) for s in shards])
+        return shards, stream[rank::self.world_size] if self.shared else stream
+
     def _steps(self, epoch: int) -> int:
-        smallest = min(int(self.counts[s].sum()) for s in self._rank_shards(epoch))
+        smallest = min(len(self._stream(epoch, rank)[1]) for rank in range(self.world_size))
         steps = batches_per_rank(smallest, self.batch_size, 1)
         if steps == 0:
             raise DataError(f"{self.location}: split '{self.split}' gives the smallest of {self.world_size} ranks "
@@ -121,8 +129,7 @@ class StreamLoader:
     def plan(self, epoch: int) -> tuple[list[int], np.ndarray]:
         """This rank's shards in ``epoch`` and the split indices of its sequences in stream order, one row per
         batch: (shards, (steps, B) indices)."""
-        shards = self._rank_shards(epoch)[self.rank]
-        stream = np.concatenate([np.arange(self.starts[s], self.starts[s + 1]) for s in shards])
+        shards, stream = self._stream(epoch, self.rank)
         rng = np.random.default_rng([self.seed, epoch, self.rank])
         order = stream[buffer_order(len(stream), self.buffer, rng)]
         steps = self._steps(epoch)

@@ -86,6 +86,17 @@ def test_two_ranks_two_workers_over_http_read_disjoint_complete_data(many_shards
     assert not first & second
 
 
+def test_a_split_with_fewer_shards_than_ranks_is_shared_sequence_by_sequence(many_shards):
+    shards = TokenShards(many_shards, "val")
+    ranks = len(shards.paths) + 1
+    loaders = [StreamLoader(str(many_shards), "val", 2, rank=r, world_size=ranks, shuffle=False) for r in range(ranks)]
+    seen = [[int(i) for idx, _ in all_batches(loader) for i in idx] for loader in loaders]
+    steps = len(shards) // ranks // 2
+    assert steps > 0 and all(len(s) == 2 * steps for s in seen)
+    assert seen[1] == list(range(1, len(shards), ranks))[: 2 * steps]  # rank r: every W-th sequence from r
+    assert len(set(sum(seen, []))) == ranks * 2 * steps  # disjoint
+
+
 def test_the_stream_is_the_same_for_any_workers_and_transport(many_shards, served):
     def batches(location, workers):
         return all_batches(StreamLoader(location, "train", 3, rank=1, world_size=2, seed=2, num_workers=workers,
