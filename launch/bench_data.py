@@ -257,7 +257,7 @@ def markdown(results: dict) -> str:
                          f"{r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_s_per_worker']:,.0f} per worker)"))
         best = max(r["tokens_per_s_per_worker"] for r in p["runs"].values())
         rows.append((f"{kind}: {OWT_TOKENS / 1e9:.0f}B tokens on 64 workers at the best per-worker rate",
-                     f"{OWT_TOKENS / (64 * best) / 3600:.1f} h"))
+                     f"{OWT_TOKENS / (64 * best) / 60:.1f} min"))
     rows.append((f"np.memmap reference, B={s['batch_size']}", f"{ld['memmap_seq_per_s']:,.0f} sequences/s"))
     for workers, r in ld["num_workers"].items():
         rows.append((f"TokenLoader, num_workers={workers}, B={s['batch_size']}",

@@ -54,8 +54,8 @@ def test_a_preempted_training_job_requeues_and_finishes_with_the_uninterrupted_l
     prepare(tiny_prepare_config(tmp_path / "data"), log=lambda _: None)
     paths = {}
     for name in ("reference", "slurm"):
-        cfg = from_dict(Config, settings(tmp_path / "data", tmp_path / name, train__max_steps=150,
-                                         train__checkpoint_every=4, train__eval_every=50))
+        cfg = from_dict(Config, settings(tmp_path / "data", tmp_path / name, train__max_steps=60,
+                                         train__checkpoint_every=4, train__eval_every=30))
         paths[name] = save_resolved(cfg, tmp_path, f"{name}.yaml")
     subprocess.run(train_command(paths["reference"]), env=slurm, check=True, capture_output=True)
     job = sbatch(slurm, "--output", str(tmp_path / "job-%j.out"), "launch/slurm/train.sbatch",
@@ -74,7 +74,7 @@ def test_a_preempted_training_job_requeues_and_finishes_with_the_uninterrupted_l
     assert sorted(resumed) == sorted(ref)
     for step in ref:
         assert resumed[step].get("train/loss_nats") == ref[step].get("train/loss_nats"), step
-    assert resumed[150]["val/nelbo_nats"] == ref[150]["val/nelbo_nats"]
+    assert resumed[60]["val/nelbo_nats"] == ref[60]["val/nelbo_nats"]
 
 
 def test_the_preprocessing_array_and_its_merge_give_the_single_process_dataset(slurm, tmp_path):
