@@ -238,11 +238,12 @@ class TokenLoader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "split": self.split,
                 "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": len(self.shards),
-                "shuffle": self.shuffle}
+                "shuffle": self.shuffle, "source": "local"}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        changed = [k for k in ("seed", "split", "world_size", "batch_size", "num_samples", "shuffle")
+        state = {"source": "local", **state}  # states saved before streaming existed are local ones
+        changed = [k for k in ("source", "seed", "split", "world_size", "batch_size", "num_samples", "shuffle")
                    if state[k] != mine[k]]
         if changed:
             detail = ", ".join(f"{k} {state[k]} -> {mine[k]}" for k in changed)

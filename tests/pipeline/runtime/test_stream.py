@@ -138,6 +138,8 @@ def test_resume_with_other_settings_or_from_the_local_loader_is_refused(many_sha
         StreamLoader(str(many_shards), "train", 4, buffer=20).load_state_dict(state)
     with pytest.raises(DataError, match="source local -> stream"):
         StreamLoader(str(many_shards), "train", 4).load_state_dict(TokenLoader(many_shards, "train", 4).state_dict())
+    with pytest.raises(DataError, match="source stream -> local"):
+        TokenLoader(many_shards, "train", 4).load_state_dict(StreamLoader(str(many_shards), "train", 4).state_dict())
 
 
 def test_a_changed_missing_or_flaky_shard(many_shards, served, tmp_path, monkeypatch):
