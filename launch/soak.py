@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,13 +117,17 @@ def same_run(out: Path, reference: Path, stage: str) -> str:
 
 
 def kill(job: subprocess.Popen, target: str) -> None:
-    if target.startswith("whole job"):
-        os.killpg(job.pid, signal.SIGTERM if "SIGTERM" in target else signal.SIGKILL)
-        return
-    rank = next((p for p in psutil.Process(job.pid).children(recursive=True)
-                 if f"--local_rank={target[-1]}" in p.cmdline()), None)
-    if rank is not None:
-        rank.send_signal(signal.SIGKILL)
+    """Signal the target; a job already ending (its processes gone or zombies) is left to end."""
+    try:
+        if target.startswith("whole job"):
+            os.killpg(job.pid, signal.SIGTERM if "SIGTERM" in target else signal.SIGKILL)
+            return
+        for process in psutil.Process(job.pid).children(recursive=True):
+            if f"--local_rank={target[-1]}" in process.cmdline():
+                process.send_signal(signal.SIGKILL)
+                return
+    except (psutil.Error, ProcessLookupError):
+        pass
 
 
 def checkpoint_being_written(out: Path) -> bool:
@@ -138,7 +143,8 @@ def first_step(out: Path, job: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def training_seconds(cfg: Path, out: Path, log: Path) -> float:
-    """Run the uninterrupted reference; returns the seconds from its first logged step to its exit."""
+    """Run the uninterrupted reference (afresh); returns the seconds from its first logged step to its exit."""
+    shutil.rmtree(out, ignore_errors=True)
     job = start(deepspeed(cfg, "--num_gpus", "2"), log)
     first_step(out, job)
     begin = time.time()
@@ -149,6 +155,8 @@ def training_seconds(cfg: Path, out: Path, log: Path) -> float:
 def trial(stage: str, cfg_path: Path, out: Path, reference: Path, rng: random.Random, run_s: float) -> dict:
     """One killed and rerun job; returns what was done and whether it ended as the reference did."""
     log = out.parent / f"{out.name}.log"
+    shutil.rmtree(out, ignore_errors=True)
+    log.unlink(missing_ok=True)
     target = rng.choice(TARGETS)
     during_save = rng.random() < 1 / 3
     delay = rng.uniform(0.05, 0.9) * run_s
