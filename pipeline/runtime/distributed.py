@@ -101,6 +101,17 @@ def shutdown() -> None:
         dist.barrier()
         gc.collect()
         dist.destroy_process_group()
+        remove_shm_buffer()
+
+
+def remove_shm_buffer() -> None:
+    """Unlink this rank's shared-memory all-reduce buffer (DeepSpeed's CPU communication op creates one per
+    rank, about 66 MB in /dev/shm, and never removes it, so every CPU job on a new port would leave its buffers
+    in memory). The other ranks mapped it at start-up, so removing the name after the last barrier is safe."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr and port:
+        name = f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{os.environ.get('LOCAL_RANK', '0')}"
+        Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def all_reduce_sum(*values: float, device: torch.device) -> list[float]:
