@@ -152,13 +152,14 @@ def training_seconds(cfg: Path, out: Path, log: Path) -> float:
     return time.time() - begin
 
 
-def trial(stage: str, cfg_path: Path, out: Path, reference: Path, rng: random.Random, run_s: float) -> dict:
+def trial(stage: str, cfg_path: Path, out: Path, reference: Path, rng: random.Random, run_s: float,
+          always_during_save: bool = False) -> dict:
     """One killed and rerun job; returns what was done and whether it ended as the reference did."""
     log = out.parent / f"{out.name}.log"
     shutil.rmtree(out, ignore_errors=True)
     log.unlink(missing_ok=True)
     target = rng.choice(TARGETS)
-    during_save = rng.random() < 1 / 3
+    during_save = rng.random() < 1 / 3 or always_during_save
     delay = rng.uniform(0.05, 0.9) * run_s
     job = start(deepspeed(cfg_path, "--num_gpus", "2"), log)
     metrics = out / "metrics.jsonl"
@@ -183,7 +184,8 @@ def trial(stage: str, cfg_path: Path, out: Path, reference: Path, rng: random.Ra
     return record
 
 
-def soak(stages: list[str], trials: int, out: Path, seed: int, steps: dict[str, int]) -> dict:
+def soak(stages: list[str], trials: int, out: Path, seed: int, steps: dict[str, int],
+         always_during_save: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data, teacher = prepare_inputs(out, stages)
     results = {"machine": describe(), "trials": [], "summary": {}}
@@ -195,7 +197,8 @@ def soak(stages: list[str], trials: int, out: Path, seed: int, steps: dict[str, 
             where = out / stage / f"trial{k:03d}"
             run = settings(stage, data, where, teacher, steps[stage])
             cfg_k = save_resolved(run, out / stage, f"{where.name}.yaml")
-            record = trial(stage, cfg_k, where, reference, random.Random(f"{seed}-{stage}-{k}"), run_s)
+            record = trial(stage, cfg_k, where, reference, random.Random(f"{seed}-{stage}-{k}"), run_s,
+                           always_during_save)
             results["trials"].append(record)
             during = " during a checkpoint" if record["during_checkpoint"] else ""
             print(f"{stage} trial {k}: {record['target']}{during} after {record['killed_after_steps']} steps, "
@@ -216,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="draws each trial's target and moment")
     parser.add_argument("--pretrain-steps", type=int, default=60)
     parser.add_argument("--distill-steps", type=int, default=24)
+    parser.add_argument("--during-checkpoint", action="store_true",
+                        help="kill every trial while a checkpoint is being written (a moment every run has)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     results = soak(args.stages, args.trials, Path(args.out), args.seed,
-                   {"pretrain": args.pretrain_steps, "distill": args.distill_steps})
+                   {"pretrain": args.pretrain_steps, "distill": args.distill_steps}, args.during_checkpoint)
     for stage, s in results["summary"].items():
         print(f"{stage}: {s['passed']} of {s['trials']} trials resumed to the uninterrupted run bit for bit "
               f"({s['killed']} killed before the end, {s['during_checkpoint']} of them during a checkpoint)")
