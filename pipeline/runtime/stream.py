@@ -167,14 +167,14 @@ class StreamLoader:
         read_at = np.zeros(len(self.entries), dtype=np.int64)
         read_at[needed] = np.arange(len(needed))
         batch_ready = read_at[shard_of].max(axis=1)  # batch b can go once the shard read at batch_ready[b] is in
-        keep = set(wanted.reshape(-1).tolist())
+        flat, flat_shard = wanted.reshape(-1), shard_of.reshape(-1)
         loader = torch.utils.data.DataLoader(_Shards(self, needed), batch_size=None, num_workers=self.num_workers,
                                              collate_fn=_as_is, worker_init_fn=ignore_in_workers)
         held: dict[int, np.ndarray] = {}
         b = 0
         for k, tokens in enumerate(loader):
-            start = int(self.starts[needed[k]])
-            held.update((start + i, tokens[i].copy()) for i in range(len(tokens)) if start + i in keep)
+            mine = flat[flat_shard == needed[k]]  # the sequences still to come from this shard
+            held.update(zip(mine.tolist(), tokens[mine - self.starts[needed[k]]]))
             while b < len(wanted) and batch_ready[b] <= k:
                 rows = wanted[b].tolist()
                 b += 1
