@@ -1,5 +1,5 @@
-"""``python -m data_prep prepare|tokenizer|merge|verify|synthetic``: the data-preparation CLI (the work is in
-``prepare``, ``merge``, ``verify`` and ``synthetic``)."""
+"""``python -m data_prep prepare|tokenizer|merge|verify|synthetic|proteins``: the data-preparation CLI (the work
+is in ``prepare``, ``merge``, ``verify``, ``synthetic`` and ``proteins``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data_prep.documents import InputError
 from data_prep.merge import merge
+from data_prep.proteins import ProteinError, split_proteins
 from data_prep.prepare import PrepareError, Task, prepare, resolved, train_tokenizer
 from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
                                  write_synthetic)
@@ -19,7 +20,7 @@ import yaml
 
 # CLI flag -> PrepareConfig field; flags given on the command line override the --config file.
 FLAGS = {
-    "input": "inputs", "out": "out", "tokenizer": "tokenizer", "seq_len": "seq_len", "workers": "workers",
+    "input": "inputs", "val_input": "val_inputs", "out": "out", "tokenizer": "tokenizer", "seq_len": "seq_len", "workers": "workers",
     "val_fraction": "val_fraction", "min_doc_chars": "min_doc_chars", "jsonl_field": "jsonl_field",
     "parquet_column": "parquet_column", "shard_mb": "shard_mb", "spm_model_type": "spm_model_type",
     "strict": "strict",
@@ -48,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--length", type=int, default=2000, help="letters per record")
     m.add_argument("--seed", type=int, default=0, help="draws the chain; the records are sampled with seed + 1")
     m.add_argument("--mass", type=float, default=0.999, help="probability the preferred successors share, in (0, 1]")
+    r = sub.add_parser("proteins", help="protein sequences to train.fasta + val.fasta, split by identity cluster")
+    r.add_argument("--blast-db", nargs="+", default=[], metavar="PREFIX", help="BLAST protein databases (format 4)")
+    r.add_argument("--fasta", nargs="+", default=[], metavar="PATH", help="FASTA files or directories")
+    r.add_argument("--out", required=True, help="output directory: train.fasta, val.fasta, split.json")
+    r.add_argument("--identity", type=float, default=0.3, help="cluster identity (no validation sequence above it)")
+    r.add_argument("--val-fraction", type=float, default=0.05, help="share of clusters in validation")
+    r.add_argument("--min-length", type=int, default=20, help="shorter sequences are skipped")
+    r.add_argument("--max-length", type=int, default=1022, help="longer sequences are skipped (L - 2 fits a row)")
+    r.add_argument("--max-sequences", type=int, default=0, help="keep this many (smallest content hash); 0: all")
+    r.add_argument("--threads", type=int, default=2, help="mmseqs2 threads")
+    r.add_argument("--strict", action="store_true", help="refuse letters outside the alphabet instead of skipping")
     return parser
 
 
@@ -55,6 +67,7 @@ def _prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with prepare settings (flags override it)")
     p.add_argument("--input", nargs="+", metavar="PATH",
                    help="text/JSONL/FASTA (.gz, .zst too) or Parquet files, or directories")
+    p.add_argument("--val-input", nargs="+", metavar="PATH", help="files whose documents all go to validation")
     p.add_argument("--out", help="output directory")
     p.add_argument("--tokenizer", help="spm:VOCAB | gpt2:RANKS_FILE | protein")
     p.add_argument("--seq-len", type=int, help="sequence length L, including [BOS] and [EOS]")
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "synthetic":
         return _synthetic(args)
+    if args.command == "proteins":
+        return _proteins(args)
     if args.command == "verify":
         problems, totals = verify(args.directory)
         for problem in problems:
@@ -131,6 +146,16 @@ def summary(manifest: dict, out: str) -> str:
         lines.append(f"  {split:5s}: {len(info['shards'])} shards, {info['num_samples']:,} sequences, "
                      f"{info['num_tokens']:,} tokens from {info['num_documents']} documents")
     return "\n".join(lines)
+
+
+def _proteins(args: argparse.Namespace) -> int:
+    try:
+        split_proteins(args.blast_db, args.fasta, args.out, args.identity, args.val_fraction, args.min_length,
+                       args.max_length, args.max_sequences, args.strict, args.threads)
+    except (ProteinError, InputError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _synthetic(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task =
     build that task's units and return its record (the tokenizer must exist: ``train_tokenizer`` first)."""
     cfg = resolved(cfg)
     out = Path(cfg.out)
-    files = list_input_files(cfg.inputs)
+    files = _input_files(cfg)
     if task.count == 1:
         _claim_output_dir(out, cfg)
         tok = _tokenizer(out, cfg, files, log)
@@ -94,10 +94,10 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task =
             bar.set_postfix(docs=stats.documents, seqs=sequences)
     if task.count > 1:
         record = {"task": task.index, "tasks": task.count, "units": names, "built": [p["name"] for p in results],
-                  "files": len(files), "sources": dataclasses.asdict(stats), "fingerprint": tok.fingerprint}
+                  "files": len(files[0]) + len(files[1]), "sources": dataclasses.asdict(stats), "fingerprint": tok.fingerprint}
         atomic_write_bytes(out / ".parts" / task.record, json.dumps(record).encode())
         return record
-    manifest = _manifest(cfg, tok, stats, results, len(files))
+    manifest = _manifest(cfg, tok, stats, results, len(files[0]) + len(files[1]))
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
@@ -106,12 +106,13 @@ def train_tokenizer(cfg: PrepareConfig, log: Callable[[str], None] = print) -> T
     """Claim the output directory and train (or load) its tokenizer: the first step of an array job."""
     cfg = resolved(cfg)
     _claim_output_dir(Path(cfg.out), cfg)
-    return _tokenizer(Path(cfg.out), cfg, list_input_files(cfg.inputs), log)
+    return _tokenizer(Path(cfg.out), cfg, _input_files(cfg), log)
 
 
 def resolved(cfg: PrepareConfig) -> PrepareConfig:
     """The config with absolute input paths, as saved next to the output."""
-    cfg = dataclasses.replace(cfg, inputs=[str(Path(p).resolve()) for p in cfg.inputs])
+    cfg = dataclasses.replace(cfg, inputs=[str(Path(p).resolve()) for p in cfg.inputs],
+                              val_inputs=[str(Path(p).resolve()) for p in cfg.val_inputs])
     if cfg.tokenizer.startswith("gpt2:"):
         cfg.tokenizer = "gpt2:" + str(Path(cfg.tokenizer[5:]).resolve())
     return cfg
@@ -147,31 +148,42 @@ def _differences(out: Path, cfg: PrepareConfig, now: str) -> str:
                      for k in new if k not in ("out", "workers") and old.get(k) != new[k])
 
 
-def _tokenizer(out: Path, cfg: PrepareConfig, files: list[Path], log: Callable[[str], None]) -> Tokenizer:
+def _tokenizer(out: Path, cfg: PrepareConfig, files: tuple[list[Path], list[Path]], log: Callable[[str], None]) -> Tokenizer:
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
         return load_tokenizer(tok_dir)
     if cfg.tokenizer.startswith("spm:"):
         log(f"training SentencePiece ({cfg.spm_model_type}, {cfg.tokenizer[4:]} pieces) on the train split")
-    docs = _documents(files, ReadStats(), cfg)
-    lines = (line for doc in docs if content_split(doc, cfg.val_fraction) == "train"
+    lines = (line for split, doc in _documents(files, ReadStats(), cfg) if split == "train"
              for line in doc.split("\n") if line)
     tok = build_tokenizer(cfg.tokenizer, lines, cfg.spm_model_type, cfg.spm_max_sentences)
     tok.save(tok_dir)
     return tok
 
 
-def _documents(files: list[Path], stats: ReadStats, cfg: PrepareConfig) -> Iterator[str]:
-    return iter_documents(files, stats, cfg.min_doc_chars, cfg.jsonl_field, cfg.parquet_column, cfg.strict)
+def _input_files(cfg: PrepareConfig) -> tuple[list[Path], list[Path]]:
+    """(the inputs' files, the validation inputs' files); a file in both is refused."""
+    files, val_files = list_input_files(cfg.inputs), list_input_files(cfg.val_inputs) if cfg.val_inputs else []
+    if both := sorted(set(files) & set(val_files)):
+        raise PrepareError(f"{both[0]} is among both inputs and val_inputs: a document belongs to one split")
+    return files, val_files
 
 
-def _units(docs: Iterator[str], cfg: PrepareConfig) -> Iterator[Unit]:
+def _documents(files: tuple[list[Path], list[Path]], stats: ReadStats, cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
+    """(split, document) of every input document: split by content hash, and every validation input's as 'val'."""
+    read = lambda paths: iter_documents(paths, stats, cfg.min_doc_chars, cfg.jsonl_field,  # noqa: E731
+                                        cfg.parquet_column, cfg.strict)
+    yield from ((content_split(doc, cfg.val_fraction), doc) for doc in read(files[0]))
+    yield from (("val", doc) for doc in read(files[1]))
+
+
+def _units(docs: Iterator[tuple[str, str]], cfg: PrepareConfig) -> Iterator[Unit]:
     """Group documents per split into units of about ``shard_mb``; a small last unit joins the one before."""
     limit = int(cfg.shard_mb * 1e6)
     current = {s: Unit(s, 0, []) for s in SPLITS}
     pending: dict[str, Unit | None] = {s: None for s in SPLITS}
-    for doc in docs:
-        unit = current[content_split(doc, cfg.val_fraction)]
+    for split, doc in docs:
+        unit = current[split]
         unit.docs.append(doc)
         unit.text_bytes += len(doc.encode("utf-8"))
         if unit.text_bytes >= limit:
@@ -272,8 +284,8 @@ def _manifest(cfg: PrepareConfig, tok: Tokenizer, stats: ReadStats, parts: list[
     for split in SPLITS:
         mine = [p for p in parts if p["split"] == split]
         n = sum(p["num_samples"] for p in mine)
-        fraction = cfg.val_fraction if split == "val" else 1 - cfg.val_fraction
-        if n == 0 and fraction > 0:
+        expected = cfg.val_fraction > 0 or bool(cfg.val_inputs) if split == "val" else True
+        if n == 0 and expected:
             tokens = sum(p["document_tokens"] for p in mine)
             raise PrepareError(
                 f"the {split} split has no complete sequence: {sum(p['num_documents'] for p in mine)} documents, "

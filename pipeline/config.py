@@ -376,6 +376,7 @@ class EvaluateConfig:
     # With an exact judge: the plain sampler driven by the chain's exact posterior at each of teacher_steps (what a
     # perfect denoiser reaches at N steps; pipeline/measure/exact_denoiser.py)
     exact_denoiser: bool = True
+    protein_threads: int = 2  # protein corpora: mmseqs2 threads for the diversity metric
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
@@ -386,7 +387,7 @@ class EvaluateConfig:
                 raise ConfigError(f"{name}: {getattr(self, name)}: every step count must be at least 1")
         for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds",
                      "control_student_steps", "control_search_steps", "control_search_samples",
-                     "control_search_rounds"):
+                     "control_search_rounds", "protein_threads"):
             _positive(name, getattr(self, name))
         if self.control_steps is not None:
             _positive("control_steps", self.control_steps)
@@ -407,6 +408,9 @@ class PrepareConfig:
     """Inputs of ``python -m data_prep prepare``; saved as ``prepare_config.yaml`` in the output directory."""
 
     inputs: list[str] = field(default_factory=list)
+    # files whose every document goes to validation (a split made beforehand, e.g. proteins by identity cluster:
+    # python -m data_prep proteins); inputs are still split by val_fraction (0: all training)
+    val_inputs: list[str] = field(default_factory=list)
     out: str = ""
     tokenizer: str = "spm:4000"  # spm:VOCAB | gpt2:RANKS_FILE | protein
     spm_model_type: Literal["bpe", "unigram", "char"] = "bpe"

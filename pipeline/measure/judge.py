@@ -93,8 +93,17 @@ def in_domain_judge(path: Path, spec: str, batch_size: int, fingerprint: str | N
     if fingerprint not in (None, tok.fingerprint):
         raise JudgeError(f"judge {spec!r}: trained with tokenizer {tok.fingerprint}, the models use {fingerprint}: "
                          "not this corpus's judge")
-    return Judge(tok.encode, lambda x, valid: bundle.model(x, torch.zeros(x.shape[0]))[..., : bundle.mask_id],
+    return Judge(rendered_encoder(tok), lambda x, valid: bundle.model(x, torch.zeros(x.shape[0]))[..., : bundle.mask_id],
                  tok.bos_id, spec, bundle.seq_len, batch_size)
+
+
+def rendered_encoder(tok):
+    """``tok.encode``; for the protein tokenizer (it has no newline) the two newlines that ``render`` writes for
+    each [EOS] are read back as [EOS]."""
+    if tok.kind != "protein":
+        return tok.encode
+    return lambda text: [i for k, part in enumerate(text.split("\n\n"))
+                         for i in ([tok.eos_id] if k else []) + tok.encode(part)]
 
 
 def load_judge(spec: str = DEFAULT_JUDGE, context: int = 1024, batch_size: int = 8) -> Judge:

@@ -75,7 +75,7 @@ def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
             ax.errorbar(nfe, values, yerr=errors, capsize=3, label=legend, **style)
         else:
             ax.plot(nfe, values, label=legend, **style)
-    if interval is not None and rows[0][key] is not None:
+    if rows[0].get(key) is not None:
         ax.axhline(rows[0][key], color="grey", linestyle="--", label="held-out text")
     ax.set_xscale("log", base=2)
     if all(r[key] is None or r[key] > 0 for r in rows):

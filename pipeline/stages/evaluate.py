@@ -32,17 +32,24 @@ from pipeline.measure.exact_denoiser import exact_bundle
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, is_exact, load_exact_judge
 from pipeline.measure.judge import JudgeError, bootstrap_interval, gen_ppl, in_domain_judge, load_judge, unigram_entropy
 from pipeline.measure.plots import plot_versus_nfe
+from pipeline.measure.protein import METRICS as PROTEIN_METRICS
+from pipeline.measure.protein import ProteinMetrics, mmseqs_missing
 from pipeline.stages.sample import sample
 from pipeline.measure.text import render
 from pipeline.runtime.tracking import make_tracker
 
 EXACT_DENOISER = "exact denoiser"  # the model of the rows sampled from the chain's exact posterior
 IN_DOMAIN = "in_domain_"  # key prefix of the in-domain judge's numbers
+PROTEIN = "protein_"  # key prefix of the protein metrics (pipeline/measure/protein.py)
 
 
 def make_judge(cfg: EvaluateConfig, tok):
-    """The judge ``cfg.judge`` names: an exact judge for ``markov:PATH``, else an autoregressive LM."""
+    """The judge ``cfg.judge`` names: an exact judge for ``markov:PATH``, else an autoregressive LM (for protein
+    samples an in-domain judge bundle: no text LM can judge them)."""
     if not is_exact(cfg.judge):
+        if tok.kind == "protein" and not (Path(cfg.judge) / "manifest.json").is_file():
+            raise JudgeError(f"judge {cfg.judge!r}: protein samples need a judge bundle trained on this corpus "
+                             "(model.causal: true; launch/protein.sh trains one), not a text model")
         return load_judge(cfg.judge, cfg.judge_context, cfg.judge_batch_size)
     try:
         return load_exact_judge(cfg.judge, tok)
@@ -59,15 +66,23 @@ def judged_row(judges: dict, cfg: EvaluateConfig, texts: list[str], ids: list[li
             summary = judge.summarise([judge.score(i) for i in ids], cfg.bootstrap_rounds, cfg.seed)
             row.update({f"{prefix}{key}": value for key, value in summary.items() if key != "samples"})
             continue
+        if isinstance(judge, ProteinMetrics):
+            row.update({f"{prefix}{key}": value
+                        for key, value in judge.summarise(texts, cfg.bootstrap_rounds, cfg.seed).items()})
+            continue
         scores = judge.score(texts)
         row.update({f"{prefix}gen_ppl": gen_ppl(scores), f"{prefix}judge_tokens": sum(c for _, c in scores),
                     f"{prefix}interval": list(bootstrap_interval(scores, cfg.bootstrap_rounds, seed=cfg.seed))})
     return row
 
 
-def reference_row(judges: dict, cfg: EvaluateConfig, tok) -> dict:
+def held_out(cfg: EvaluateConfig) -> list[list[int]]:
+    """The first ``num_samples`` rows of the validation split: the reference the samples are compared with."""
     shards = TokenShards(cfg.data, "val")
-    ids = [shards[i].tolist() for i in range(min(cfg.num_samples, len(shards)))]
+    return [shards[i].tolist() for i in range(min(cfg.num_samples, len(shards)))]
+
+
+def reference_row(judges: dict, cfg: EvaluateConfig, tok, ids: list[list[int]]) -> dict:
     return judged_row(judges, cfg, [render(i, tok)[0] for i in ids], ids, model="held-out text", sampler="-",
                       steps=None, temperature=None, control_for=None, control=None, nfe=None, masks_left=0,
                       seconds_per_sample=None)
@@ -147,6 +162,8 @@ def gen_ppl_text(r: dict, prefix: str = "") -> str:
 def metric_text(r: dict, key: str, fmt: str) -> str:
     if r.get(key) is None:
         return "–"
+    if f"{key}_interval" not in r:
+        return format(r[key], fmt)
     low, high = r[f"{key}_interval"]
     return f"{format(r[key], fmt)} ({format(low, fmt)}–{format(high, fmt)})"
 
@@ -155,9 +172,9 @@ def judge_columns(judges: dict) -> list[tuple[str, object]]:
     """(title, row -> cell) of each judge's columns, in the judges' order."""
     columns = []
     for prefix, judge in judges.items():
-        if isinstance(judge, ExactJudge):
-            columns += [(title, lambda r, k=prefix + key, f=fmt: metric_text(r, k, f))
-                        for key, title, fmt in EXACT_METRICS]
+        if isinstance(judge, (ExactJudge, ProteinMetrics)):
+            metrics = EXACT_METRICS if isinstance(judge, ExactJudge) else PROTEIN_METRICS
+            columns += [(title, lambda r, k=prefix + key, f=fmt: metric_text(r, k, f)) for key, title, fmt in metrics]
         else:
             columns.append(("in-domain Gen-PPL" if prefix else "Gen-PPL", lambda r, p=prefix: gen_ppl_text(r, p)))
     return columns
@@ -178,7 +195,10 @@ def markdown(rows: list[dict], cfg: EvaluateConfig, judges: dict) -> str:
              + (f"; in-domain judge: {cfg.in_domain_judge} (trained on this corpus's training split: it rewards "
                 "fitting this corpus)" if in_domain else "") + ". "
              + ("NLL is letter-weighted; " if exact else "Gen-PPL is token-weighted; ")
-             + "95% bootstrap interval over samples in brackets.")
+             + "95% bootstrap interval over samples in brackets."
+             + (" Protein metrics (pipeline/measure/protein.py): amino-acid composition KL(held-out ‖ samples), the "
+                "share of low-complexity samples, the mean longest single-residue run, and clusters of the samples' "
+                "longest proteins at 50 % identity (mmseqs2) per 100 samples." if PROTEIN in judges else ""))
     columns = judge_columns(judges)
     lines = [intro, "", "| model | sampler | steps | T | NFE | samples | " + " | ".join(c[0] for c in columns)
              + " | entropy | [MASK] left | s / sample |", "|---|---|---|---|---|---|" + "---|" * len(columns)
@@ -197,6 +217,8 @@ def log_row(r: dict, log) -> dict:
         judged = f"Gen-PPL {gen_ppl_text(r)}{in_domain}"
     else:
         judged = ", ".join(f"{title} {metric_text(r, key, fmt)}" for key, title, fmt in EXACT_METRICS)
+    if f"{PROTEIN}composition_kl" in r:
+        judged += ", " + ", ".join(f"{title} {metric_text(r, PROTEIN + key, fmt)}" for key, title, fmt in PROTEIN_METRICS)
     log(f"{r['model']} {r['sampler']} {r['steps']} steps, T = {r['temperature']:.3f}: {judged}, entropy "
         f"{r['entropy']:.2f}, NFE {r['nfe']:.1f}, {r['seconds_per_sample']:.3f} s/sample")
     return r
@@ -215,7 +237,12 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     if cfg.in_domain_judge is not None:
         judges[IN_DOMAIN] = in_domain_judge(Path(cfg.in_domain_judge), cfg.in_domain_judge, cfg.judge_batch_size,
                                             teacher.manifest["tokenizer"]["fingerprint"])
-    rows = [reference_row(judges, cfg, tok)]
+    reference = held_out(cfg)
+    if tok.kind == "protein":
+        if missing := mmseqs_missing():
+            raise JudgeError(missing)
+        judges[PROTEIN] = ProteinMetrics([render(i, tok)[0] for i in reference], threads=cfg.protein_threads)
+    rows = [reference_row(judges, cfg, tok, reference)]
     cells = [(teacher, "teacher", "ancestral", s) for s in cfg.teacher_steps]
     if student is not None:
         cells += [(student, "student", sampler, s) for sampler in cfg.student_samplers for s in cfg.student_steps]
@@ -239,6 +266,8 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     plots.append(plot_versus_nfe(rows, "seconds_per_sample", "seconds per sample", out / "seconds_vs_nfe.png"))
     if cfg.in_domain_judge is not None:
         plots.append(plot_versus_nfe(rows, f"{IN_DOMAIN}gen_ppl", "in-domain Gen-PPL", out / "in_domain_genppl_vs_nfe.png"))
+    if PROTEIN in judges:
+        plots += [plot_versus_nfe(rows, PROTEIN + key, title, out / f"{key}_vs_nfe.png") for key, title, _ in PROTEIN_METRICS]
     tracker = make_tracker(cfg.tracking, True, "evaluate")
     tracker.log_params(to_dict(cfg))
     for r in rows[1:]:
@@ -246,7 +275,9 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
         judged = ({f"{key}/{name}": r[key] for key, _, _ in EXACT_METRICS if r[key] is not None} if exact
                   else {f"genppl/{name}": r["gen_ppl"]})
         tracker.log_metrics({**judged, f"entropy/{name}": r["entropy"],
-                             **({f"in_domain_genppl/{name}": r[f"{IN_DOMAIN}gen_ppl"]} if len(judges) > 1 else {})},
+                             **({f"in_domain_genppl/{name}": r[f"{IN_DOMAIN}gen_ppl"]} if IN_DOMAIN in judges else {}),
+                             **({f"{key}/{name}": r[PROTEIN + key] for key, _, _ in PROTEIN_METRICS}
+                                if PROTEIN in judges else {})},
                             r["steps"])
     for path in (out / "results.md", out / "results.json", *plots):
         tracker.log_artifact(path)
