@@ -14,13 +14,8 @@ ACTION="${1:?usage: bash launch/slurm/local_cluster.sh install | start DIR | sto
 PACKAGES="slurmctld slurmd slurm-client munge"
 if [ "$ACTION" = install ]; then
     command -v slurmctld > /dev/null && command -v munged > /dev/null && exit 0
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    export DEBIAN_FRONTEND=noninteractive
     # shellcheck disable=SC2086
-    $SUDO apt-get install -y -q --no-install-recommends $PACKAGES > /dev/null \
-        || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q --no-install-recommends $PACKAGES > /dev/null; }
-    exit 0
+    exec bash "$(dirname "$0")/../apt_install.sh" $PACKAGES
 fi
 DIR="$(mkdir -p "${2:?usage: bash launch/slurm/local_cluster.sh start|stop DIR}" && cd "$2" && pwd)"
 PORT="${SLURM_LOCAL_PORT:-16817}"

@@ -11,7 +11,8 @@ student's (a lower temperature lowers Gen-PPL and entropy together, so a student
 has only sharpened its distribution). With ``in_domain_judge`` (a causal DiT bundle trained on this corpus's
 training split), every row is also scored by it. With an exact judge (``judge: markov:CHAIN``): the teacher's
 best temperature at each of ``student_steps`` and the exact denoiser (the chain's posterior driving the plain
-sampler) at each of ``teacher_steps``. Same judges, seeds and sample count throughout. Writes
+sampler) at each of ``teacher_steps``. On real proteins (the protein tokenizer, an in-domain judge bundle): the
+protein metrics of ``pipeline/measure/protein.py`` beside Gen-PPL. Same judges, seeds and sample count throughout. Writes
 ``results.md``, ``results.json``, plots and the samples to ``out``, and logs them to MLflow.
 """
 from __future__ import annotations
@@ -238,7 +239,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
         judges[IN_DOMAIN] = in_domain_judge(Path(cfg.in_domain_judge), cfg.in_domain_judge, cfg.judge_batch_size,
                                             teacher.manifest["tokenizer"]["fingerprint"])
     reference = held_out(cfg)
-    if tok.kind == "protein":
+    if tok.kind == "protein" and not exact:  # real proteins (a synthetic chain has its exact judge)
         if missing := mmseqs_missing():
             raise JudgeError(missing)
         judges[PROTEIN] = ProteinMetrics([render(i, tok)[0] for i in reference], threads=cfg.protein_threads)
