@@ -35,10 +35,12 @@ def schema_paths(cls: type, prefix: str = "") -> list[str]:
 
 def config_class(path: Path) -> tuple[type, list[str]]:
     """The one class the shipped config loads as, with the overrides its command line adds (a preparation
-    config's --out)."""
+    config's --out, and its --input where the config leaves inputs to the command line)."""
     fits = []
+    raw = yaml.safe_load(path.read_text())
     for cls in CLASSES:
-        base = ["out=/tmp/prepared"] if cls is PrepareConfig and "out" not in yaml.safe_load(path.read_text()) else []
+        base = (["out=/tmp/prepared"] if "out" not in raw else []) + (["inputs=[/tmp/in.fasta]"] if raw.get("inputs") == [] else [])
+        base = base if cls is PrepareConfig else []
         try:
             load_config(path, base, cls=cls)
             fits.append((cls, base))
@@ -112,8 +114,9 @@ def test_random_overrides_and_mutations_load_or_name_the_key(path, tmp_path):
     cls, base = config_class(path)
     paths = schema_paths(cls)
     raw = yaml.safe_load(path.read_text())
-    if base:
-        raw["out"] = "/tmp/prepared"
+    for item in base:
+        key, _, value = item.partition("=")
+        raw[key] = yaml.safe_load(value)
     rng = random.Random(str(path.relative_to(ROOT)))
     problems = []
     for trial in range(TRIALS // len(CONFIGS) + 1):
