@@ -87,7 +87,7 @@ def clusters_per_100(texts: list[str], identity: float = 0.5, threads: int = 2) 
     letter joins no cluster."""
     from data_prep.proteins import cluster
 
-    longest = [max(segments(t), key=len) for t in texts if segments(t)]
+    longest = [max(parts, key=len) for parts in map(segments, texts) if parts]
     long = {f"s{i}": s for i, s in enumerate(longest) if len(s) >= MIN_CLUSTERED}
     found = len({s for s in longest if len(s) < MIN_CLUSTERED})
     if long:
