@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -121,5 +123,25 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def exit_with(code: int) -> NoReturn:
+    """Exit with ``code``. While a process group is up (a rank that stopped on an error), skip the interpreter's
+    shutdown: gloo's and DeepSpeed's threads can abort it there ("terminate called without an active
+    exception", exit 250), hiding the code a scheduler or a retry loop acts on. An MLflow run still open is
+    ended as FAILED first, so what it logged asynchronously is sent."""
+    dist, mlflow = sys.modules.get("torch.distributed"), sys.modules.get("mlflow")
+    if not (dist and dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    if mlflow and mlflow.active_run():
+        mlflow.end_run(status="FAILED")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except Exception:  # noqa: BLE001 - the traceback is printed, the exit code kept
+        traceback.print_exc()
+        status = 1
+    exit_with(status)

@@ -92,7 +92,7 @@ def clusters_per_100(texts: list[str], identity: float = 0.5, threads: int = 2) 
     found = len({s for s in longest if len(s) < MIN_CLUSTERED})
     if long:
         with tempfile.TemporaryDirectory(prefix="protein-diversity-") as tmp:
-            representative = cluster(long, identity, Path(tmp), threads, mask=False)
+            representative = cluster(long, identity, Path(tmp), threads, mask=False, cascade=False)
         found += len({representative.get(k, k) for k in long})
     return 100 * found / len(texts)
 

@@ -17,11 +17,11 @@ from tests.conftest import ROOT, train_command
 from tests.pipeline.stages.test_pretrain import metrics, settings
 
 pytestmark = pytest.mark.distributed
-STEPS = 200
+STEPS = 120
 
 
 def config(tiny_data, tmp_path: Path, name: str, **changes) -> Path:
-    changes = {"train__max_steps": STEPS, "train__eval_every": 100, "train__checkpoint_every": 1000,
+    changes = {"train__max_steps": STEPS, "train__eval_every": 60, "train__checkpoint_every": 1000,
                "model__dropout": 0.1, **changes}
     cfg = from_dict(Config, settings(tiny_data, tmp_path / name, **changes))
     return save_resolved(cfg, tmp_path, f"{name}.yaml")
@@ -63,7 +63,7 @@ def two_nodes(tiny_data, tmp_path_factory) -> Path:
     nodes = [start(command[:3] + ["--node_rank", str(r)] + command[3:], tmp / f"node{r}.log") for r in (0, 1)]
     for r, node in enumerate(nodes):
         assert finish(node, tmp / f"node{r}.log") == 0, (tmp / f"node{r}.log").read_text()[-3000:]
-    assert "done: step 200" in (tmp / "node0.log").read_text()
+    assert f"done: step {STEPS}" in (tmp / "node0.log").read_text()
     assert "done:" not in (tmp / "node1.log").read_text()  # rank 0 alone reports
     return tmp / "reference"
 

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.distributed,
               pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs2 is not installed "
                                  "(launch/test.sh installs it)")]
 
-TINY = "train.eval_batches=1 tracking.backend=none train.eval_every={n} train.checkpoint_every={n}"
+TINY = "model.size=unit train.eval_batches=1 tracking.backend=none train.eval_every={n} train.checkpoint_every={n}"
 
 
 def test_the_recipe_runs_every_stage_on_a_tiny_fasta(tmp_path):
@@ -24,7 +24,7 @@ def test_the_recipe_runs_every_stage_on_a_tiny_fasta(tmp_path):
     steps = f"train.max_steps=10 train.sample_every=10 data.batch_size=4 {TINY.format(n=10)}"
     env = {**os.environ, "FASTA": str(tmp_path / "families.fasta"), "OUT": str(tmp_path / "run"),
            "RESULTS": str(tmp_path / "results"), "RANKS": "1", "MAX_LENGTH": "210", "TEACHER_SET": steps,
-           "JUDGE_SET": steps, "DISTILL_SET": f"train.max_steps=3 train.sample_every=3 distill.rollout_rows=8 "
+           "JUDGE_SET": steps, "DISTILL_SET": f"train.max_steps=3 train.sample_every=3 distill.rollout_rows=8 distill.unfreeze_blocks=1 "
                                               f"{TINY.format(n=3)}",
            "EVALUATE_SET": "num_samples=12 batch_size=12 teacher_steps=[4,16] student_steps=[4,16] control_steps=16 "
                            "bootstrap_rounds=50 control_search_samples=4 control_search_rounds=1 tracking.backend=none"}

@@ -2,7 +2,6 @@
 and the run resumed from the newest intact one (or stopped, naming both, under train.resume: strict), retention,
 verify-checkpoints, and conversion refusing a damaged checkpoint."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,46 +43,44 @@ def steps_kept(run: Path) -> list[str]:
 
 def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str], ranks: int = 1,
                    damaged: str | None = None, strict: bool = True) -> None:
-    """The damaged-checkpoint case: 12 steps with checkpoints every 4, a file of the newest one cut short, then a
-    run to 16 that must name the file, resume from step 8 and log exactly what a clean resume from step 8 logs."""
+    """The damaged-checkpoint case: 16 steps with checkpoints every 4 (3 kept), a file of the newest one cut
+    short, then the same command, which must name the file, resume from step 12 and log steps 13-16 exactly as
+    the undamaged run did."""
     assert train(config, ranks=ranks).returncode == 0
-    run, control = tmp_path / "run", tmp_path / "control"
-    shutil.copytree(run, control)
-    shutil.rmtree(control / "checkpoints" / "step_00000012")
-    (control / "checkpoints" / "latest").write_text("step_00000008")
-    victim = truncate(run / "checkpoints" / "step_00000012", engine, damaged)
+    run = tmp_path / "run"
+    undamaged = read_metrics(run / "metrics.jsonl")
+    victim = truncate(run / "checkpoints" / "step_00000016", engine, damaged)
     verify = subprocess.run([sys.executable, "-m", "pipeline", "verify-checkpoints", str(run)], env=ENV,
                             capture_output=True, text=True, cwd=ROOT)
-    assert verify.returncode == 1 and f"FAIL step_00000012\n     {victim}: " in verify.stdout
-    assert "OK   step_00000008" in verify.stdout and "2 of 3 checkpoints intact" in verify.stdout
+    assert verify.returncode == 1 and f"FAIL step_00000016\n     {victim}: " in verify.stdout
+    assert "OK   step_00000012" in verify.stdout and "2 of 3 checkpoints intact" in verify.stdout
 
     if strict:
-        stopped = train(config, "train.max_steps=16", "train.resume=strict", ranks=ranks)
-        assert stopped.returncode == 2
-        assert f"cannot resume: step_00000012: {victim}: " in stopped.stderr
-        assert ("the newest intact checkpoint is step_00000008 (train.resume: fallback resumes from it)"
+        stopped = train(config, "train.resume=strict", ranks=ranks)
+        assert stopped.returncode == 2, stopped.stderr[-2000:]
+        assert f"cannot resume: step_00000016: {victim}: " in stopped.stderr
+        assert ("the newest intact checkpoint is step_00000012 (train.resume: fallback resumes from it)"
                 in stopped.stderr)
-        assert (run / "checkpoints" / "step_00000012").is_dir()  # strict moves nothing
+        assert (run / "checkpoints" / "step_00000016").is_dir()  # strict moves nothing
 
-    resumed = train(config, "train.max_steps=16", ranks=ranks)
+    resumed = train(config, ranks=ranks)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (f"WARNING: checkpoint step_00000012 is damaged ({victim}: " in resumed.stderr
-            and "moved to step_00000012.damaged, resuming from step_00000008" in resumed.stderr)
-    assert "resuming at step 8" in resumed.stdout
-    assert (run / "checkpoints" / "step_00000012.damaged" / engine / victim.name).exists()  # kept, not deleted
-    # retention (keep 3): 4 is gone, the damaged one stays aside
-    assert steps_kept(run) == ["step_00000008", "step_00000012", "step_00000012.damaged", "step_00000016"]
-    assert train(config, f"run.out_dir={control}", "train.max_steps=16", ranks=ranks).returncode == 0
-    clean, got = (read_metrics(where / "metrics.jsonl") for where in (control, run))
-    for step in range(9, 17):
+    assert (f"WARNING: checkpoint step_00000016 is damaged ({victim}: " in resumed.stderr
+            and "moved to step_00000016.damaged, resuming from step_00000012" in resumed.stderr)
+    assert "resuming at step 12" in resumed.stdout
+    assert (run / "checkpoints" / "step_00000016.damaged" / engine / victim.name).exists()  # kept, not deleted
+    # retention (keep 3) neither counts nor deletes the damaged one
+    assert steps_kept(run) == ["step_00000008", "step_00000012", "step_00000016", "step_00000016.damaged"]
+    got = read_metrics(run / "metrics.jsonl")
+    for step in range(13, 17):
         for key in compared:
-            assert got[step].get(key) == clean[step].get(key), (step, key)
+            assert got[step].get(key) == undamaged[step].get(key), (step, key)
 
 
 @pytest.mark.distributed
 def test_pretraining_on_two_ranks_resumes_from_the_newest_intact_checkpoint(tiny_data, tmp_path):
     """Rank 1's ZeRO-3 optimizer partition of the newest checkpoint cut short, as found by a user."""
-    cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=12, train__checkpoint_every=4,
+    cfg = from_dict(Config, settings(tiny_data, tmp_path / "run", train__max_steps=16, train__checkpoint_every=4,
                                      train__eval_every=8, train__zero_stage=3, data__batch_size=2))
     check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "model", ["train/loss_nats", "val/nelbo_nats"],
                    ranks=2, damaged="zero_pp_rank_1_mp_rank_00_optim_states.pt")
@@ -100,7 +97,7 @@ def test_pretraining_on_two_ranks_resumes_from_the_newest_intact_checkpoint(tiny
 
 @pytest.mark.distributed
 def test_distillation_resumes_from_the_newest_intact_checkpoint(tiny_data, teacher, tmp_path):
-    cfg = from_dict(Config, distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=12,
+    cfg = from_dict(Config, distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=16,
                                              train__checkpoint_every=4, train__eval_every=8))
     check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "discriminator",
                    ["student/loss", "discriminator/loss", "val/nelbo_nats"], strict=False)  # strict: as pre-training
