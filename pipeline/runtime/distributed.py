@@ -54,6 +54,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def import_deepspeed():
+    """``deepspeed``, first imported with MLflow hidden: DeepSpeed's autotuner imports MLflow as the package
+    loads (about 2 s a process on 2 CPU cores, on every rank of every job) only for autotuning runs, which this
+    pipeline never starts. MLflow stays importable for the tracker afterwards."""
+    if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
+        sys.modules["mlflow"] = None  # ``import mlflow`` raises ImportError while DeepSpeed loads
+        try:
+            import deepspeed
+        finally:
+            del sys.modules["mlflow"]
+    import deepspeed
+
+    return deepspeed
+
+
 def quiet_deepspeed() -> None:
     """Readable logs: DeepSpeed's INFO lines and torch's per-collective FutureWarnings off."""
     import logging
@@ -73,7 +88,7 @@ def setup(tensor_parallel: int = 1) -> Dist:
     megatron-core's tensor- and data-parallel groups."""
     use_cuda = uses_cuda()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     quiet_deepspeed()
     if not dist.is_initialized():

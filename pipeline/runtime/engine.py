@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from models.dit import DiT
 from pipeline.config import Config, ModelConfig, OptimConfig
-from pipeline.runtime.distributed import uses_cuda
+from pipeline.runtime.distributed import import_deepspeed, uses_cuda
 
 
 def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None,
@@ -32,9 +32,7 @@ def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None 
         return sharded
     context = contextlib.nullcontext()
     if zero_stage == 3 and weights is None:
-        import deepspeed
-
-        context = deepspeed.zero.Init(config_dict_or_path=ds_config)
+        context = import_deepspeed().zero.Init(config_dict_or_path=ds_config)
     with context:
         dit = DiT(*dims, **options)
     if weights is not None:
@@ -150,8 +148,7 @@ def optimizer_for(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
 
 def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict):
     """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule; returns (engine, optimizer)."""
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     optimizer, scheduler = optimizer_for(model, optim, max_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                            mpu=mpu_for(model))
@@ -161,8 +158,7 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, con
 def build_frozen_engine(model: torch.nn.Module, config: dict):
     """An engine with no optimizer, in eval mode and without grad: ZeRO-3 partitions (and may offload) it,
     lower stages just place it."""
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     model.requires_grad_(False)
     engine, _, _, _ = deepspeed.initialize(model=model, config=config, mpu=mpu_for(model))
     engine.eval()

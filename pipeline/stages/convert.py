@@ -29,6 +29,7 @@ from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bund
 from pipeline.runtime import integrity
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
 from pipeline.runtime.data import DataError, dataset_tokenizer_dir
+from pipeline.runtime.distributed import import_deepspeed
 from pipeline.config import Config, ConfigError, load_config
 from models.tensor_parallel import join_shards
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
@@ -65,6 +66,7 @@ def _read_engine(step_dir: Path, engine: str, zero_stage: int, shown: Path | Non
         if zero_stage < 3:
             state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
         else:
+            import_deepspeed()
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             with contextlib.redirect_stdout(io.StringIO()):
