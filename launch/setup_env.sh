@@ -10,6 +10,8 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   exit 2
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# DeepSpeed JIT-builds its CPU communication op once; keep it in the project, not in ~/.cache
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/build/torch_extensions}"
 stamp="$VENV/.requirements.sha256"
 want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -19,20 +21,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   # PIP_CONSTRAINT also reaches the isolated build environments of source distributions.
   PIP_CONSTRAINT="$ROOT/constraints.txt" "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -r "$ROOT/requirements.txt"
+  # built with the packages rather than inside the first training run on a CPU (40-70 s on 2 cores; a GPU
+  # machine has nothing to build)
+  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' > /dev/null 2>&1 \
+    || echo "warning: DeepSpeed's CPU communication op did not build; the first CPU training run retries" >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-# DeepSpeed JIT-builds its CPU communication op once; keep it in the project, not in ~/.cache, and build it
-# here rather than inside the first training run on a CPU (about 40 s on 2 cores; nothing on a GPU machine)
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/build/torch_extensions}"
-if [ ! -e "$VENV/.cpu_comm_op" ]; then
-  echo "building DeepSpeed's CPU communication op (once) ..."
-  "$VENV/bin/python" -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' > /dev/null 2>&1 \
-    || echo "warning: DeepSpeed's CPU communication op did not build here; the first CPU training run retries it" >&2
-  touch "$VENV/.cpu_comm_op"
-fi
 cd "$ROOT"
 stage() {  # stage NAME COMMAND...: run it and append its wall-clock seconds to the recipe's $TIMINGS file
   local name="$1" start=$SECONDS
