@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from models.diffusion import LogLinearSchedule, mask_tokens
 from models.sampler import draw_uniform, sample_where
+from models.unmasking import RANDOM, UnmaskingOrder, reveal
 from models.vocab_parallel import VocabShard, take, vocab_sum
 
 TAU_CLAMP = (0.02, 0.98)
@@ -78,21 +79,23 @@ def rollout_times(tau: torch.Tensor, steps: int = 2, t0: float = 1e-3) -> torch.
 
 def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torch.Tensor, seq_len: int,
                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
-                    shard: VocabShard | None = None) -> Rollout:
+                    shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM) -> Rollout:
     """Ancestral steps through each row's ``times`` (B', N + 1) (``rollout_times``) with one student forward per
-    step; samples come from the detached probabilities.
+    step, revealing positions in ``order``; samples come from the detached probabilities.
 
     ``student(z)`` returns SUBS log-probabilities with grad. log P sums, per row, the log-probabilities of the
-    newly unmasked positions only (a position that stays masked has a ν-independent probability).
+    newly unmasked positions only (a position that stays masked has a ν-independent probability). Under a
+    confidence order which positions are revealed depends on ν too; log P ignores that dependence (the revealed
+    set is treated as given), so the policy gradient is biased there.
     """
     rows, device = times.shape[0], times.device
     alphas = [schedule.alpha(times[:, k]) for k in range(times.shape[1])]
     z = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
     states, log_probs, masked, log_prob = [], [], [], torch.zeros(rows, device=device)
-    for alpha_t, alpha_s in zip(alphas, alphas[1:]):
+    for k, (alpha_t, alpha_s) in enumerate(zip(alphas, alphas[1:])):
         log_p = student(z)
-        unmask = (z == mask_id) & (draw_uniform((rows, seq_len), generators, device)
-                                   < ((alpha_s - alpha_t) / (1 - alpha_t))[:, None])
+        unmask = reveal(order, z, lambda: log_p.detach().exp(), (alpha_s - alpha_t) / (1 - alpha_t),
+                        k == len(alphas) - 2, mask_id, lambda shape: draw_uniform(shape, generators, device), shard)
         z_next = torch.where(unmask, sample_where(log_p, unmask, generators, mask_id, shard, torch.exp), z)
         log_prob = log_prob + (take(log_p, z_next, shard) * unmask).sum(1)
         states.append(z)

@@ -17,6 +17,7 @@ import torch
 
 from models.diffusion import LogLinearSchedule
 from models.sampler import Denoiser, Generators, SamplerStats, ancestral_sample, ancestral_step, sample_categorical
+from models.unmasking import RANDOM, UnmaskingOrder
 
 
 @dataclass
@@ -63,25 +64,29 @@ def rerank(discriminator, candidates: torch.Tensor, sigma: torch.Tensor, generat
 @torch.no_grad()
 def rgas_sample(denoise: Denoiser, discriminator, z: torch.Tensor, steps: int, mask_id: int,
                 schedule: LogLinearSchedule = LogLinearSchedule(), generator: Generators = None,
-                settings: RGASSettings = RGASSettings(), stats: RGASStats | None = None) -> torch.Tensor:
-    """RGAS from z to t = 1e-5, then noise removal with ``denoise`` (the EMA student)."""
+                settings: RGASSettings = RGASSettings(), stats: RGASStats | None = None,
+                order: UnmaskingOrder = RANDOM) -> torch.Tensor:
+    """RGAS from z to t = 1e-5, then noise removal with ``denoise`` (the EMA student); every step, tilted or
+    re-ranked, reveals its positions in ``order``."""
     stats = stats if stats is not None else RGASStats()
     strengths = tilt_strengths(steps, settings)
 
     def sigma(t: float) -> torch.Tensor:
         return schedule.sigma(torch.full((z.shape[0],), t, device=z.device))
 
+    def step(z_t: torch.Tensor, probs: torch.Tensor, i: int, t: float, s: float) -> torch.Tensor:
+        return ancestral_step(z_t, probs, t, s, mask_id, schedule, generator, order=order, last=i == steps - 1)
+
     def transition(i: int, z_t: torch.Tensor, log_probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
         if i < len(strengths) and strengths[i] != 0:
             tilted = log_probs + strengths[i] * tilting_gradient(discriminator, log_probs, z_t, sigma(t), mask_id)
             stats.discriminator_forward += 1
             stats.discriminator_backward += 1
-            return ancestral_step(z_t, torch.softmax(tilted, -1), t, s, mask_id, schedule, generator)
+            return step(z_t, torch.softmax(tilted, -1), i, t, s)
         probs = log_probs.exp()
         if i < len(strengths) or settings.candidates == 1:
-            return ancestral_step(z_t, probs, t, s, mask_id, schedule, generator)
-        candidates = torch.stack([ancestral_step(z_t, probs, t, s, mask_id, schedule, generator)
-                                  for _ in range(settings.candidates)])
+            return step(z_t, probs, i, t, s)
+        candidates = torch.stack([step(z_t, probs, i, t, s) for _ in range(settings.candidates)])
         stats.discriminator_forward += 1
         return rerank(discriminator, candidates, sigma(s), generator)
 

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from models.diffusion import NEG_INF, LogLinearSchedule
+from models.unmasking import RANDOM, UnmaskingOrder, reveal
 from models.vocab_parallel import VocabShard, add_to_column, race_local, race_winners
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]  # z (B, L) -> SUBS log-probabilities (B, L, V + 1)
@@ -77,15 +78,16 @@ def draw_uniform(shape: tuple[int, ...], generator: Generators, device, dtype=to
 
 def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
                    schedule: LogLinearSchedule, generator: Generators = None,
-                   shard: VocabShard | None = None) -> torch.Tensor:
+                   shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM, last: bool = False) -> torch.Tensor:
     """One step t -> s: x0_probs (B, L, V + 1) are x_θ(z_t); returns z_s.
 
-    The (V + 1)-way transition in two draws: a masked position unmasks with probability (α_s − α_t)/(1 − α_t)
-    (a float64 uniform), and only then takes a token from x_θ, so the float64 race over V runs where a token
-    appears, not at every masked position of every step."""
+    The (V + 1)-way transition in two draws: which masked positions unmask (``order``: in the random order each
+    with probability (α_s − α_t)/(1 − α_t), a float64 uniform; ``last``: the step the other orders reveal every
+    position left), and only then their tokens from x_θ, so the float64 race over V runs where a token appears,
+    not at every masked position of every step."""
     alpha_t, alpha_s = (schedule.alpha(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
-    unmask = (z == mask_id) & (draw_uniform(z.shape, generator, z.device, torch.float64)
-                               < ((alpha_s - alpha_t) / (1 - alpha_t)).item())
+    unmask = reveal(order, z, lambda: x0_probs, (alpha_s - alpha_t) / (1 - alpha_t), last, mask_id,
+                    lambda shape: draw_uniform(shape, generator, z.device, torch.float64), shard)
     return torch.where(unmask, sample_where(x0_probs, unmask, generator, mask_id, shard), z)
 
 
@@ -101,11 +103,13 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                      schedule: LogLinearSchedule = LogLinearSchedule(), generator: Generators = None,
                      cache: bool = True, stats: SamplerStats | None = None,
                      on_step: Callable[[int, float, torch.Tensor], None] | None = None,
-                     transition: Transition | None = None, shard: VocabShard | None = None) -> torch.Tensor:
+                     transition: Transition | None = None, shard: VocabShard | None = None,
+                     order: UnmaskingOrder = RANDOM) -> torch.Tensor:
     """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise.
 
-    ``transition`` replaces the plain step (RGAS tilts or re-ranks it); the loop, the per-row caching of x_θ,
-    the NFE count and the noise removal stay here. ``cache=False`` evaluates every row at every step (under
+    ``order``: which masked positions each step reveals (``models.unmasking``). ``transition`` replaces the plain
+    step (RGAS tilts or re-ranks it); the loop, the per-row caching of x_θ, the NFE count and the noise removal
+    stay here. ``cache=False`` evaluates every row at every step (under
     ZeRO-3 every rank must make the same calls); ``shard``: ``denoise`` returns this rank's vocabulary slice."""
     stats = stats if stats is not None else SamplerStats()
     stats.row_nfe = torch.zeros(z.shape[0], dtype=torch.long)
@@ -123,7 +127,8 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                 probs[stale] = fresh.exp()
         stats.row_nfe += stale.cpu()
         if transition is None:
-            z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator, shard)
+            z_next = ancestral_step(z, probs, grid[i], grid[i + 1], mask_id, schedule, generator, shard, order,
+                                    last=i == steps - 1)
         else:
             z_next = transition(i, z, log_probs, grid[i], grid[i + 1])
         stale = (z_next != z).any(1) if cache else torch.ones_like(stale)
