@@ -10,6 +10,7 @@ from data_prep.documents import InputError
 from data_prep.merge import merge
 from data_prep.proteins import ProteinError, split_proteins
 from data_prep.prepare import PrepareError, Task, prepare, resolved, train_tokenizer
+from data_prep.regime_chain import WINDOW, make_regime_chain
 from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
                                  write_synthetic)
 from data_prep.tokenizers import TokenizerError
@@ -43,12 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synthetic", help="sample a corpus from a known distribution and write the distribution too")
     kinds = s.add_subparsers(dest="kind", required=True)
     m = kinds.add_parser("markov", help="a sparse first-order Markov chain over the 20 standard amino acids")
-    m.add_argument("--out", required=True, help="output directory: chain.json (the chain) and chain.fasta")
-    m.add_argument("--successors", type=int, default=3, help="preferred successors per letter (1-20)")
-    m.add_argument("--records", type=int, default=400, help="FASTA records to sample")
-    m.add_argument("--length", type=int, default=2000, help="letters per record")
-    m.add_argument("--seed", type=int, default=0, help="draws the chain; the records are sampled with seed + 1")
-    m.add_argument("--mass", type=float, default=0.999, help="probability the preferred successors share, in (0, 1]")
+    _chain_flags(m)
+    g = kinds.add_parser("regime", help="a regime-switching chain: R sparse first-order chains over the 20 standard "
+                                        "amino acids, the regime switching before a letter with probability ρ")
+    _chain_flags(g)
+    g.add_argument("--regimes", type=int, default=4,
+                   help="R, the regimes (default 4: with 3 successors each a letter's successor sets cover about "
+                        "half the alphabet, so a few letters tell the regime and transitions outside all of them "
+                        "still count as invalid)")
+    g.add_argument("--switch", type=float, default=0.05,
+                   help="ρ, the probability of a switch before each letter, in (0, 1] (0 with one regime); default "
+                        f"0.05: regimes last 20 letters on average, so a {WINDOW}-letter row holds about 3 switches; "
+                        "letters a few apart mostly share a regime, the two ends of a row mostly do not")
     r = sub.add_parser("proteins", help="protein sequences to train.fasta + val.fasta, split by identity cluster")
     r.add_argument("--blast-db", nargs="+", default=[], metavar="PREFIX", help="BLAST protein databases (format 4)")
     r.add_argument("--fasta", nargs="+", default=[], metavar="PATH", help="FASTA files or directories")
@@ -61,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2, help="mmseqs2 threads")
     r.add_argument("--strict", action="store_true", help="refuse letters outside the alphabet instead of skipping")
     return parser
+
+
+def _chain_flags(p: argparse.ArgumentParser) -> None:
+    """The flags both synthetic families share."""
+    p.add_argument("--out", required=True, help="output directory: chain.json (the chain) and chain.fasta")
+    p.add_argument("--successors", type=int, default=3, help="preferred successors per letter (1-20)")
+    p.add_argument("--records", type=int, default=400, help="FASTA records to sample")
+    p.add_argument("--length", type=int, default=2000, help="letters per record")
+    p.add_argument("--seed", type=int, default=0, help="draws the chain; the records are sampled with seed + 1")
+    p.add_argument("--mass", type=float, default=0.999, help="probability the preferred successors share, in (0, 1]")
 
 
 def _prepare_flags(p: argparse.ArgumentParser) -> None:
@@ -159,11 +176,12 @@ def _proteins(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    """Write the Markov corpus, or accept an --out that already holds exactly it; anything else is exit 2."""
+    """Write the chain's corpus, or accept an --out that already holds exactly it; anything else is exit 2."""
     try:
         _check_synthetic_flags(args)
         try:
-            chain = make_markov_chain(args.successors, args.seed, args.mass)
+            chain = (make_markov_chain(args.successors, args.seed, args.mass) if args.kind == "markov" else
+                     make_regime_chain(args.regimes, args.switch, args.successors, args.seed, args.mass))
         except ValueError as err:  # with the flags in range, only mass 1 fails: no unique stationary distribution
             raise ValueError(f"--mass {args.mass} with --seed {args.seed}: {err}") from None
     except ValueError as err:
@@ -180,8 +198,11 @@ def _synthetic(args: argparse.Namespace) -> int:
     if not written:
         print(f"{out} already holds exactly this corpus ({files}); nothing written")
         return 0
-    print(f"wrote {len(records)} records, {len(records) * args.length:,} letters, entropy rate "
-          f"{chain.entropy_rate:.6f} nats/letter: {files}")
+    figures = (f"entropy rate {chain.entropy_rate:.6f} nats/letter" if args.kind == "markov" else
+               f"joint (regime, letter) entropy rate {chain.joint_entropy_rate:.6f} nats/letter (an upper bound on "
+               f"the letters'), letter bigram H(next | letter) {chain.conditional_entropy:.6f}, "
+               f"{(WINDOW - 1) * chain.switch:.2f} expected switches per {WINDOW} letters")
+    print(f"wrote {len(records)} records, {len(records) * args.length:,} letters, {figures}: {files}")
     return 0
 
 
@@ -198,6 +219,14 @@ def _check_synthetic_flags(args: argparse.Namespace) -> None:
         if getattr(args, flag) < (0 if flag == "seed" else 1):
             raise ValueError(f"--{flag} must be {'non-negative' if flag == 'seed' else 'positive'}, "
                              f"got {getattr(args, flag)}")
+    if args.kind == "regime":
+        if args.regimes < 1:
+            raise ValueError(f"--regimes must be positive, got {args.regimes}")
+        if args.regimes == 1 and args.switch != 0:
+            raise ValueError(f"--switch must be 0 with --regimes 1 (there is no other regime), got {args.switch}")
+        if args.regimes > 1 and not 0 < args.switch <= 1:
+            raise ValueError(f"--switch must be in (0, 1] with several regimes (at 0 they never mix), "
+                             f"got {args.switch}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Synthetic corpora with a known distribution: a sparse first-order Markov chain over amino-acid letters.
+"""Synthetic corpora with a known distribution: a sparse first-order Markov chain over amino-acid letters (and,
+in ``data_prep/regime_chain.py``, a regime-switching chain built from the same pieces).
 
 Because the distribution of the data is known exactly, a model's samples can be scored exactly against it.
 Each state (letter) has a few preferred successors that share ``mass`` of its row (Dirichlet(1, ..., 1) weights);
@@ -6,7 +7,8 @@ the remaining ``1 - mass`` is spread evenly over the other letters. A record sta
 distribution, so every position of every record has the same letter distribution.
 
 ``write_synthetic`` writes ``chain.json`` (the chain: transition matrix, stationary distribution, entropy rate)
-and ``chain.fasta`` (the sampled records, which ``python -m data_prep prepare --tokenizer protein`` reads).
+and ``chain.fasta`` (the sampled records, which ``python -m data_prep prepare --tokenizer protein`` reads);
+``load_chain`` reads either family back, by the file's ``kind``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -37,6 +40,7 @@ class ChainError(ValueError):
 class MarkovChain:
     """A first-order chain: state i is letter ``alphabet[i]``; ``transition[i, j]`` = P(next j | current i)."""
 
+    kind: ClassVar[str] = "markov"
     alphabet: str
     transition: np.ndarray  # (K, K) float64, rows sum to 1
     stationary: np.ndarray  # (K,), pi @ P == pi, sums to 1
@@ -50,15 +54,16 @@ class MarkovChain:
 
     @property
     def entropy_rate(self) -> float:
-        """Nats per letter: -sum_i pi_i sum_j P_ij log P_ij, with 0 log 0 = 0."""
-        p = self.transition
-        logs = np.log(p, out=np.zeros_like(p), where=p > 0)
-        return float(0.0 - self.stationary @ (p * logs).sum(axis=1))  # 0.0 - x: never -0.0
+        return entropy_rate(self.stationary, self.transition)
+
+    def state_chain(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Markov chain a record is a path of: (initial distribution, transition) over the letters."""
+        return self.stationary, self.transition
 
     def to_json(self) -> dict:
         """Plain Python values (floats in full precision: the file round-trips exactly)."""
         return {
-            "format": FORMAT, "kind": "markov", "order": 1, "alphabet": self.alphabet, "seed": self.seed,
+            "format": FORMAT, "kind": self.kind, "order": 1, "alphabet": self.alphabet, "seed": self.seed,
             "transition": self.transition.tolist(), "stationary": self.stationary.tolist(),
             "successors": [list(row) for row in self.successors], "entropy_rate_nats": self.entropy_rate,
         }
@@ -66,26 +71,45 @@ class MarkovChain:
     @classmethod
     def from_json(cls, data: dict, source: str = "<chain>") -> "MarkovChain":
         """Check every invariant the judge relies on; each failure is a ChainError naming ``source`` and the key."""
-        if not isinstance(data, dict):
-            raise ChainError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        for key, expected in (("format", FORMAT), ("kind", "markov"), ("order", 1)):
-            if key not in data:
-                raise ChainError(f"{source}: missing key '{key}'")
-            if data[key] != expected or isinstance(data[key], bool):
-                raise ChainError(f"{source}: {key} is {data[key]!r}; this reader knows only {expected!r}")
+        _header(data, source, (("format", FORMAT), ("kind", cls.kind), ("order", 1)))
         alphabet = _alphabet(data.get("alphabet"), source)
         k = len(alphabet)
         transition = _transition(data.get("transition"), k, source)
         stationary = _stationary(data.get("stationary"), transition, source)
         successors = _successor_lists(data.get("successors"), k, source)
-        seed = data.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ChainError(f"{source}: seed must be an integer or null, got {seed!r}")
-        chain = cls(alphabet, transition, stationary, successors, seed)
-        stored = data.get("entropy_rate_nats")
-        if stored is not None and not (_is_number(stored) and abs(stored - chain.entropy_rate) <= TOLERANCE):
-            raise ChainError(f"{source}: entropy_rate_nats is {stored!r}, but the chain's is {chain.entropy_rate!r}")
+        chain = cls(alphabet, transition, stationary, successors, _seed(data.get("seed"), source))
+        _check_stored(data, "entropy_rate_nats", chain.entropy_rate, source)
         return chain
+
+
+def entropy_rate(stationary: np.ndarray, transition: np.ndarray) -> float:
+    """Nats per step of a stationary chain: -sum_i pi_i sum_j P_ij log P_ij, with 0 log 0 = 0."""
+    logs = np.log(transition, out=np.zeros_like(transition), where=transition > 0)
+    return float(0.0 - stationary @ (transition * logs).sum(axis=1))  # 0.0 - x: never -0.0
+
+
+def _header(data, source: str, expected_values: tuple) -> None:
+    """The keys that say which reader a file is for, each with the one value this reader knows."""
+    if not isinstance(data, dict):
+        raise ChainError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    for key, expected in expected_values:
+        if key not in data:
+            raise ChainError(f"{source}: missing key '{key}'")
+        if data[key] != expected or isinstance(data[key], bool):
+            raise ChainError(f"{source}: {key} is {data[key]!r}; this reader knows only {expected!r}")
+
+
+def _seed(value, source: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ChainError(f"{source}: seed must be an integer or null, got {value!r}")
+    return value
+
+
+def _check_stored(data: dict, key: str, value: float, source: str) -> None:
+    """A derived figure the file stores (for readers) must be the chain's own, or the file was edited."""
+    stored = data.get(key)
+    if stored is not None and not (_is_number(stored) and abs(stored - value) <= TOLERANCE):
+        raise ChainError(f"{source}: {key} is {stored!r}, but the chain's is {value!r}")
 
 
 def _is_number(value) -> bool:
@@ -117,15 +141,15 @@ def _numbers(value, source: str, key: str) -> np.ndarray:
     return array
 
 
-def _transition(value, k: int, source: str) -> np.ndarray:
+def _transition(value, k: int, source: str, key: str = "transition") -> np.ndarray:
     if not isinstance(value, list) or len(value) != k or any(not isinstance(row, list) or len(row) != k
                                                             for row in value):
-        raise ChainError(f"{source}: transition must be a square {k} x {k} matrix (one row and column per letter)")
-    matrix = np.stack([_numbers(row, source, f"transition row {i}") for i, row in enumerate(value)])
+        raise ChainError(f"{source}: {key} must be a square {k} x {k} matrix (one row and column per letter)")
+    matrix = np.stack([_numbers(row, source, f"{key} row {i}") for i, row in enumerate(value)])
     sums = matrix.sum(axis=1)
     bad = np.flatnonzero(np.abs(sums - 1) > TOLERANCE)
     if bad.size:
-        raise ChainError(f"{source}: transition row {bad[0]} sums to {sums[bad[0]]!r}, not 1")
+        raise ChainError(f"{source}: {key} row {bad[0]} sums to {sums[bad[0]]!r}, not 1")
     return matrix
 
 
@@ -142,28 +166,35 @@ def _stationary(value, transition: np.ndarray, source: str) -> np.ndarray:
     return pi
 
 
-def _successor_lists(value, k: int, source: str) -> list[list[int]]:
+def _successor_lists(value, k: int, source: str, key: str = "successors") -> list[list[int]]:
     if not isinstance(value, list) or len(value) != k:
-        raise ChainError(f"{source}: successors must be {k} lists, one per letter")
+        raise ChainError(f"{source}: {key} must be {k} lists, one per letter")
     for i, row in enumerate(value):
         valid = isinstance(row, list) and all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < k
                                               for j in row)
         if not valid or len(set(row)) != len(row):
-            raise ChainError(f"{source}: successors row {i} must hold distinct state indices 0..{k - 1}, got {row!r}")
+            raise ChainError(f"{source}: {key} row {i} must hold distinct state indices 0..{k - 1}, got {row!r}")
     return [list(row) for row in value]
 
 
 def make_markov_chain(successors: int = 3, seed: int = 0, mass: float = 0.999,
                       alphabet: str = STANDARD_AMINO_ACIDS) -> MarkovChain:
     """Draw a sparse chain: per state ``successors`` distinct next states (self allowed) share ``mass``."""
-    k = len(_alphabet(alphabet, "alphabet"))
+    transition, chosen = sparse_rows(np.random.default_rng(seed), len(_alphabet(alphabet, "alphabet")), successors,
+                                     mass)
+    stationary = _stationary_distribution(transition)
+    return MarkovChain(alphabet, transition, stationary, chosen, seed)
+
+
+def sparse_rows(rng: np.random.Generator, k: int, successors: int, mass: float) -> tuple[np.ndarray, list[list[int]]]:
+    """A (k, k) transition matrix whose rows each give ``successors`` distinct next states (self allowed)
+    Dirichlet(1) shares of ``mass`` and spread the rest evenly; and the sorted successor lists."""
     if not isinstance(successors, int) or not 1 <= successors <= k:
         raise ValueError(f"successors must be an integer between 1 and {k} (the alphabet size), got {successors!r}")
     if not 0 < mass <= 1:
         raise ValueError(f"mass must be in (0, 1], got {mass!r}")
     if successors == k and mass != 1:
         raise ValueError(f"mass must be 1 when successors={k} covers the whole alphabet (got mass={mass!r})")
-    rng = np.random.default_rng(seed)
     rest = (1 - mass) / (k - successors) if successors < k else 0.0
     transition = np.full((k, k), rest)
     chosen = []
@@ -171,8 +202,7 @@ def make_markov_chain(successors: int = 3, seed: int = 0, mass: float = 0.999,
         targets = rng.choice(k, size=successors, replace=False)
         transition[i, targets] = rng.dirichlet(np.ones(successors)) * mass
         chosen.append(sorted(int(j) for j in targets))
-    stationary = _stationary_distribution(transition)
-    return MarkovChain(alphabet, transition, stationary, chosen, seed)
+    return transition, chosen
 
 
 def _closed_classes(transition: np.ndarray) -> int:
@@ -189,8 +219,8 @@ def _stationary_distribution(transition: np.ndarray) -> np.ndarray:
     """Solve pi (P - I) = 0 with sum(pi) = 1; refused when the chain has no unique solution."""
     classes = _closed_classes(transition)
     if classes != 1:
-        raise ValueError(f"mass=1 gave a chain with {classes} closed classes, so no unique stationary "
-                         f"distribution; use mass < 1 or another seed")
+        raise ValueError(f"the chain has {classes} closed classes, so no unique stationary distribution; "
+                         f"use mass < 1 or another seed")
     k = len(transition)
     system = transition.T - np.eye(k)
     system[-1] = 1.0
@@ -216,24 +246,33 @@ def _cdf(probabilities: np.ndarray) -> np.ndarray:
     return cdf / cdf[..., -1:]
 
 
-def sample_records(chain: MarkovChain, records: int, length: int, seed: int) -> list[str]:
-    """``records`` strings of ``length`` letters: the first from pi, then transitions; deterministic in the seed."""
+def sample_states(chain, records: int, length: int, seed: int) -> np.ndarray:
+    """(records, length) paths of ``chain.state_chain()``: the first state from its initial distribution, then
+    transitions; deterministic in the seed. The states are letters, or r K + x for a regime chain."""
     for name, value in (("records", records), ("length", length)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    initial, transition = chain.state_chain()
     rng = np.random.default_rng(seed)
     uniforms = rng.random((length, records))
-    transition_cdf = _cdf(chain.transition)
+    transition_cdf = _cdf(transition)
     states = np.empty((length, records), dtype=np.intp)
-    states[0] = _inverse_cdf(np.broadcast_to(_cdf(chain.stationary), (records, len(chain.alphabet))), uniforms[0])
+    states[0] = _inverse_cdf(np.broadcast_to(_cdf(initial), (records, len(initial))), uniforms[0])
     for t in range(1, length):
         states[t] = _inverse_cdf(transition_cdf[states[t - 1]], uniforms[t])
-    letters = np.array(list(chain.alphabet), dtype="<U1")[states.T]
+    return states.T
+
+
+def sample_records(chain, records: int, length: int, seed: int) -> list[str]:
+    """``records`` strings of ``length`` letters of either family; deterministic in the seed."""
+    states = sample_states(chain, records, length, seed)
+    letters = np.array(list(chain.alphabet), dtype="<U1")[states % len(chain.alphabet)]
     return [row.tobytes().decode("utf-32-le") for row in np.ascontiguousarray(letters)]
 
 
-def load_chain(path) -> MarkovChain:
-    """Read ``DIR/chain.json`` or the file itself; any problem (missing, not JSON, invalid) is a ChainError."""
+def load_chain(path):
+    """Read ``DIR/chain.json`` or the file itself, a ``MarkovChain`` or (kind "regime") a ``RegimeChain``; any
+    problem (missing, not JSON, invalid) is a ChainError."""
     path = Path(path)
     if path.is_dir():
         path = path / CHAIN_JSON
@@ -245,14 +284,17 @@ def load_chain(path) -> MarkovChain:
         raise ChainError(f"{path}: unreadable ({err.__class__.__name__}: {err})") from None
     except json.JSONDecodeError as err:
         raise ChainError(f"{path}: not valid JSON ({err})") from None
-    return MarkovChain.from_json(data, source=str(path))
+    from data_prep.regime_chain import RegimeChain  # regime_chain builds on this module
+
+    reader = RegimeChain if isinstance(data, dict) and data.get("kind") == RegimeChain.kind else MarkovChain
+    return reader.from_json(data, source=str(path))
 
 
-def _fasta_name(chain: MarkovChain, index: int) -> str:
-    return f"markov_{chain.seed}_{index:05d}"
+def _fasta_name(chain, index: int) -> str:
+    return f"{chain.kind}_{chain.seed}_{index:05d}"
 
 
-def render_files(chain: MarkovChain, records: list[str]) -> dict[str, bytes]:
+def render_files(chain, records: list[str]) -> dict[str, bytes]:
     """The bytes of ``chain.fasta`` and ``chain.json`` (in writing order), so a rerun can compare before writing."""
     lengths = {len(r) for r in records}
     if len(lengths) != 1:
@@ -269,7 +311,7 @@ def render_files(chain: MarkovChain, records: list[str]) -> dict[str, bytes]:
             CHAIN_JSON: json.dumps(description, indent=1).encode()}
 
 
-def write_synthetic(out, chain: MarkovChain, records: list[str]) -> bool:
+def write_synthetic(out, chain, records: list[str]) -> bool:
     """Write ``out/chain.fasta`` then ``out/chain.json``, each atomically (the json's presence means complete);
     returns False, writing nothing, when ``out`` already holds exactly these files. A file at ``out``, or a
     directory holding anything else, is a ValueError naming what is there."""

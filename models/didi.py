@@ -8,6 +8,7 @@ vocabulary take its ``shard`` (``models.vocab_parallel``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -103,6 +104,35 @@ def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torc
         masked.append(z == mask_id)
         z = z_next
     return Rollout(z, states, log_probs, masked, log_prob)
+
+
+@torch.no_grad()
+def teacher_forced_log_prob(student: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, times: torch.Tensor,
+                            mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
+                            shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM) -> torch.Tensor:
+    """log P_ν(x | τ) (B',) along a fresh unmasking trajectory τ of the rollout's ``times`` and ``order`` whose
+    revealed tokens are x's own (teacher forcing: no token is drawn). A position x leaves masked is never
+    revealed (in the random order its staying masked has a ν-independent probability), and every other one is
+    revealed by the last step (the random order's rare leftovers, about t0/τ of them, are revealed there)."""
+    z = torch.full_like(x, mask_id)
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    alphas = [schedule.alpha(times[:, k]) for k in range(times.shape[1])]
+    for k, (alpha_t, alpha_s) in enumerate(zip(alphas, alphas[1:])):
+        log_p = student(z)
+        last = k == len(alphas) - 2
+        unmask = reveal(order, z, lambda: log_p.exp(), (alpha_s - alpha_t) / (1 - alpha_t), last, mask_id,
+                        lambda shape: draw_uniform(shape, generators, x.device), shard)
+        unmask = (unmask | (last & (z == mask_id))) & (x != mask_id)
+        total += (take(log_p, x, shard).double() * unmask).sum(1)
+        z = torch.where(unmask, x, z)
+    return total
+
+
+def marginal_log_prob(trajectory_log_probs: torch.Tensor) -> torch.Tensor:
+    """log q̂_ν(x) = log (1/K) Σ_k P_ν(x | τ_k) from (K, B') teacher-forced trajectory log-probabilities: the
+    student's marginal likelihood of its own sample, which ``log P(x | the trajectory that drew it)`` is not
+    (that one also counts the information the trajectory holds about x). Biased low by Jensen, less so as K grows."""
+    return torch.logsumexp(trajectory_log_probs, 0) - math.log(trajectory_log_probs.shape[0])
 
 
 def coupled_corruption(x_fake: torch.Tensor, x_real: torch.Tensor, tau: torch.Tensor, mask_id: int,

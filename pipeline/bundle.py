@@ -3,7 +3,8 @@
 A bundle is a directory::
 
     manifest.json              format, kind (teacher | student | judge), source checkpoint and step, model dimensions,
-                               discriminator settings, tokenizer fingerprint, sha256 of every other file
+                               discriminator settings, the default unmasking order (students: the order their
+                               rollouts used), tokenizer fingerprint, sha256 of every other file
     model.safetensors          the EMA weights (the teacher's, or the distilled EMA student's)
     online.safetensors         optional: the online student
     discriminator.safetensors  distilled bundles: the discriminator (RGAS needs it)
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from models.discriminator import Discriminator
 from models.dit import DiT
+from models.unmasking import UnmaskingOrder
 
 FORMAT = 1
 MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "cond_dim", "seq_len", "causal")
@@ -149,6 +151,15 @@ class Bundle:
     def tokenizer_dir(self) -> Path:
         return self.path / "tokenizer"
 
+    @property
+    def order(self) -> UnmaskingOrder:
+        """The unmasking order the bundle samples in by default: a student's distillation order, else random."""
+        spec = self.manifest.get("sampling", {}).get("order", "random")
+        try:
+            return UnmaskingOrder.parse(spec).check_length(self.seq_len)
+        except ValueError as err:
+            raise BundleError(f"{self.path / 'manifest.json'}: sampling.order: {err}") from None
+
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle: the EMA model, and the discriminator and online student if present."""
@@ -172,4 +183,6 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         online = new_dit(manifest["model"])
         _load_weights(online, path / "online.safetensors")
         online = online.to(device).eval()
-    return Bundle(path, manifest, model.to(device).eval(), discriminator, online)
+    bundle = Bundle(path, manifest, model.to(device).eval(), discriminator, online)
+    _ = bundle.order  # an unknown default order fails here, naming the manifest
+    return bundle

@@ -210,6 +210,10 @@ class DistillConfig:
     # the techniques, each switchable for the paper's cumulative ablation (all on is DiDi-Instruct)
     intermediate_state: bool = True  # two-step rollout 1 → τ → t0 with matching at z_τ; off: one step 1 → t0
     rollout_steps: int = 2  # student steps of a rollout: 2 is the paper's; N ≥ 3 runs the uniform N-step grid
+    # which positions each rollout step reveals (models/unmasking.py): random (MDLM's), dispersed[:D],
+    # confidence, margin or entropy (those depend on the student; the policy gradient ignores that); the
+    # converted student bundle samples in this order by default
+    rollout_order: str = "random"
     coupled_time: bool = True  # the discriminator sees the rollout's τ; off: an independent t ~ Beta per row
     omega_weight: bool = True  # policy-gradient weight ω(t); off: 1
     regularisation: bool = True  # λ_KL·KL + λ_H·entropy terms; off: logged, not in the loss
@@ -240,6 +244,10 @@ class DistillConfig:
     # what the policy gradient maximises: the discriminator's log density ratio (the method), or, a diagnostic on
     # a synthetic corpus, log p(x) − log P(x | order) with p train.exact_judge's chain (a perfect reward)
     reward: Literal["discriminator", "exact"] = "discriminator"
+    # reward: exact: log q(x) estimated by a log-mean-exp over this many fresh teacher-forced unmasking trajectories
+    # (K student forwards per rollout step, no grad); 0: log P(x | the rollout's own trajectory), which also
+    # penalises the information the trajectory holds about x (spec §11)
+    exact_reward_trajectories: int = 8
 
     @property
     def steps(self) -> int:
@@ -258,6 +266,8 @@ class DistillConfig:
         for name in ("c1", "c2", "lambda_kl", "lambda_h"):
             _non_negative(f"distill.{name}", getattr(self, name))
         _non_negative("distill.unfreeze_blocks", self.unfreeze_blocks)
+        _non_negative("distill.exact_reward_trajectories", self.exact_reward_trajectories)
+        _order("distill.rollout_order", self.rollout_order)
         if self.rollout_steps < 2:
             raise ConfigError(f"distill.rollout_steps: {self.rollout_steps}; a rollout has at least 2 steps (the "
                               "one-step ablation is distill.intermediate_state: false)")
@@ -333,6 +343,7 @@ class Config:
         if self.distill.unfreeze_blocks > self.model.num_layers:
             raise ConfigError(f"distill.unfreeze_blocks: {self.distill.unfreeze_blocks} is more than the "
                               f"model's {self.model.num_layers} blocks")
+        _order("distill.rollout_order", self.distill.rollout_order, self.model.seq_len)
         if self.distill.teacher_offload and self.train.zero_stage != 3:
             raise ConfigError("distill.teacher_offload: needs train.zero_stage: 3 (offload works on ZeRO-3 partitions)")
         if self.distill.reward == "exact" and self.train.exact_judge is None:
@@ -354,6 +365,8 @@ class EvaluateConfig:
     teacher_steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512, 1024])
     student_steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     student_samplers: list[Literal["ancestral", "rgas"]] = field(default_factory=lambda: ["ancestral", "rgas"])
+    # unmasking orders (models/unmasking.py): every teacher, student and control row is sampled in each of them
+    orders: list[str] = field(default_factory=lambda: ["random"])
     num_samples: int = 64
     batch_size: int = 16
     seed: int = 0
@@ -395,6 +408,10 @@ class EvaluateConfig:
             raise ConfigError(f"exact_control_temperatures: {self.exact_control_temperatures}: every temperature must "
                               "be in (0, 2]")
         _exact_judge_spec("judge", self.judge)
+        if not self.orders:
+            raise ConfigError("orders: [] samples nothing; give at least one unmasking order (e.g. [random])")
+        if len({_order("orders", spec) for spec in self.orders}) != len(self.orders):
+            raise ConfigError(f"orders: {self.orders} names an order twice")
         if self.entropy_control and self.student and self.control_student_steps not in self.student_steps:
             raise ConfigError(f"control_student_steps: {self.control_student_steps} is not one of student_steps "
                               f"{self.student_steps} (or set entropy_control: false)")
@@ -461,6 +478,20 @@ def _exact_judge_spec(name: str, spec: str, required: bool = False) -> None:
     if spec == "markov:" or (required and not spec.startswith("markov:")):
         raise ConfigError(f"{name}: {spec!r}: give markov:DIR or markov:DIR/chain.json (the chain a synthetic corpus "
                           "was sampled from: python -m data_prep synthetic markov --out DIR)")
+
+
+def _order(name: str, spec: str, seq_len: int | None = None) -> str:
+    """The canonical spelling of an unmasking order that parses (and fits sequences of ``seq_len``), else a
+    ConfigError naming the key."""
+    from models.unmasking import UnmaskingOrder  # torch: loaded only by configs that name an order
+
+    try:
+        order = UnmaskingOrder.parse(spec)
+        if seq_len is not None:
+            order.check_length(seq_len)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from None
+    return str(order)
 
 
 def _positive(name: str, value: float) -> None:

@@ -1,16 +1,25 @@
-"""Exact scores of samples under the known Markov chain of a synthetic corpus (``data_prep/synthetic.py``).
+"""Exact scores of samples under the known chain of a synthetic corpus: a first-order Markov chain
+(``data_prep/synthetic.py``) or a regime-switching one (``data_prep/regime_chain.py``), the first being the second
+with one regime.
 
 A sample's token ids are cut into runs of chain letters: [BOS], [EOS] (a record boundary), [MASK] and any token
-that is not a letter of the chain end a run and are counted, never scored. The first letter of a run is scored
-under the stationary distribution π (a run starts mid-record, and records start in equilibrium), each next one
-under the transition matrix P. Per sample: Σ -log p, the letters scored, the transitions and how many leave the
-chain's successor sets (invalid), and the bigram counts. Over samples: the exact NLL per letter (letter-weighted)
-and its perplexity, the invalid-transition rate, the total-variation distance of the pooled bigram frequencies to
-the chain's stationary bigram distribution π_i P_ij, and the mean unigram entropy of the letters, each with a
-percentile bootstrap interval over samples. The bigram TV of a finite sample is biased upwards (real data drawn
+that is not a letter of the chain end a run and are counted, never scored. A run starts in the stationary
+distribution (it starts mid-record, and records start in equilibrium) and is scored by the scaled forward
+algorithm over the hidden regime (with one regime: π of the first letter, P of each next one). Per sample: Σ -log p,
+the letters scored, the transitions and how many leave the successor sets of every regime (invalid), the bigram
+counts, and the posterior expected number of regime switches (forward–backward). Over samples: the exact NLL per
+letter (letter-weighted) and its perplexity, the invalid-transition rate, the total-variation distance of the
+pooled bigram frequencies to the chain's stationary letter-bigram distribution (π_i P_ij with one regime), the mean
+unigram entropy of the letters, the pooled bigrams' conditional entropy H(X_{k+1} | X_k) (a sampler that sharpens
+lowers it even where its letter entropy matches; the chain's own is ``ExactJudge.chain_conditional_entropy``),
+and the regime chain's coherence: expected switches per 64 letters (data ≈ 63 ρ; a sampler that draws far-apart
+letters from different regimes raises it; None with one regime), each with a percentile bootstrap interval over
+samples. The bigram TV of a finite sample is biased upwards (real data drawn
 from the chain itself scores above 0), and its resamples more so; it is reported bias-corrected (2 TV − the mean
 over resamples, at least 0) with the basic bootstrap interval (2 TV − the percentiles), which estimate the
-distance of the sampler's own bigram distribution rather than of this many samples.
+distance of the sampler's own bigram distribution rather than of this many samples. The conditional entropy of a
+finite sample is biased downwards (a 20 × 20 table of few bigrams looks sharper than it is), so it is reported the
+same way.
 """
 from __future__ import annotations
 
@@ -19,13 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_prep.regime_chain import WINDOW, RegimeChain, as_regime_chain, conditional_entropy
 from data_prep.synthetic import ChainError, MarkovChain, load_chain
 from data_prep.tokenizers import Tokenizer, TokenizerError
 
-SPEC = "markov:"  # a judge spec naming a synthetic corpus's chain: markov:DIR or markov:DIR/chain.json
+SPEC = "markov:"  # a judge spec naming a synthetic corpus's chain (either family): markov:DIR or markov:DIR/chain.json
 # the metrics a summary reports, with their titles and formats
 METRICS = (("nll_per_letter", "exact NLL / letter", ".3f"), ("invalid_rate", "invalid", ".2%"),
-           ("bigram_tv", "bigram TV", ".3f"), ("unigram_entropy", "letter entropy", ".2f"))
+           ("bigram_tv", "bigram TV", ".3f"), ("unigram_entropy", "letter entropy", ".2f"),
+           ("conditional_entropy", "bigram H(next | letter)", ".3f"),
+           ("switches_per_64", f"regime switches / {WINDOW}", ".2f"))
 
 
 class ExactJudgeError(ValueError):
@@ -54,13 +66,15 @@ class SampleScore:
     masks: int  # [MASK] tokens among the breaks
     bigrams: np.ndarray  # (K, K) counts of the scored transitions
     unigram_entropy: float  # of this sample's letters (nats); 0 for a sample without letters
+    switches: float  # posterior expected regime switches over the transitions (0 with one regime; NaN if p = 0)
 
 
 class ExactJudge:
     """Scores token ids exactly under ``chain``; ``tok`` must encode every chain letter as one token."""
 
-    def __init__(self, chain: MarkovChain, tok: Tokenizer):
+    def __init__(self, chain: MarkovChain | RegimeChain, tok: Tokenizer):
         self.chain, self.tok = chain, tok
+        self.hidden = as_regime_chain(chain)  # what the scores are computed from, whichever the family
         self.state = {}  # token id -> chain state
         for index, letter in enumerate(chain.alphabet):
             try:
@@ -71,13 +85,10 @@ class ExactJudge:
                 raise ExactJudgeError(f"chain letter {letter!r} is not one token of the {tok.kind} tokenizer: the "
                                       "chain and the corpus's tokenizer have different alphabets")
             self.state[ids[0]] = index
-        with np.errstate(divide="ignore"):
-            self.log_p, self.log_pi = np.log(chain.transition), np.log(chain.stationary)
-        size = len(chain.alphabet)
-        self.valid = np.zeros((size, size), dtype=bool)
-        for i, successors in enumerate(chain.successors):
-            self.valid[i, successors] = True
-        self.bigram_target = chain.stationary[:, None] * chain.transition
+        self.regime_transition = self.hidden.regime_transition
+        self.valid = self.hidden.valid
+        self.bigram_target = self.hidden.letter_bigrams
+        self.chain_conditional_entropy = self.hidden.conditional_entropy  # beside the samples' conditional_entropy
 
     def score(self, ids: list[int]) -> SampleScore:
         ids = list(ids)
@@ -95,11 +106,40 @@ class ExactJudge:
         bigrams = np.bincount(prev * size + nxt, minlength=size * size).reshape(size, size)
         counts = np.bincount(states[letters], minlength=size)
         freq = counts[counts > 0] / max(1, counts.sum())
+        ends = np.flatnonzero(letters & ~np.append(letters[1:], False))
+        runs = [self.run_posterior(states[start:end + 1]) for start, end in zip(np.flatnonzero(starts), ends)]
         return SampleScore(
-            nll=float(-self.log_pi[states[starts]].sum() - self.log_p[prev, nxt].sum()),
-            letters=int(letters.sum()), transitions=int(follows.sum()), invalid=int((~self.valid[prev, nxt]).sum()),
-            breaks=int((~letters).sum()), masks=sum(1 for i in ids if i == self.tok.mask_id), bigrams=bigrams,
-            unigram_entropy=float(-(freq * np.log(freq)).sum()))
+            nll=float(sum(nll for nll, _ in runs)), letters=int(letters.sum()), transitions=int(follows.sum()),
+            invalid=int((~self.valid[prev, nxt]).sum()), breaks=int((~letters).sum()),
+            masks=sum(1 for i in ids if i == self.tok.mask_id), bigrams=bigrams,
+            unigram_entropy=float(-(freq * np.log(freq)).sum()), switches=float(sum(s for _, s in runs)))
+
+    def run_posterior(self, run: np.ndarray) -> tuple[float, float]:
+        """−log p of one run of letters and the posterior expected number of regime switches within it, by the
+        scaled forward–backward algorithm over the regime (the letters are observed): α_1 ∝ ψ(·, x_1),
+        α_k ∝ (α_{k−1} A) ∘ e_k with e_k(r) = P_r(x_{k−1}, x_k), c_k the normaliser, −log p = −Σ log c_k; the pair
+        posterior of regimes (r, r') at transition k is α_{k−1}(r) A(r, r') e_k(r') β_k(r') / c_k. A run of
+        probability 0 (possible only where a chain has zero entries) scores (inf, NaN)."""
+        a = self.regime_transition
+        emissions = self.hidden.transitions[:, run[:-1], run[1:]].T  # (transitions, R)
+        alpha = np.empty((len(run), len(a)))
+        scale = np.empty(len(run))
+        carried = self.hidden.stationary[:, run[0]]
+        for k in range(len(run)):
+            if k:
+                carried = (alpha[k - 1] @ a) * emissions[k - 1]
+            scale[k] = carried.sum()
+            if scale[k] == 0:
+                return math.inf, math.nan
+            alpha[k] = carried / scale[k]
+        nll = float(-np.log(scale).sum())
+        if len(a) == 1:
+            return nll, 0.0
+        beta = np.ones_like(alpha)
+        for k in range(len(run) - 1, 0, -1):
+            beta[k - 1] = a @ (emissions[k - 1] * beta[k]) / scale[k]
+        stay = (alpha[:-1] * np.diag(a) * emissions * beta[1:]).sum(1) / scale[1:]  # posterior P(r_k = r_{k-1})
+        return nll, float((1 - stay).sum())
 
     def summarise(self, scores: list[SampleScore], rounds: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
         """The pooled metrics over ``scores`` and their bootstrap intervals (samples drawn with replacement); a
@@ -123,6 +163,9 @@ class ExactJudge:
             invalid = total([s.invalid for s in scored]) / transitions
             pooled = weights @ np.stack([s.bigrams.ravel() for s in scored]).astype(np.float64)
             tv = 0.5 * np.abs(pooled / pooled.sum(1, keepdims=True) - self.bigram_target.ravel()).sum(1)
+            conditional = conditional_entropy(pooled.reshape(len(pooled), *self.valid.shape))
+            switch_rate = total([s.switches for s in scored]) / transitions
+        switches = (WINDOW - 1) * switch_rate if self.hidden.regimes > 1 else np.full_like(switch_rate, np.nan)
         entropy = total([s.unigram_entropy for s in scored]) / weights.sum(1)
 
         def interval(values: np.ndarray, bias_corrected: bool = False):
@@ -135,8 +178,10 @@ class ExactJudge:
             point = values[0].item()
             return max(0.0, 2 * point - rest.mean().item()), [max(0.0, 2 * point - high), max(0.0, 2 * point - low)]
 
-        for name, values in (("nll_per_letter", nll), ("invalid_rate", invalid), ("unigram_entropy", entropy)):
+        for name, values in (("nll_per_letter", nll), ("invalid_rate", invalid), ("unigram_entropy", entropy),
+                             ("switches_per_64", switches)):
             out[name], out[f"{name}_interval"] = interval(values)
         out["bigram_tv"], out["bigram_tv_interval"] = interval(tv, bias_corrected=True)
+        out["conditional_entropy"], out["conditional_entropy_interval"] = interval(conditional, bias_corrected=True)
         out["perplexity"] = math.exp(out["nll_per_letter"])
         return out

@@ -52,7 +52,7 @@ def save_figure(fig, out: Path) -> Path:
 
 
 def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
-    """Evaluation rows: ``key`` against NFE, one line per (model, sampler), one point per entropy-matched control
+    """Evaluation rows: ``key`` against NFE, one line per (model, sampler, unmasking order), one point per entropy-matched control
     and a line of best-temperature controls; a judged metric (Gen-PPL, an exact judge's) with its intervals and
     the held-out reference (the first row) as a dashed line."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -60,7 +60,9 @@ def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
         f"{key}_interval" if f"{key}_interval" in rows[0] else None)  # a judged metric, with a held-out reference
 
     def series(r):
-        return (r["model"], r["sampler"], r.get("control_for"))
+        return (r["model"], r["sampler"], r.get("control_for"), r.get("order"))
+
+    orders = {r.get("order") for r in rows if r.get("order")}
 
     for name in dict.fromkeys(series(r) for r in rows if r["nfe"] is not None):
         points = sorted(((r["nfe"], r[key], r.get(interval), r.get("temperature")) for r in rows
@@ -68,6 +70,7 @@ def plot_versus_nfe(rows: list[dict], key: str, label: str, out: Path) -> Path:
         nfe, values = [p[0] for p in points], [p[1] for p in points]
         legend = (" ".join(name[:2]) if name[2] is None else "teacher at its best T" if name[2] == "best temperature"
                   else f"teacher T={points[0][3]:.2f} (entropy of {name[2]})")
+        legend += f", {name[3]}" if len(orders) > 1 else ""
         style = ({"marker": "o"} if name[2] is None else {"marker": "s", "linestyle": ":"}
                  if name[2] == "best temperature" else {"marker": "*", "markersize": 10, "linestyle": "none"})
         if interval is not None:

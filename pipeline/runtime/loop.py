@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from models.diffusion import subs_log_probs
 from models.sampler import SamplerStats, ancestral_sample
+from models.unmasking import RANDOM, UnmaskingOrder
 from pipeline.runtime import checkpoint
 from pipeline.config import Config, ConfigError, save_resolved, to_dict
 from pipeline.runtime.data import TokenLoader
@@ -159,9 +160,10 @@ def endless(loader: TokenLoader):
 @torch.no_grad()
 def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, tok
                  ) -> list[tuple[int, list[str], SamplerStats]]:
-    """EMA samples from all-[MASK] at each of ``train.sample_steps``; every rank runs the sampler (ZeRO-3
-    gathers need all), rank 0 keeps the text."""
+    """EMA samples from all-[MASK] at each of ``train.sample_steps``, in the order a distillation's rollouts use;
+    every rank runs the sampler (ZeRO-3 gathers need all), rank 0 keeps the text."""
     mask_id, shard = cfg.model.vocab_size, engine.module.vocab_shard
+    order = UnmaskingOrder.parse(cfg.distill.rollout_order) if cfg.stage == "distill" else RANDOM
     engine.eval()
 
     def denoise(z):
@@ -176,7 +178,7 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
             z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
             # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
             out = ancestral_sample(denoise, z, steps, mask_id, generator=keyed_generator(cfg.run.seed, SAMPLE, step),
-                                   cache=cfg.train.zero_stage != 3, stats=stats, shard=shard)
+                                   cache=cfg.train.zero_stage != 3, stats=stats, shard=shard, order=order)
             ids = out.cpu().tolist()
             results.append((steps, [render(row, tok)[0] for row in ids], stats, ids))
     engine.train()

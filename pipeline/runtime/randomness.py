@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME = 1, 2, 3, 4, 5, 6, 7, 8  # purposes
+EXACT_TRAJECTORY = 9  # the teacher-forced trajectories of distill.reward: exact
 
 
 def keyed_seed(*keys: int) -> int:

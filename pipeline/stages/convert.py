@@ -129,6 +129,7 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
                                   "the configured discriminator")
         weights["discriminator.safetensors"] = state
         manifest["discriminator"] = {"unfreeze_blocks": cfg.distill.unfreeze_blocks, "sigma_to": cfg.distill.sigma_to}
+        manifest["sampling"] = {"order": cfg.distill.rollout_order}  # the order it was distilled for
     if online:
         weights["online.safetensors"] = engine_state_dict(step_dir, "student" if kind == "student" else "model",
                                                           cfg.train.zero_stage)

@@ -32,13 +32,14 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from data_prep.tokenizers import load_tokenizer
-from models.didi import (beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
-                         group_normalised_advantages, jeffreys, omega, rollout_times, row_rewards,
-                         sample_tau, snap_tau, student_loss, student_rollout)
+from models.didi import (Rollout, beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
+                         group_normalised_advantages, jeffreys, marginal_log_prob, omega, rollout_times, row_rewards,
+                         sample_tau, snap_tau, student_loss, student_rollout, teacher_forced_log_prob)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
 from models.sampler import ancestral_sample
+from models.unmasking import UnmaskingOrder
 from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
 from pipeline.config import Config, DistillConfig
@@ -51,8 +52,8 @@ from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for,
                                    resume, sample_texts, side_state, start_tracking)
 from pipeline.runtime.preemption import PreemptionWatch
 from pipeline.stages.pretrain import evaluate
-from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator,
-                                         keyed_seed)
+from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, ROLLOUT, TAU, TEACHER_SAMPLE,
+                                         keyed_generator, keyed_seed)
 from pipeline.bundle import verify
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
@@ -169,9 +170,9 @@ class Distiller:
             dist.all_reduce(count)
         return (count / self.d.world_size).float()
 
-    def generators(self, step: int, purpose: int, rows: int) -> list[torch.Generator]:
+    def generators(self, step: int, purpose: int, rows: int, *keys: int) -> list[torch.Generator]:
         first = self.d.data_rank * rows
-        return [keyed_generator(self.cfg.run.seed, purpose, step, first + i, device=self.d.device)
+        return [keyed_generator(self.cfg.run.seed, purpose, step, first + i, *keys, device=self.d.device)
                 for i in range(rows)]
 
     def taus(self, step: int, row_generators: list[torch.Generator]) -> torch.Tensor:
@@ -190,6 +191,18 @@ class Distiller:
                                 self.mask_id, self.schedule, self.generators(step, TEACHER_SAMPLE, rows),
                                 cache=self.cfg.train.zero_stage != 3, shard=self.shard)
 
+    def sample_log_likelihood(self, step: int, roll: Rollout, times: torch.Tensor) -> torch.Tensor:
+        """The student's log-likelihood of its rollouts for ``reward: exact``: log q̂(x) over
+        ``exact_reward_trajectories`` teacher-forced trajectories, or (0 of them) log P(x | its own trajectory)."""
+        c = self.cfg.distill
+        if c.exact_reward_trajectories == 0:
+            return roll.log_prob.detach()
+        forced = [teacher_forced_log_prob(lambda z: self._log_probs(self.student, z), roll.x, times, self.mask_id,
+                                          self.schedule, self.generators(step, EXACT_TRAJECTORY, c.rollout_rows, k),
+                                          self.shard, UnmaskingOrder.parse(c.rollout_order))
+                  for k in range(c.exact_reward_trajectories)]
+        return marginal_log_prob(torch.stack(forced)).float()
+
     # ---- one iteration ----
 
     def iteration(self, step: int, x_data: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
@@ -199,9 +212,11 @@ class Distiller:
             torch.manual_seed(keyed_seed(self.cfg.run.seed, DROPOUT, step, self.d.data_rank))
         gens = self.generators(step, ROLLOUT, c.rollout_rows)
         tau = self.taus(step, gens)
+        times = rollout_times(tau, c.steps, c.t0)
         with timer("rollout"):
-            roll = student_rollout(lambda z: self._log_probs(self.student, z), rollout_times(tau, c.steps, c.t0),
-                                   self.cfg.model.seq_len, mask_id, schedule, gens, self.shard)
+            roll = student_rollout(lambda z: self._log_probs(self.student, z), times,
+                                   self.cfg.model.seq_len, mask_id, schedule, gens, self.shard,
+                                   UnmaskingOrder.parse(c.rollout_order))
         with timer("teacher"), torch.no_grad():
             targets = [self._log_probs(self.teacher, z) for z in roll.states]
             real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
@@ -231,7 +246,7 @@ class Distiller:
             # with an exact judge the rows are scored once, for the reward (reward: exact) and the correlation
             scores = None if self.judge is None else [self.judge.score(row) for row in roll.x.tolist()]
             rewards = (row_rewards(d_fake, m_fake, c.reward_clip) if c.reward == "discriminator"
-                       else exact_rewards(scores, roll.log_prob, c.reward_clip))
+                       else exact_rewards(scores, self.sample_log_likelihood(step, roll, times), c.reward_clip))
             advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
             weight = omega(t, schedule) if c.omega_weight else torch.ones_like(t)
             if c.importance_weight:
@@ -270,14 +285,15 @@ class Distiller:
         }
 
 
-def exact_rewards(scores: list[SampleScore], log_prob: torch.Tensor, break_cost: float) -> torch.Tensor:
-    """``distill.reward: exact``: log p(x) − log P_ν(x | the rollout's unmasking order) per row, p the chain's
-    exact likelihood (``scores``: the rows' exact scores; a token inside the row that is not a letter costs
-    ``break_cost`` nats). Its expectation is minus the order-averaged KL(P_ν(· | order) ‖ p), an upper bound of
-    KL(q_ν ‖ p) that is 0 only for a sampler whose every step draws exactly from the chain: the distillation's
-    aim with a perfect reward in place of the discriminator's estimate."""
-    log_p = torch.tensor([-(s.nll + break_cost * s.breaks) for s in scores], device=log_prob.device)
-    return log_p - log_prob.detach()
+def exact_rewards(scores: list[SampleScore], log_q: torch.Tensor, break_cost: float) -> torch.Tensor:
+    """``distill.reward: exact``: log p(x) − log q_ν(x) per row, p the chain's exact likelihood (``scores``: the
+    rows' exact scores; a token inside the row that is not a letter costs ``break_cost`` nats) and ``log_q`` the
+    student's (``Distiller.sample_log_likelihood``): minus KL(q_ν ‖ p) in expectation, the distillation's aim
+    with a perfect reward in place of the discriminator's estimate. With log P_ν(x | its own trajectory) in place
+    of log q_ν(x) the expectation also subtracts the information the trajectory holds about x, penalising
+    exactly the later steps that compensate earlier ones."""
+    log_p = torch.tensor([-(s.nll + break_cost * s.breaks) for s in scores], device=log_q.device)
+    return log_p - log_q.detach()
 
 
 def exact_correlation(scores: list[SampleScore], advantages: torch.Tensor) -> float:

@@ -12,8 +12,10 @@ has only sharpened its distribution). With ``in_domain_judge`` (a causal DiT bun
 training split), every row is also scored by it. With an exact judge (``judge: markov:CHAIN``): the teacher's
 best temperature at each of ``student_steps`` and the exact denoiser (the chain's posterior driving the plain
 sampler) at each of ``teacher_steps``. On real proteins (the protein tokenizer, an in-domain judge bundle): the
-protein metrics of ``pipeline/measure/protein.py`` beside Gen-PPL. Same judges, seeds and sample count throughout. Writes
-``results.md``, ``results.json``, plots and the samples to ``out``, and logs them to MLflow.
+protein metrics of ``pipeline/measure/protein.py`` beside Gen-PPL. Every sampled row, controls included, is
+repeated in each unmasking order of ``orders`` (``models/unmasking.py``): a student is compared with the teacher
+sampled the same way. Same judges, seeds and sample count throughout. Writes ``results.md``, ``results.json``,
+plots and the samples to ``out``, and logs them to MLflow.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from pipeline.measure.plots import plot_versus_nfe
 from pipeline.measure.protein import METRICS as PROTEIN_METRICS
 from pipeline.measure.protein import ProteinMetrics, mmseqs_missing
 from pipeline.stages.sample import sample
+from models.unmasking import UnmaskingOrder
 from pipeline.measure.text import render
 from pipeline.runtime.tracking import make_tracker
 
@@ -85,70 +88,86 @@ def held_out(cfg: EvaluateConfig) -> list[list[int]]:
 
 def reference_row(judges: dict, cfg: EvaluateConfig, tok, ids: list[list[int]]) -> dict:
     return judged_row(judges, cfg, [render(i, tok)[0] for i in ids], ids, model="held-out text", sampler="-",
-                      steps=None, temperature=None, control_for=None, control=None, nfe=None, masks_left=0,
+                      order=None, steps=None, temperature=None, control_for=None, control=None, nfe=None, masks_left=0,
                       seconds_per_sample=None)
 
 
-def sampled_row(judges: dict, cfg: EvaluateConfig, bundle, tok, model: str, sampler: str, steps: int,
-                temperature: float = 1.0, control_for: str | None = None, control: str | None = None) -> dict:
-    rows = sample(bundle, tok, steps, sampler, cfg.num_samples, cfg.batch_size, cfg.seed, temperature=temperature)
+def tag(order: str) -> str:
+    """An order's spec as a file-name and MLflow-metric-name part (no colon: dispersed:3 -> dispersed3)."""
+    return order.replace(":", "")
+
+
+def sampled_row(judges: dict, cfg: EvaluateConfig, bundle, tok, model: str, sampler: str, order: UnmaskingOrder,
+                steps: int, temperature: float = 1.0, control_for: str | None = None,
+                control: str | None = None) -> dict:
+    rows = sample(bundle, tok, steps, sampler, cfg.num_samples, cfg.batch_size, cfg.seed, temperature=temperature,
+                  order=order)
     samples_dir = Path(cfg.out) / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{model}_{sampler}_{steps}" + ("" if temperature == 1.0 else f"_T{temperature:.3f}")
+    name = (f"{model}_{sampler}_{tag(str(order))}_{steps}"
+            + ("" if temperature == 1.0 else f"_T{temperature:.3f}"))
     atomic_write_bytes(samples_dir / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     batches = {r["batch"]: r for r in rows}.values()
     return judged_row(judges, cfg, [r["text"] for r in rows], [r["token_ids"] for r in rows], model=model,
-                      sampler=sampler, steps=steps, temperature=temperature, control_for=control_for,
+                      sampler=sampler, order=str(order), steps=steps, temperature=temperature, control_for=control_for,
                       control=control if control_for is None or control else "entropy-matched",
                       nfe=sum(r["nfe"] for r in rows) / len(rows), masks_left=sum(r["masks_left"] for r in rows),
                       seconds_per_sample=sum(b["batch_seconds"] for b in batches) / len(rows))
 
 
-def mean_entropy(bundle, tok, cfg: EvaluateConfig, temperature: float) -> float:
+def mean_entropy(bundle, tok, cfg: EvaluateConfig, order: UnmaskingOrder, temperature: float) -> float:
     rows = sample(bundle, tok, cfg.control_search_steps, "ancestral", cfg.control_search_samples, cfg.batch_size,
-                  cfg.seed, temperature=temperature)
+                  cfg.seed, temperature=temperature, order=order)
     return sum(unigram_entropy(r["token_ids"]) for r in rows) / len(rows)
 
 
-def matching_temperature(bundle, tok, cfg: EvaluateConfig, target: float) -> float:
+def matching_temperature(bundle, tok, cfg: EvaluateConfig, order: UnmaskingOrder, target: float) -> float:
     """The temperature T in [0.1, 1] at which the teacher's mean entropy meets ``target``: bisection of log T
     with the same seeds in every round (entropy falls with T); 1 when the teacher is not above the target."""
-    if mean_entropy(bundle, tok, cfg, 1.0) <= target:
+    if mean_entropy(bundle, tok, cfg, order, 1.0) <= target:
         return 1.0
     low, high = 0.1, 1.0
     for _ in range(cfg.control_search_rounds):
         middle = math.sqrt(low * high)
-        low, high = (middle, high) if mean_entropy(bundle, tok, cfg, middle) < target else (low, middle)
+        low, high = (middle, high) if mean_entropy(bundle, tok, cfg, order, middle) < target else (low, middle)
     return math.sqrt(low * high)
 
 
-def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], log) -> list[dict]:
-    """The entropy-matched teacher next to each student sampler (at ``control_student_steps``)."""
+def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], order: UnmaskingOrder,
+                 log) -> list[dict]:
+    """The entropy-matched teacher next to each student sampler (at ``control_student_steps``), in ``order``."""
     steps = cfg.control_steps or max(cfg.teacher_steps)
     controls = []
-    for student in [r for r in rows if r["model"] == "student" and r["steps"] == cfg.control_student_steps]:
+    for student in [r for r in rows if r["model"] == "student" and r["steps"] == cfg.control_student_steps
+                    and r["order"] == str(order)]:
         about = f"student {student['sampler']} {student['steps']}"
-        temperature = matching_temperature(teacher, tok, cfg, student["entropy"])
-        log(f"entropy-matched control for {about} (entropy {student['entropy']:.2f}): teacher at T = {temperature:.3f}")
-        controls.append(sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", steps, temperature, about))
+        temperature = matching_temperature(teacher, tok, cfg, order, student["entropy"])
+        log(f"entropy-matched control for {about} in order {order} (entropy {student['entropy']:.2f}): teacher at "
+            f"T = {temperature:.3f}")
+        controls.append(sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", order, steps, temperature,
+                                    about))
     return controls
 
 
-def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], log) -> list[dict]:
+def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], order: UnmaskingOrder,
+                          log) -> list[dict]:
     """With an exact judge: the teacher at each of ``student_steps`` (with or without a student: what one must
     beat), at the temperature of ``exact_control_temperatures`` whose samples have the lowest bigram TV (a lower
     temperature trades bigram distance for likelihood, so a student that does not beat this row has only
-    sharpened). A teacher row of ``rows`` at T = 1 has the same seeds, so it is reused rather than sampled again."""
-    plain = {r["steps"]: r for r in rows if r["model"] == "teacher" and r["temperature"] == 1.0 and not r["control"]}
+    sharpened), in ``order``. A teacher row of ``rows`` at T = 1 has the same seeds, so it is reused rather than
+    sampled again."""
+    plain = {r["steps"]: r for r in rows if r["model"] == "teacher" and r["temperature"] == 1.0 and not r["control"]
+             and r["order"] == str(order)}
     controls = []
     for steps in cfg.student_steps:
         grid = [{**plain[steps], "control_for": "best temperature", "control": "best temperature"}
                 if temperature == 1.0 and steps in plain else
-                sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", steps, temperature,
+                sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", order, steps, temperature,
                             "best temperature", "best temperature")
                 for temperature in cfg.exact_control_temperatures]
         best = min(grid, key=lambda r: math.inf if r["bigram_tv"] is None else r["bigram_tv"])
-        log(f"best-temperature control at {steps} steps: teacher at T = {best['temperature']:.2f} (bigram TV "
+        log(f"best-temperature control at {steps} steps in order {order}: teacher at T = {best['temperature']:.2f} "
+            "(bigram TV "
             + ", ".join(f"{r['temperature']:.2f}: {r['bigram_tv']:.3f}" for r in grid if r["bigram_tv"] is not None)
             + ")")
         controls.append(best)
@@ -201,12 +220,13 @@ def markdown(rows: list[dict], cfg: EvaluateConfig, judges: dict) -> str:
                 "share of low-complexity samples, the mean longest single-residue run, and clusters of the samples' "
                 "longest proteins at 50 % identity (mmseqs2) per 100 samples." if PROTEIN in judges else ""))
     columns = judge_columns(judges)
-    lines = [intro, "", "| model | sampler | steps | T | NFE | samples | " + " | ".join(c[0] for c in columns)
-             + " | entropy | [MASK] left | s / sample |", "|---|---|---|---|---|---|" + "---|" * len(columns)
+    lines = [intro, "", "| model | sampler | order | steps | T | NFE | samples | " + " | ".join(c[0] for c in columns)
+             + " | entropy | [MASK] left | s / sample |", "|---|---|---|---|---|---|---|" + "---|" * len(columns)
              + "---|---|---|"]
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
-        lines.append(f"| {row_label(r)} | {r['sampler']} | {fmt(r['steps'], 'd')} | {fmt(r['temperature'], '.2f')} | "
+        lines.append(f"| {row_label(r)} | {r['sampler']} | {r['order'] or '–'} | {fmt(r['steps'], 'd')} | "
+                     f"{fmt(r['temperature'], '.2f')} | "
                      f"{fmt(r['nfe'], '.1f')} | {r['samples']} | " + " | ".join(cell(r) for _, cell in columns)
                      + f" | {r['entropy']:.2f} | {r['masks_left']} | {fmt(r['seconds_per_sample'], '.3f')} |")
     return "\n".join(lines) + "\n"
@@ -220,9 +240,29 @@ def log_row(r: dict, log) -> dict:
         judged = ", ".join(f"{title} {metric_text(r, key, fmt)}" for key, title, fmt in EXACT_METRICS)
     if f"{PROTEIN}composition_kl" in r:
         judged += ", " + ", ".join(f"{title} {metric_text(r, PROTEIN + key, fmt)}" for key, title, fmt in PROTEIN_METRICS)
-    log(f"{r['model']} {r['sampler']} {r['steps']} steps, T = {r['temperature']:.3f}: {judged}, entropy "
+    log(f"{r['model']} {r['sampler']} {r['order']} {r['steps']} steps, T = {r['temperature']:.3f}: {judged}, entropy "
         f"{r['entropy']:.2f}, NFE {r['nfe']:.1f}, {r['seconds_per_sample']:.3f} s/sample")
     return r
+
+
+def order_rows(judges: dict, cfg: EvaluateConfig, teacher, student, tok, order: UnmaskingOrder, log) -> list[dict]:
+    """Every sampled row of the evaluation in one unmasking order: teacher, student, their controls and the
+    exact denoiser."""
+    cells = [(teacher, "teacher", "ancestral", s) for s in cfg.teacher_steps]
+    if student is not None:
+        cells += [(student, "student", sampler, s) for sampler in cfg.student_samplers for s in cfg.student_steps]
+    rows = [log_row(sampled_row(judges, cfg, bundle, tok, model, sampler, order, steps), log)
+            for bundle, model, sampler, steps in cells]
+    if cfg.entropy_control:
+        rows += [log_row(r, log) for r in control_rows(judges, cfg, teacher, tok, rows, order, log)]
+    exact = isinstance(judges[""], ExactJudge)
+    if exact and cfg.exact_control_temperatures:
+        rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, order, log)]
+    if exact and cfg.exact_denoiser:
+        oracle = exact_bundle(teacher, judges[""])
+        rows += [log_row(sampled_row(judges, cfg, oracle, tok, EXACT_DENOISER, "ancestral", order, steps), log)
+                 for steps in cfg.teacher_steps]
+    return rows
 
 
 def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
@@ -244,24 +284,14 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
             raise JudgeError(missing)
         judges[PROTEIN] = ProteinMetrics([render(i, tok)[0] for i in reference], threads=cfg.protein_threads)
     rows = [reference_row(judges, cfg, tok, reference)]
-    cells = [(teacher, "teacher", "ancestral", s) for s in cfg.teacher_steps]
-    if student is not None:
-        cells += [(student, "student", sampler, s) for sampler in cfg.student_samplers for s in cfg.student_steps]
-    for bundle, model, sampler, steps in cells:
-        rows.append(log_row(sampled_row(judges, cfg, bundle, tok, model, sampler, steps), log))
-    if cfg.entropy_control:
-        rows += [log_row(r, log) for r in control_rows(judges, cfg, teacher, tok, rows, log)]
-    if exact and cfg.exact_control_temperatures:
-        rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, log)]
-    if exact and cfg.exact_denoiser:
-        oracle = exact_bundle(teacher, judges[""])
-        rows += [log_row(sampled_row(judges, cfg, oracle, tok, EXACT_DENOISER, "ancestral", steps), log)
-                 for steps in cfg.teacher_steps]
+    for order in [UnmaskingOrder.parse(spec).check_length(teacher.seq_len) for spec in cfg.orders]:
+        rows += order_rows(judges, cfg, teacher, student, tok, order, log)
     table = markdown(rows, cfg, judges)
     atomic_write_bytes(out / "results.md", table.encode())
     atomic_write_bytes(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1).encode())
     if exact:
-        plots = [plot_versus_nfe(rows, key, title, out / f"{key}_vs_nfe.png") for key, title, _ in EXACT_METRICS]
+        plots = [plot_versus_nfe(rows, key, title, out / f"{key}_vs_nfe.png") for key, title, _ in EXACT_METRICS
+                 if any(r[key] is not None for r in rows)]  # regime switches: none under a first-order chain
     else:
         plots = [plot_versus_nfe(rows, "gen_ppl", f"Gen-PPL ({cfg.judge})", out / "genppl_vs_nfe.png")]
     plots.append(plot_versus_nfe(rows, "seconds_per_sample", "seconds per sample", out / "seconds_vs_nfe.png"))
@@ -272,7 +302,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     tracker = make_tracker(cfg.tracking, True, "evaluate")
     tracker.log_params(to_dict(cfg))
     for r in rows[1:]:
-        name = f"{r['model']}_{r['sampler']}" + (f"_control_{r['control_for'].replace(' ', '_')}" if r["control_for"] else "")
+        name = f"{r['model']}_{r['sampler']}_{tag(r['order'])}" + (f"_control_{r['control_for'].replace(' ', '_')}" if r["control_for"] else "")
         judged = ({f"{key}/{name}": r[key] for key, _, _ in EXACT_METRICS if r[key] is not None} if exact
                   else {f"genppl/{name}": r["gen_ppl"]})
         tracker.log_metrics({**judged, f"entropy/{name}": r["entropy"],

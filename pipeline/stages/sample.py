@@ -1,13 +1,16 @@
 """Sampling from an inference bundle with the plain ancestral sampler or RGAS.
 
 ``python -m pipeline sample --bundle BUNDLE --steps N --sampler ancestral|rgas --num-samples K --batch-size B
---seed S [--prefix TEXT] [--temperature T] [--rho R --h-start H --h-end H --candidates M] --out samples.jsonl``
+--seed S [--order ORDER] [--prefix TEXT] [--temperature T] [--rho R --h-start H --h-end H --candidates M]
+--out samples.jsonl``
 
 Each line of the output holds one sample (text, token ids, [MASK]s left) with its batch's NFE, noise-removal
 calls, discriminator forward/backward calls and wall-clock seconds. Draws are keyed by (seed, sample index),
 so a sample does not depend on the batch size. Noise removal uses the EMA student (the bundle's model).
 A temperature T < 1 sharpens x_θ (its logits divided by T before SUBS): lower Gen-PPL and lower entropy together,
-the control that a distilled student must beat (spec §7). The output is written whole or not at all.
+the control that a distilled student must beat (spec §7). ``--order`` chooses which masked positions each step
+reveals (``models/unmasking.py``: random, dispersed:D, confidence, margin, entropy); by default the bundle's
+(a student's distillation order, else random). The output is written whole or not at all.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from data_prep.tokenizers import Tokenizer, load_tokenizer
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.rgas import RGASSettings, RGASStats, rgas_sample
 from models.sampler import ancestral_sample
+from models.unmasking import UnmaskingOrder
 from pipeline.atomic import atomic_write_bytes
 from pipeline.bundle import Bundle, BundleError, load_bundle
 from pipeline.runtime.randomness import SAMPLE, keyed_generator
@@ -42,8 +46,9 @@ def start_state(bundle: Bundle, tok: Tokenizer, rows: int, prefix: str | None, d
 
 
 def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples: int, batch_size: int, seed: int,
-           prefix: str | None = None, settings: RGASSettings = RGASSettings(), temperature: float = 1.0) -> list[dict]:
-    """Samples with their batch's statistics (see the module docstring)."""
+           prefix: str | None = None, settings: RGASSettings = RGASSettings(), temperature: float = 1.0,
+           order: UnmaskingOrder | None = None) -> list[dict]:
+    """Samples with their batch's statistics (see the module docstring); ``order`` None: the bundle's."""
     if steps < 1:
         raise ValueError(f"--steps: {steps}; at least one sampling step is needed")
     if not temperature > 0:
@@ -51,6 +56,7 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
     if sampler == "rgas" and bundle.discriminator is None:
         raise ValueError(f"{bundle.path} has no discriminator ({bundle.manifest['kind']} bundle): RGAS needs a "
                          "distilled student's bundle; use --sampler ancestral")
+    order = (order or bundle.order).check_length(bundle.seq_len)
     device = bundle.device
     mask_id = bundle.mask_id
 
@@ -66,21 +72,31 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
         start = time.perf_counter()
         if sampler == "rgas":
             out = rgas_sample(denoise, bundle.discriminator, z, steps, mask_id, LogLinearSchedule(), generators,
-                              settings, stats)
+                              settings, stats, order)
         else:
-            out = ancestral_sample(denoise, z, steps, mask_id, LogLinearSchedule(), generators, stats=stats)
+            out = ancestral_sample(denoise, z, steps, mask_id, LogLinearSchedule(), generators, stats=stats,
+                                   order=order)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         for i, ids in enumerate(out.cpu().tolist()):
             text, masks = render(ids, tok)
             rows.append({"sample": first + i, "batch": first // batch_size, "text": text, "token_ids": ids,
-                         "masks_left": masks, "steps": steps, "sampler": sampler, "temperature": temperature,
+                         "masks_left": masks, "steps": steps, "sampler": sampler, "order": str(order),
+                         "temperature": temperature,
                          "nfe": int(stats.row_nfe[i]),
                          "noise_removal_calls": stats.noise_removal_calls,
                          "discriminator_forward": stats.discriminator_forward,
                          "discriminator_backward": stats.discriminator_backward, "batch_seconds": seconds})
     return rows
+
+
+def order_argument(spec: str) -> UnmaskingOrder:
+    """``--order``'s parser: argparse shows the reason a spec is refused."""
+    try:
+        return UnmaskingOrder.parse(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", type=order_argument, metavar="ORDER",
+                        help="which masked positions a step reveals: random, dispersed[:D] (D: exclusion distance, "
+                             "default 3), confidence, margin or entropy; default: the bundle's")
     parser.add_argument("--prefix", help="text the samples continue (kept unmasked from the start)")
     parser.add_argument("--temperature", type=float, default=1.0, help="< 1 sharpens the model's distribution")
     defaults = RGASSettings()
@@ -109,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(args.bundle, args.device)
         tok = load_tokenizer(bundle.tokenizer_dir)
         rows = sample(bundle, tok, args.steps, args.sampler, args.num_samples, args.batch_size, args.seed,
-                      args.prefix, RGASSettings(args.rho, args.h_start, args.h_end, args.candidates), args.temperature)
+                      args.prefix, RGASSettings(args.rho, args.h_start, args.h_end, args.candidates), args.temperature,
+                      args.order)
     except (BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     atomic_write_bytes(Path(args.out), "".join(json.dumps(r) + "\n" for r in rows).encode())
     nfe = sorted({r["nfe"] for r in rows})
-    print(f"wrote {len(rows)} samples to {args.out} ({args.sampler}, {args.steps} steps, NFE {nfe}); first:\n"
+    print(f"wrote {len(rows)} samples to {args.out} ({args.sampler}, {args.steps} steps, order {rows[0]['order']}, NFE {nfe}); first:\n"
           f"{rows[0]['text'][:400]}")
     return 0
 

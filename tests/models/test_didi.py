@@ -210,3 +210,58 @@ def test_masked_means_with_a_shared_count_average_to_the_global_mean():
     assert torch.allclose(g_global, g_ranks)
     assert not torch.allclose((masked_mean(values[:2], mask[:2]) + masked_mean(values[2:], mask[2:])) / 2,
                               global_mean)  # local counts would not
+
+
+class CountingStudent(torch.nn.Module):
+    """Logits that depend on z (how many of each token are revealed), so that the trajectory matters."""
+
+    def __init__(self, length, vocab):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.base = torch.randn(length, vocab, generator=g)
+        self.mix = torch.randn(vocab, vocab, generator=g)
+        self.vocab = vocab
+
+    def forward(self, z):
+        counts = torch.nn.functional.one_hot(z, self.vocab + 1)[..., : self.vocab].sum(1).float()  # (B, V)
+        logits = self.base + (counts @ self.mix)[:, None, :]
+        logits = torch.cat([logits, torch.zeros(*logits.shape[:2], 1)], -1)
+        return subs_log_probs(logits, z, self.vocab)
+
+
+def test_teacher_forced_trajectories_average_to_the_students_marginal_likelihood():
+    """q(x) by brute force over every unmasking pattern of a 2-step sampler (1 → 0.5 → 0: no leftovers), against
+    the mean of P(x | τ) over many teacher-forced trajectories; and log q̂ as their log-mean-exp."""
+    import itertools
+    import math
+
+    from models.didi import marginal_log_prob, teacher_forced_log_prob
+
+    V, L = 2, 3
+    student = CountingStudent(L, V)
+    times = torch.tensor([[1.0, 0.5, 0.0]])
+    a = S.alpha(times[0])
+    p0 = ((a[1] - a[0]) / (1 - a[0])).item()
+
+    def exact_q(x):
+        total = 0.0
+        for first in itertools.product((True, False), repeat=L):
+            z0 = torch.full((1, L), V)
+            z1 = torch.where(torch.tensor([first]), torch.tensor([x]), z0)
+            lp0, lp1 = student(z0)[0], student(z1)[0]
+            prob = math.prod(p0 if f else 1 - p0 for f in first)
+            prob *= math.prod((lp0 if f else lp1)[i, x[i]].exp().item() for i, f in enumerate(first))
+            total += prob
+        return total
+
+    qs = {x: exact_q(x) for x in itertools.product(range(V), repeat=L)}
+    assert sum(qs.values()) == pytest.approx(1.0, abs=1e-6)
+    x = max(qs, key=qs.get)
+    rows = 3000
+    forced = teacher_forced_log_prob(student, torch.tensor([x] * rows), times.expand(rows, -1), V, S, gens(rows, 9))
+    assert forced.exp().mean().item() == pytest.approx(qs[x], rel=0.03)
+    assert len(set(forced.tolist())) > 2  # the trajectories differ, and so do their probabilities
+    halves = marginal_log_prob(forced.view(rows // 2, 2))  # K = 1500 trajectories for each of 2 rows
+    assert halves.shape == (2,) and torch.allclose(halves, torch.tensor(math.log(qs[x]), dtype=torch.float64),
+                                                   atol=0.05)
+    assert marginal_log_prob(forced[None, :4]).tolist() == forced[:4].tolist()  # K = 1: the trajectory itself

@@ -144,3 +144,22 @@ def test_every_shipped_config_loads(path):
         assert load_config(path, cls=SweepConfig).grid.shapes
     else:
         assert load_config(path, cls=EvaluateConfig).teacher
+
+
+def test_unmasking_orders_are_checked_at_load(tmp_path):
+    distill = GOOD + "stage: distill\ndistill: {teacher: /t, rollout_rows: 8, group_size: 4}\n"
+    cfg = load_config(write(tmp_path, distill.replace("batch_size: 4", "batch_size: 2")),
+                      ["distill.rollout_order=dispersed:5"])
+    assert cfg.distill.rollout_order == "dispersed:5"
+    for spec, message in (("sideways", "distill.rollout_order: unmasking order 'sideways': unknown order"),
+                          ("dispersed:0", "distill.rollout_order: .* must be an integer >= 1"),
+                          ("dispersed:129", "distill.rollout_order: .*distance 129 exceeds the sequence length 128")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, distill.replace("batch_size: 4", "batch_size: 2")),
+                        [f"distill.rollout_order={spec}"])
+    evaluate = write(tmp_path, "teacher: t\ndata: d\n", "evaluate.yaml")
+    assert load_config(evaluate, ["orders=[random, 'dispersed:3', margin]"], EvaluateConfig).orders[1] == "dispersed:3"
+    for orders, message in (("[]", "orders: \\[\\] samples nothing"), ("[random, upward]", "unknown order 'upward'"),
+                            ("[dispersed, 'dispersed:3']", "names an order twice")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(evaluate, [f"orders={orders}"], EvaluateConfig)

@@ -1,4 +1,5 @@
-"""The exact judge against hand-computed scores on a 2-state chain, and against the chain's own samples."""
+"""The exact judge against hand-computed scores on a 2-state chain, against sums over every regime path on a tiny
+regime chain, and against each chain's own samples."""
 from __future__ import annotations
 
 import math
@@ -6,9 +7,13 @@ import math
 import numpy as np
 import pytest
 
+import itertools
+
+from data_prep.regime_chain import RegimeChain, make_regime_chain
 from data_prep.synthetic import MarkovChain, make_markov_chain, sample_records
 from data_prep.tokenizers import build_tokenizer
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError
+from tests.data_prep.test_regime_chain import tiny_regime_chain
 
 PROTEIN = build_tokenizer("protein", iter(()))
 
@@ -89,3 +94,79 @@ def test_empty_samples_are_counted_and_a_foreign_alphabet_refused():
     foreign = MarkovChain("AJ", np.array([[0.5, 0.5], [0.5, 0.5]]), np.array([0.5, 0.5]), [[0], [1]])
     with pytest.raises(ExactJudgeError, match="'J'"):
         ExactJudge(foreign, PROTEIN)
+
+
+def path_sums(chain: RegimeChain, letters: str) -> tuple[float, float]:
+    """p(letters) as the sum over every regime path, and the posterior expected number of regime switches."""
+    states = [chain.alphabet.index(c) for c in letters]
+    a, total, switches = chain.regime_transition, 0.0, 0.0
+    for path in itertools.product(range(chain.regimes), repeat=len(states)):
+        weight = chain.stationary[path[0], states[0]]
+        for k in range(1, len(states)):
+            weight *= a[path[k - 1], path[k]] * chain.transitions[path[k], states[k - 1], states[k]]
+        total += weight
+        switches += weight * sum(r != s for r, s in zip(path, path[1:]))
+    return total, switches / total
+
+
+@pytest.mark.parametrize("text", ["ACDA", "DDACA", "AC|DCA?A", "C"])
+def test_regime_chain_nll_and_switches_are_the_sums_over_regime_paths(text):
+    chain = tiny_regime_chain()
+    score = ExactJudge(chain, PROTEIN).score(ids(text))
+    runs = [run for run in text.replace("?", "|").split("|") if run]
+    sums = [path_sums(chain, run) for run in runs]
+    assert score.nll == pytest.approx(-sum(math.log(p) for p, _ in sums), rel=1e-12)
+    assert score.switches == pytest.approx(sum(s for _, s in sums), rel=1e-10, abs=1e-15)
+    assert score.letters == sum(map(len, runs)) and score.transitions == sum(len(r) - 1 for r in runs)
+
+
+def test_identical_regimes_are_the_first_order_chain():
+    """Regimes that share P are invisible in the letters: the NLL is the first-order chain's and the posterior
+    switch rate is the prior's, ρ per transition."""
+    first_order = make_markov_chain(successors=3, seed=6)
+    twin = RegimeChain(first_order.alphabet, np.stack([first_order.transition] * 2), 0.3,
+                       np.stack([first_order.stationary] * 2) / 2, [first_order.successors] * 2)
+    records = sample_records(first_order, 5, 80, seed=2)
+    for record in records:
+        once, twice = (ExactJudge(c, PROTEIN).score(PROTEIN.encode(record)) for c in (first_order, twin))
+        assert twice.nll == pytest.approx(once.nll, rel=1e-9, abs=1e-9)
+        assert twice.switches == pytest.approx(0.3 * 79, rel=1e-9) and once.switches == 0.0
+
+
+def test_conditional_entropy_and_switches_in_the_summary():
+    judge = ExactJudge(two_states(), PROTEIN)
+    summary = judge.summarise([judge.score(ids("AAC|CA?A"))], rounds=20)
+    # bigrams AA, AC, CA: H(next | A) = ln 2 on 2/3 of them, H(next | C) = 0
+    assert summary["conditional_entropy"] == pytest.approx(2 / 3 * math.log(2), rel=1e-12)
+    assert summary["switches_per_64"] is None and summary["switches_per_64_interval"] is None  # one regime
+    assert judge.chain_conditional_entropy == pytest.approx(two_states().entropy_rate, rel=1e-12)
+    regime = ExactJudge(tiny_regime_chain(), PROTEIN)
+    scores = [regime.score(ids(t)) for t in ("ACDA", "DDACA")]
+    assert regime.summarise(scores, rounds=20)["switches_per_64"] == pytest.approx(
+        63 * sum(s.switches for s in scores) / 7, rel=1e-12)
+
+
+def test_regime_metrics_see_what_the_letter_entropy_does_not():
+    """The chain's own samples: switches ≈ 63 ρ and the conditional entropy ≈ the chain's. Records whose regime
+    switches ten times as often (same regimes) raise the switches; a first-order chain sharpened at T = 0.5 lowers
+    the conditional entropy."""
+    chain = make_regime_chain(regimes=4, switch=0.05, seed=9)
+    judge = ExactJudge(chain, PROTEIN)
+    summarise = lambda records: judge.summarise([judge.score(PROTEIN.encode(r)) for r in records],  # noqa: E731
+                                                rounds=200)
+    real = summarise(sample_records(chain, 64, 640, seed=1))
+    assert real["switches_per_64"] == pytest.approx(63 * 0.05, abs=0.4)
+    assert real["conditional_entropy"] == pytest.approx(judge.chain_conditional_entropy, abs=0.05)
+    assert real["nll_per_letter"] < chain.joint_entropy_rate + 0.05  # the letters' rate is below the joint one's
+    mixed = summarise(sample_records(make_regime_chain(regimes=4, switch=0.5, seed=9), 64, 640, seed=1))
+    assert mixed["switches_per_64_interval"][0] > 3 * real["switches_per_64_interval"][1]
+    first_order = make_markov_chain(seed=9)
+    sharp = first_order.transition ** 2 / (first_order.transition ** 2).sum(1, keepdims=True)
+    sharpened = MarkovChain(first_order.alphabet, sharp, np.linalg.matrix_power(sharp, 1000)[0],
+                            first_order.successors)
+    plain_judge = ExactJudge(first_order, PROTEIN)
+    plain, sharper = (plain_judge.summarise([plain_judge.score(PROTEIN.encode(r))
+                                             for r in sample_records(c, 64, 640, seed=1)], rounds=200)
+                      for c in (first_order, sharpened))
+    assert sharper["conditional_entropy_interval"][1] < plain["conditional_entropy_interval"][0]
+    assert plain["conditional_entropy"] == pytest.approx(first_order.entropy_rate, abs=0.03)

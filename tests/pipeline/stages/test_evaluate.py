@@ -87,7 +87,7 @@ def test_evaluation_writes_the_table_json_plots_and_samples(bundles, judge_bundl
     assert "| teacher | ancestral | 8 | 1.00 |" in table and "| student | rgas | 4 | 1.00 |" in table
     assert "| teacher (entropy-matched to student rgas 4) | ancestral | 8 |" in table
     assert "| Gen-PPL | in-domain Gen-PPL | entropy |" in table and "in-domain judge: " in table
-    for name in ("genppl_vs_nfe.png", "seconds_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "samples/student_rgas_4.jsonl"):
+    for name in ("genppl_vs_nfe.png", "seconds_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "samples/student_rgas_random_4.jsonl"):
         assert (tmp_path / "eval" / name).is_file()
     assert main(args + ["--set", "teacher_steps=[0]"]) == 2
     assert main(args + ["--set", "control_student_steps=16"]) == 2  # not one of student_steps
@@ -100,9 +100,10 @@ def test_the_control_temperature_is_found_by_bisection(monkeypatch):
     from pipeline.config import EvaluateConfig
 
     calls = []
-    monkeypatch.setattr(evaluate, "mean_entropy", lambda b, t, c, temperature: calls.append(temperature) or 3 + temperature)
+    monkeypatch.setattr(evaluate, "mean_entropy",
+                        lambda b, t, c, order, temperature: calls.append((order, temperature)) or 3 + temperature)
     cfg = EvaluateConfig(teacher="t", data="d", control_search_rounds=12)
-    assert evaluate.matching_temperature(None, None, cfg, 3.5) == pytest.approx(0.5, rel=1e-3)
-    assert len(calls) == 13 and calls[0] == 1.0
-    assert evaluate.matching_temperature(None, None, cfg, 4.2) == 1.0  # the teacher is not above the target
-    assert evaluate.matching_temperature(None, None, cfg, 2.0) == pytest.approx(0.1, rel=1e-3)  # the floor
+    assert evaluate.matching_temperature(None, None, cfg, "o", 3.5) == pytest.approx(0.5, rel=1e-3)
+    assert len(calls) == 13 and calls[0] == ("o", 1.0) and {o for o, _ in calls} == {"o"}  # searched in its order
+    assert evaluate.matching_temperature(None, None, cfg, "o", 4.2) == 1.0  # the teacher is not above the target
+    assert evaluate.matching_temperature(None, None, cfg, "o", 2.0) == pytest.approx(0.1, rel=1e-3)  # the floor

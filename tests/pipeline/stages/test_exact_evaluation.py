@@ -62,11 +62,20 @@ def test_exact_evaluation_rows_and_controls(chain_corpus, markov_teacher, tmp_pa
                         "--set", f"judge=markov:{chain_corpus / 'corpus'}", "--set", "teacher_steps=[4,32]",
                         "--set", "student_steps=[4]", "--set", "student_samplers=[ancestral]",
                         "--set", "num_samples=24", "--set", "batch_size=12", "--set", "entropy_control=false",
-                        "--set", "exact_control_temperatures=[0.7,1.0]", "--set", "bootstrap_rounds=200"]) == 0
+                        "--set", "exact_control_temperatures=[0.7,1.0]", "--set", "bootstrap_rounds=200",
+                        "--set", "orders=[random,dispersed:3]"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["model"], r["steps"], r["control"]) for r in rows] == [
-        ("held-out text", None, None), ("teacher", 4, None), ("teacher", 32, None), ("student", 4, None),
-        ("teacher", 4, "best temperature"), ("exact denoiser", 4, None), ("exact denoiser", 32, None)]
+    per_order = [("teacher", 4, None), ("teacher", 32, None), ("student", 4, None), ("teacher", 4, "best temperature"),
+                 ("exact denoiser", 4, None), ("exact denoiser", 32, None)]
+    assert [(r["model"], r["steps"], r["control"], r["order"]) for r in rows] == [("held-out text", None, None, None)] + [
+        (*cell, order) for order in ("random", "dispersed:3") for cell in per_order]
+    # a perfect denoiser on a first-order chain: most of its few-step error is the order (spec §11)
+    random4, dispersed4 = (next(r for r in rows if r["model"] == "exact denoiser" and r["steps"] == 4
+                                and r["order"] == order) for order in ("random", "dispersed:3"))
+    assert dispersed4["nll_per_letter_interval"][1] < random4["nll_per_letter_interval"][0]
+    assert dispersed4["nll_per_letter"] < random4["nll_per_letter"] - 0.3, (dispersed4["nll_per_letter"],
+                                                                             random4["nll_per_letter"])
+    rows = rows[:7]
     chain = load_chain(chain_corpus / "corpus")
     held_out = rows[0]
     low, high = held_out["nll_per_letter_interval"]
@@ -79,6 +88,7 @@ def test_exact_evaluation_rows_and_controls(chain_corpus, markov_teacher, tmp_pa
     assert exact4["invalid_rate"] > 3 * max(exact32["invalid_rate"], 0.005)
     table = (out / "results.md").read_text()
     assert "| exact NLL / letter | invalid | bigram TV | letter entropy |" in table
+    assert "| exact denoiser | ancestral | dispersed:3 | 4 |" in table
     assert "teacher (best temperature by bigram TV)" in table
     for name in ("nll_per_letter", "invalid_rate", "bigram_tv", "unigram_entropy", "seconds"):
         assert (out / f"{name}_vs_nfe.png").is_file()

@@ -13,7 +13,7 @@ from tests.pipeline.stages.test_distill import _run_distill, distill_settings
 def bundles(tiny_data, teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles")
     run_ranks(_run_distill, 1, distill_settings(tiny_data, teacher, out / "run", train__max_steps=1,
-                                                train__checkpoint_every=1))
+                                                train__checkpoint_every=1, distill__rollout_order="dispersed:2"))
     quiet = lambda _: None  # noqa: E731
     return {"teacher": convert(teacher, out / "teacher", log=quiet),
             "student": convert(out / "run", out / "student", log=quiet)}
@@ -76,6 +76,40 @@ def test_rgas_runs_on_a_student_bundle_and_counts_the_discriminator(bundles, tmp
     assert all(r["discriminator_forward"] == 8 and r["discriminator_backward"] == 4 for r in rows)
     plain = run_sampler(bundles["student"], tmp_path / "s.jsonl", "--steps", "8", "--num-samples", "2")
     assert [r["token_ids"] for r in rows] != [r["token_ids"] for r in plain]
+
+
+@pytest.mark.distributed
+def test_a_student_samples_in_its_distillation_order_unless_told_otherwise(bundles, tmp_path):
+    args = ["--steps", "8", "--num-samples", "2"]
+    student = run_sampler(bundles["student"], tmp_path / "s.jsonl", *args)
+    assert all(r["order"] == "dispersed:2" and r["nfe"] == 8 and r["noise_removal_calls"] == 0 for r in student)
+    teacher = run_sampler(bundles["teacher"], tmp_path / "t.jsonl", *args)
+    assert {r["order"] for r in teacher} == {"random"}
+    told = run_sampler(bundles["student"], tmp_path / "r.jsonl", *args, "--order", "random")
+    assert {r["order"] for r in told} == {"random"} and told[0]["token_ids"] != student[0]["token_ids"]
+    margin = run_sampler(bundles["teacher"], tmp_path / "m.jsonl", *args, "--order", "margin")
+    assert {r["order"] for r in margin} == {"margin"} and all(r["masks_left"] == 0 for r in margin)
+
+
+@pytest.mark.distributed
+def test_bad_orders_are_refused_by_name(bundles, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "x.jsonl"
+    for spec, message in (("sideways", "unknown order 'sideways'"), ("dispersed:0", "must be an integer >= 1")):
+        with pytest.raises(SystemExit):
+            main(["--bundle", str(bundles["teacher"]), "--out", str(out), "--steps", "4", "--order", spec])
+        assert message in capsys.readouterr().err
+    assert main(["--bundle", str(bundles["teacher"]), "--out", str(out), "--steps", "4", "--order", "dispersed:65"]) == 2
+    assert "exclusion distance 65 exceeds the sequence length 64" in capsys.readouterr().err
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundles["student"], tampered)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["sampling"]["order"] = "backwards"
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["--bundle", str(tampered), "--out", str(out), "--steps", "4"]) == 2
+    assert "manifest.json: sampling.order: unmasking order 'backwards': unknown order" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.distributed

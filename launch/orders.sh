@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Which tokens a step reveals, on a corpus whose distribution is known (about 45 minutes on 2 CPU cores):
+#   [FAMILY=markov|regime] bash launch/orders.sh
+# makes the chain (a first-order Markov chain, or the regime-switching chain with long-range structure; seed
+# SEED, default 1), prepares its corpus, pre-trains the tiny teacher, distils it twice with
+# launch/configs/markov/distill.yaml (rollouts in the random order, and in dispersed:3), converts all three and
+# evaluates them under the chain's exact judge: the teacher, its best temperature and the exact denoiser at
+# 4 ... 256 steps in every unmasking order of launch/configs/markov/orders_evaluate.yaml, the random-order student
+# in each of them, the dispersed:3 student in random and dispersed:3 (orders_student_evaluate.yaml). Writes runs/orders/FAMILY/
+# (OUT=...) and the tables to launch/results/orders/FAMILY/ (RESULTS=...). Rerunning reuses finished work.
+source "$(dirname "$0")/setup_env.sh"
+FAMILY="${FAMILY:-markov}"
+[ "$FAMILY" = markov ] || [ "$FAMILY" = regime ] || { echo "error: FAMILY=$FAMILY: markov or regime" >&2; exit 2; }
+OUT="${OUT:-runs/orders/$FAMILY}"
+RESULTS="${RESULTS:-launch/results/orders/$FAMILY}"
+SEED="${SEED:-1}"
+RANKS="${RANKS:-2}"
+CONFIGS=launch/configs/markov
+TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db" --set tracking.experiment="orders-$FAMILY")
+if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+  export DS_ACCELERATOR=cpu
+fi
+mkdir -p "$OUT" "$RESULTS"
+TIMINGS="$OUT/timings.tsv"
+: > "$TIMINGS"
+stage corpus python -m data_prep synthetic "$FAMILY" --out "$OUT/corpus" --seed "$SEED"
+stage prepare python -m data_prep prepare --input "$OUT/corpus/chain.fasta" --tokenizer protein --seq-len 64 \
+  --out "$OUT/data" --workers 2
+stage teacher deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/pretrain.yaml" \
+  --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set train.exact_judge="markov:$OUT/corpus" "${TRACK[@]}"
+rm -rf "$OUT/bundles/teacher"  # the bundle of the latest checkpoint
+python -m pipeline convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
+stage distill_random deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/distill.yaml" \
+  --set data.path="$OUT/data" --set distill.teacher="$OUT/bundles/teacher" --set run.out_dir="$OUT/distill_random" \
+  --set train.exact_judge="markov:$OUT/corpus" --set distill.rollout_order=random "${TRACK[@]}"
+stage distill_dispersed3 deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/distill.yaml" \
+  --set data.path="$OUT/data" --set distill.teacher="$OUT/bundles/teacher" --set run.out_dir="$OUT/distill_dispersed3" \
+  --set train.exact_judge="markov:$OUT/corpus" --set distill.rollout_order=dispersed:3 "${TRACK[@]}"
+for name in random dispersed3; do
+  rm -rf "$OUT/bundles/student_$name"
+  python -m pipeline convert --checkpoint "$OUT/distill_$name" --out "$OUT/bundles/student_$name"
+done
+EVAL=(--set teacher="$OUT/bundles/teacher" --set data="$OUT/data" --set judge="markov:$OUT/corpus" "${TRACK[@]}")
+# one process samples and judges: give it every core
+OMP_NUM_THREADS="$(nproc)" stage evaluate_random python -m pipeline evaluate --config "$CONFIGS/orders_evaluate.yaml" \
+  --set student="$OUT/bundles/student_random" --set out="$OUT/evaluate_random" "${EVAL[@]}"
+OMP_NUM_THREADS="$(nproc)" stage evaluate_dispersed3 python -m pipeline evaluate \
+  --config "$CONFIGS/orders_student_evaluate.yaml" --set student="$OUT/bundles/student_dispersed3" \
+  --set out="$OUT/evaluate_dispersed3" "${EVAL[@]}"
+python launch/orders_tables.py "$OUT" --results "$RESULTS"
+cp "$OUT/timings.tsv" "$RESULTS/"
+cp "$OUT/evaluate_random"/*_vs_nfe.png "$RESULTS/"
