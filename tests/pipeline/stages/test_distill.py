@@ -171,7 +171,8 @@ def test_every_option_of_the_spec_runs_and_changes_the_run(tiny_data, teacher, t
 
 ARMS = {"all": {}, "one_step": {"intermediate_state": False}, "uncoupled": {"coupled_time": False},
         "no_omega": {"omega_weight": False}, "unregularised": {"regularisation": False},
-        "four_steps": {"rollout_steps": 4}, "all_positions": {"discriminator_positions": "all"}}
+        "four_steps": {"rollout_steps": 4}, "all_positions": {"discriminator_positions": "all"},
+        "dispersed": {"rollout_order": "dispersed:3"}}
 
 
 def _first_iterations(rank, world_size, cfg_dict):
@@ -208,6 +209,10 @@ def test_ablation_switches_do_what_they_say(tiny_data, teacher, tmp_path):
     one = arms["one_step"]
     assert one["student_calls"] == 1 and "student/kl_step2" not in one and math.isfinite(one["student/loss"])
     assert one["student/kl_last"] == one["student/kl_step1"] and one["discriminator/loss"] != base["discriminator/loss"]
+    # rollouts revealing in the dispersed order: the same calls and times, other samples
+    dispersed = arms["dispersed"]
+    assert dispersed["student_calls"] == 2 and dispersed["student/tau_mean"] == base["student/tau_mean"]
+    assert dispersed["student/log_prob"] != base["student/log_prob"] and math.isfinite(dispersed["student/loss"])
     # uncoupled: same rollout, the discriminator (and ω) at independent times
     uncoupled = arms["uncoupled"]
     assert uncoupled["student/tau_mean"] == base["student/tau_mean"]
