@@ -9,15 +9,7 @@ from models.rgas import RGASSettings, rgas_sample
 from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import (UnmaskingOrder, confidence_score, dispersed_choice, reveal, reveal_count,
                               top_k_where)
-
-V = 5
-MASK = V
-
-
-def uniform_denoiser(z):
-    lp = torch.full((*z.shape, V + 1), -torch.log(torch.tensor(float(V))).item())
-    lp[..., MASK] = NEG_INF
-    return lp
+from tests.models.test_sampler import MASK, V, uniform_denoiser
 
 
 def test_order_specs_parse_and_bad_ones_are_named():
