@@ -84,8 +84,8 @@ def test_evaluation_writes_the_table_json_plots_and_samples(bundles, judge_bundl
     assert all(r["nfe"] <= r["steps"] for r in results[1:])
     assert all(0.1 <= r["temperature"] <= 1.0 for r in results[1:])
     table = (tmp_path / "eval" / "results.md").read_text()
-    assert "| teacher | ancestral | 8 | 1.00 |" in table and "| student | rgas | 4 | 1.00 |" in table
-    assert "| teacher (entropy-matched to student rgas 4) | ancestral | 8 |" in table
+    assert "| teacher | ancestral | random | 8 | 1.00 |" in table and "| student | rgas | random | 4 | 1.00 |" in table
+    assert "| teacher (entropy-matched to student rgas 4) | ancestral | random | 8 |" in table
     assert "| Gen-PPL | in-domain Gen-PPL | entropy |" in table and "in-domain judge: " in table
     for name in ("genppl_vs_nfe.png", "seconds_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "samples/student_rgas_random_4.jsonl"):
         assert (tmp_path / "eval" / name).is_file()
