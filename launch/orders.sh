@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Which tokens a step reveals, on a corpus whose distribution is known (about 45 minutes on 2 CPU cores):
+# Which tokens a step reveals, on a corpus whose distribution is known (about 50 minutes on 2 CPU cores):
 #   [FAMILY=markov|regime] bash launch/orders.sh
 # makes the chain (a first-order Markov chain, or the regime-switching chain with long-range structure; seed
 # SEED, default 1), prepares its corpus, pre-trains the tiny teacher, distils it twice with
 # launch/configs/markov/distill.yaml (rollouts in the random order, and in dispersed:3), converts all three and
 # evaluates them under the chain's exact judge: the teacher, its best temperature and the exact denoiser at
-# 4 ... 256 steps in every unmasking order of launch/configs/markov/orders_evaluate.yaml, the random-order student
-# in each of them, the dispersed:3 student in random and dispersed:3 (orders_student_evaluate.yaml). Writes runs/orders/FAMILY/
+# 4 ... 64 steps and both students at 4 ... 32, in the random and the dispersed:3 order
+# (launch/configs/markov/orders_evaluate.yaml, orders_student_evaluate.yaml), and the teacher and the exact
+# denoiser at 4 and 8 steps in the other orders (orders_probe_evaluate.yaml). Writes runs/orders/FAMILY/
 # (OUT=...) and the tables to launch/results/orders/FAMILY/ (RESULTS=...). Rerunning reuses finished work.
 source "$(dirname "$0")/setup_env.sh"
 FAMILY="${FAMILY:-markov}"
@@ -47,6 +48,8 @@ OMP_NUM_THREADS="$(nproc)" stage evaluate_random python -m pipeline evaluate --c
 OMP_NUM_THREADS="$(nproc)" stage evaluate_dispersed3 python -m pipeline evaluate \
   --config "$CONFIGS/orders_student_evaluate.yaml" --set student="$OUT/bundles/student_dispersed3" \
   --set out="$OUT/evaluate_dispersed3" "${EVAL[@]}"
+OMP_NUM_THREADS="$(nproc)" stage evaluate_probe python -m pipeline evaluate \
+  --config "$CONFIGS/orders_probe_evaluate.yaml" --set out="$OUT/evaluate_probe" "${EVAL[@]}"
 python launch/orders_tables.py "$OUT" --results "$RESULTS"
 cp "$OUT/timings.tsv" "$RESULTS/"
 cp "$OUT/evaluate_random"/*_vs_nfe.png "$RESULTS/"

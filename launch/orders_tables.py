@@ -1,4 +1,4 @@
-"""The unmasking-order tables of launch/orders.sh, from the two evaluations it leaves in OUT:
+"""The unmasking-order tables of launch/orders.sh, from the three evaluations it leaves in OUT:
 
     python launch/orders_tables.py OUT [--order dispersed:3] [--results DIR]   # DIR/orders.{md,json}
 
@@ -23,10 +23,11 @@ SHOWN = ("nll_per_letter", "invalid_rate", "bigram_tv", "conditional_entropy", "
 
 
 def load_rows(out: Path, order: str) -> list[dict]:
-    """Both evaluations' rows, each labelled with what it is: teacher, teacher best T, exact denoiser, or the
-    student by the order its rollouts used."""
+    """The three evaluations' rows (the random-order student's with the teacher's, the other student's, the other
+    orders' probe), each labelled with what it is: teacher, teacher best T, exact denoiser, or the student by the
+    order its rollouts used."""
     rows = []
-    for rollout in ("random", order):
+    for rollout in ("random", order, "probe"):
         path = out / f"evaluate_{rollout.replace(':', '')}" / "results.json"
         if not path.is_file():
             raise SystemExit(f"error: {path} missing: run bash launch/orders.sh first")

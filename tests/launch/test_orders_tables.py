@@ -36,6 +36,8 @@ def evaluations(tmp_path):
     write(out / "evaluate_random", first)
     write(out / "evaluate_dispersed3", [row("student", order, s, 0.5 * 8 / s) for order in ("random", "dispersed:3")
                                         for s in (4, 8, 16, 32)])
+    write(out / "evaluate_probe", [row(model, "margin", s, 9 / s) for model in ("teacher", "exact denoiser")
+                                   for s in (4, 8)])
     return out
 
 
@@ -44,6 +46,7 @@ def test_tables_compare_within_each_order_and_name_the_verdicts(evaluations, tmp
     assert (tmp_path / "results" / "orders.md").read_text() == text
     assert "| teacher | dispersed:3 | 1.200 | 0.600 | 0.300 | 0.150 |" in text  # NLL by steps, 0.6 × 8 / s
     assert "| exact denoiser | random | 1.500 | 0.750 | 0.375 | 0.188 |" in text
+    assert "| teacher | margin | 2.250 | 1.125 | – | – |" in text  # the probe's orders, at 4 and 8 steps
     assert "regime switches" not in text  # none measured: a first-order chain
     within = text.split("**Within the dispersed:3 order**")[1]
     assert "| student (dispersed:3 rollouts) | 4 | 1.00 | 1.000 (0.990–1.010) |" in within
