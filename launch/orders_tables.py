@@ -31,7 +31,10 @@ def load_rows(out: Path, order: str) -> list[dict]:
         path = out / f"evaluate_{rollout.replace(':', '')}" / "results.json"
         if not path.is_file():
             raise SystemExit(f"error: {path} missing: run bash launch/orders.sh first")
-        for r in json.loads(path.read_text())["rows"][1:]:
+        held_out, *sampled = json.loads(path.read_text())["rows"]
+        if rollout == "random":
+            rows.append({**held_out, "label": "held-out data"})
+        for r in sampled:
             if r["model"] == "student":
                 label = f"student ({rollout} rollouts)"
             elif r["control"] == "best temperature":
@@ -63,6 +66,8 @@ def compact(rows: list[dict], key: str, fmt: str, steps: list[int]) -> list[str]
 def comparison(rows: list[dict], order: str, metrics: list[tuple[str, str, str]]) -> list[str]:
     lines = ["| model | steps | T | " + " | ".join(t for _, t, _ in metrics) + " |",
              "|---|---|---|" + "---|" * len(metrics)]
+    held_out = next(r for r in rows if r["label"] == "held-out data")
+    lines.append("| held-out data | – | – | " + " | ".join(metric_text(held_out, k, f) for k, _, f in metrics) + " |")
     for label in ("teacher", "teacher, best T", "student (random rollouts)", *sorted(
             {r["label"] for r in rows if r["label"].startswith("student") and "random" not in r["label"]})):
         for r in sorted((r for r in rows if r["label"] == label and r["order"] == order), key=lambda r: r["steps"]):
@@ -102,7 +107,13 @@ def targets(rows: list[dict], order: str, regime: bool) -> list[str]:
     for steps in (16, 32):
         checks.append((f"{plain}, random, {steps} steps vs teacher, random, {steps} steps (bigram TV)",
                        find(rows, plain, "random", steps), find(rows, "teacher", "random", steps), ["bigram_tv"]))
-    return [f"- {name}: " + "; ".join(f"{key} {verdict(a, b, key)}" for key in keys) for name, a, b, keys in checks]
+    lines = [f"- {name}: " + "; ".join(f"{key} {verdict(a, b, key)}" for key in keys) for name, a, b, keys in checks]
+    held_out = next(r for r in rows if r["label"] == "held-out data")
+    for label in (student, plain):
+        if (r := find(rows, label, order, 8)) is not None:
+            lines.append(f"- {label}, {order}, 8 steps: exact NLL {r['nll_per_letter'] - held_out['nll_per_letter']:.3f} "
+                         "nats/letter above held-out data (moonshot: within 0.1)")
+    return lines
 
 
 def tables(out: Path, order: str, results: Path) -> str:
@@ -110,12 +121,13 @@ def tables(out: Path, order: str, results: Path) -> str:
     regime = any(r.get("switches_per_64") is not None for r in rows)
     metrics = [m for m in METRICS if m[0] in SHOWN and (regime or m[0] != "switches_per_64")]
     steps = sorted({r["steps"] for r in rows if r["label"] == "teacher"})
+    held_out = next(r for r in rows if r["label"] == "held-out data")
     lines = [f"Unmasking orders on `{out}` (`bash launch/orders.sh`, tables by `python launch/orders_tables.py "
              f"{out} --order {order}`), {describe()}. 256 samples a cell; every interval is a 95 % bootstrap "
              "interval over samples (all of them in the evaluations' results.md).", ""]
     for key, title, fmt in metrics:
-        lines += [f"**{title}**, the teacher and the exact denoiser in each order:", "", *compact(rows, key, fmt, steps),
-                  ""]
+        lines += [f"**{title}**, the teacher and the exact denoiser in each order (held-out data: "
+                  f"{metric_text(held_out, key, fmt)}):", "", *compact(rows, key, fmt, steps), ""]
     for within in ("random", order):
         lines += [f"**Within the {within} order**: the teacher, its best temperature by bigram TV and the students, "
                   "all sampled this way:", "", *comparison(rows, within, metrics), ""]

@@ -36,7 +36,7 @@ SPEC = "markov:"  # a judge spec naming a synthetic corpus's chain (either famil
 # the metrics a summary reports, with their titles and formats
 METRICS = (("nll_per_letter", "exact NLL / letter", ".3f"), ("invalid_rate", "invalid", ".2%"),
            ("bigram_tv", "bigram TV", ".3f"), ("unigram_entropy", "letter entropy", ".2f"),
-           ("conditional_entropy", "bigram H(next | letter)", ".3f"),
+           ("conditional_entropy", "bigram conditional entropy", ".3f"),
            ("switches_per_64", f"regime switches / {WINDOW}", ".2f"))
 
 

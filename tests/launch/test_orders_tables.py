@@ -60,7 +60,9 @@ def test_tables_compare_within_each_order_and_name_the_verdicts(evaluations, tmp
     assert "(bigram TV): bigram_tv worse (0.2 against 0.1, intervals apart)" in text
     rows = json.loads((tmp_path / "results" / "orders.json").read_text())
     assert {r["label"] for r in rows} == {"teacher", "exact denoiser", "teacher, best T", "student (random rollouts)",
-                                          "student (dispersed:3 rollouts)"}
+                                          "student (dispersed:3 rollouts)", "held-out data"}
+    assert "| held-out data | – | – | 0.900 (0.890–0.910) |" in within
+    assert "in each order (held-out data: 0.900 (0.890–0.910)):" in text
 
 
 def test_verdicts_by_hand():
