@@ -78,6 +78,15 @@ def rollout_times(tau: torch.Tensor, steps: int = 2, t0: float = 1e-3) -> torch.
     return torch.tensor(rollout_grid(steps, t0), dtype=tau.dtype, device=tau.device).expand(tau.shape[0], -1)
 
 
+def revealed(order: UnmaskingOrder, z: torch.Tensor, log_p: torch.Tensor, alpha_t: torch.Tensor,
+             alpha_s: torch.Tensor, last: bool, mask_id: int, generators: list[torch.Generator],
+             shard: VocabShard | None) -> torch.Tensor:
+    """The positions one rollout step t -> s reveals (``models.unmasking.reveal``), each row with its own times
+    and generator: shared by the sampled rollout and the teacher-forced trajectories."""
+    return reveal(order, z, lambda: log_p.detach().exp(), (alpha_s - alpha_t) / (1 - alpha_t), last, mask_id,
+                  lambda shape: draw_uniform(shape, generators, z.device), shard)
+
+
 def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torch.Tensor, seq_len: int,
                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
                     shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM) -> Rollout:
@@ -95,8 +104,7 @@ def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torc
     states, log_probs, masked, log_prob = [], [], [], torch.zeros(rows, device=device)
     for k, (alpha_t, alpha_s) in enumerate(zip(alphas, alphas[1:])):
         log_p = student(z)
-        unmask = reveal(order, z, lambda: log_p.detach().exp(), (alpha_s - alpha_t) / (1 - alpha_t),
-                        k == len(alphas) - 2, mask_id, lambda shape: draw_uniform(shape, generators, device), shard)
+        unmask = revealed(order, z, log_p, alpha_t, alpha_s, k == len(alphas) - 2, mask_id, generators, shard)
         z_next = torch.where(unmask, sample_where(log_p, unmask, generators, mask_id, shard, torch.exp), z)
         log_prob = log_prob + (take(log_p, z_next, shard) * unmask).sum(1)
         states.append(z)
@@ -120,8 +128,7 @@ def teacher_forced_log_prob(student: Callable[[torch.Tensor], torch.Tensor], x: 
     for k, (alpha_t, alpha_s) in enumerate(zip(alphas, alphas[1:])):
         log_p = student(z)
         last = k == len(alphas) - 2
-        unmask = reveal(order, z, lambda: log_p.exp(), (alpha_s - alpha_t) / (1 - alpha_t), last, mask_id,
-                        lambda shape: draw_uniform(shape, generators, x.device), shard)
+        unmask = revealed(order, z, log_p, alpha_t, alpha_s, last, mask_id, generators, shard)
         unmask = (unmask | (last & (z == mask_id))) & (x != mask_id)
         total += (take(log_p, x, shard).double() * unmask).sum(1)
         z = torch.where(unmask, x, z)

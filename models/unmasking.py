@@ -24,7 +24,6 @@ import torch.distributed as dist
 from models.vocab_parallel import VocabShard, columns_below, vocab_sum
 
 ORDERS = ("random", "dispersed", "confidence", "margin", "entropy")
-CONFIDENCE_ORDERS = ("confidence", "margin", "entropy")
 DEFAULT_DISTANCE = 3
 
 

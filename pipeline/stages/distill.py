@@ -146,6 +146,7 @@ class Distiller:
         self.student, self.student_opt, self.disc, self.disc_opt = student, student_opt, disc, disc_opt
         self.teacher, self.teacher_dir, self.judge = teacher, teacher_dir, judge  # judge: for reward: exact
         self.shard = student.module.vocab_shard  # this rank's vocabulary columns (None: all)
+        self.order = UnmaskingOrder.parse(cfg.distill.rollout_order)  # which positions a rollout step reveals
         self.ema = EMA(student.module, cfg.train.ema, cfg.train.ema_warmup)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main)
 
@@ -199,7 +200,7 @@ class Distiller:
             return roll.log_prob.detach()
         forced = [teacher_forced_log_prob(lambda z: self._log_probs(self.student, z), roll.x, times, self.mask_id,
                                           self.schedule, self.generators(step, EXACT_TRAJECTORY, c.rollout_rows, k),
-                                          self.shard, UnmaskingOrder.parse(c.rollout_order))
+                                          self.shard, self.order)
                   for k in range(c.exact_reward_trajectories)]
         return marginal_log_prob(torch.stack(forced)).float()
 
@@ -216,7 +217,7 @@ class Distiller:
         with timer("rollout"):
             roll = student_rollout(lambda z: self._log_probs(self.student, z), times,
                                    self.cfg.model.seq_len, mask_id, schedule, gens, self.shard,
-                                   UnmaskingOrder.parse(c.rollout_order))
+                                   self.order)
         with timer("teacher"), torch.no_grad():
             targets = [self._log_probs(self.teacher, z) for z in roll.states]
             real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
