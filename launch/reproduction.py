@@ -3,6 +3,7 @@ launch/ablation.sh), and the ablation's switches:
 
     python launch/reproduction.py main OUT        # launch/results/reproduce/main.{md,json} and plots
     python launch/reproduction.py ablation OUT    # launch/results/reproduce/{ablation,variants}.{md,json}
+    python launch/reproduction.py orders OUT      # launch/results/orders/text/orders.{md,json} (launch/orders_text.sh)
     python launch/reproduction.py switches ARM    # the --set arguments of one ablation arm or settings variant
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipeline.measure.machine import describe
 from pipeline.measure.plots import read_metrics
 
 RESULTS = Path("launch/results/reproduce")
+ORDERS = Path("launch/results/orders/text")
 # The paper's cumulative ablation, on its 2-step rollout with one τ per row and the discriminator at the re-masked
 # positions (PAPER; the main arm has the synthetic benchmark's settings instead): arm k has the first k techniques
 # on and the others off, so each arm differs from the previous one in one key; the "paper" arm has all four on,
@@ -161,16 +163,57 @@ def ablation_tables(out: Path) -> dict[str, str]:
                                    "(`bash launch/ablation.sh VARIANT`)", variants)}
 
 
+def against_random(rows: list[dict], r: dict, prefix: str = "") -> str:
+    """``r``'s Gen-PPL against the same model's at the same steps in the random order: better or worse with the
+    intervals apart, else level."""
+    base = next(b for b in rows if (b["model"], b["steps"], b["control_for"], b["order"]) ==
+                (r["model"], r["steps"], r["control_for"], "random"))
+    (low, high), (base_low, base_high) = r[f"{prefix}interval"], base[f"{prefix}interval"]
+    return "better" if high < base_low else "worse" if low > base_high else "level"
+
+
+def orders_table(out: Path) -> tuple[str, list[dict]]:
+    """The reproduction's teacher and student in each unmasking order (launch/orders_text.sh): Gen-PPL under both
+    judges and the entropy at 8 and 16 steps, the entropy-matched teacher beside the 16-step student, and each
+    cell against the same model in the random order."""
+    held_out, *rows = json.loads((out / "evaluate_orders" / "results.json").read_text())["rows"]
+    lines = [f"Unmasking orders on text (`bash launch/orders_text.sh`: the models of `bash launch/reproduce.sh`, "
+             f"unchanged), {describe()}. 256 samples a cell, 95 % bootstrap intervals; judge SmolLM2-135M and the "
+             "in-domain judge. \"vs random\": the same model at the same steps in the random order, better or worse "
+             "when the intervals are apart (SmolLM2 / in-domain).", "",
+             f"Held-out text: Gen-PPL {gen_ppl_text(held_out)}, in-domain {gen_ppl_text(held_out, IN_DOMAIN)}, "
+             f"entropy {held_out['entropy']:.2f}.", "",
+             "| model | order | steps | T | Gen-PPL | in-domain Gen-PPL | entropy | vs random |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model in ("teacher", "student", "entropy-matched teacher"):
+        for r in rows:
+            label = "entropy-matched teacher" if r["control_for"] else r["model"]
+            if label == model:
+                lines.append(f"| {label} | {r['order']} | {r['steps']} | {r['temperature']:.2f} | {gen_ppl_text(r)} | "
+                             f"{gen_ppl_text(r, IN_DOMAIN)} | {r['entropy']:.2f} | "
+                             f"{against_random(rows, r)} / {against_random(rows, r, IN_DOMAIN)} |")
+    return "\n".join(lines) + "\n", [held_out, *rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch/reproduction.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("main", "ablation", "switches"))
-    parser.add_argument("target", help="main, ablation: the main arm's run directory; switches: an arm or variant")
+    parser.add_argument("command", choices=("main", "ablation", "orders", "switches"))
+    parser.add_argument("target", help="main, ablation, orders: the main arm's run directory; switches: an arm or "
+                        "variant")
     args = parser.parse_args(argv)
     if args.command == "switches":
         print(" ".join(switches(args.target)))
         return 0
     out = Path(args.target)
+    if args.command == "orders":
+        text, rows = orders_table(out)
+        ORDERS.mkdir(parents=True, exist_ok=True)
+        (ORDERS / "orders.md").write_text(text)
+        (ORDERS / "orders.json").write_text(json.dumps(rows, indent=1))
+        shutil.copyfile(out / "evaluate_orders" / "genppl_vs_nfe.png", ORDERS / "genppl_vs_nfe.png")
+        print(text)
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.command == "main":
         tables = {"main": main_table(out)}

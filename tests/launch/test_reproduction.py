@@ -1,7 +1,9 @@
 """The reproduction's ablation arms and target checks (launch/reproduction.py)."""
 from dataclasses import asdict
 
-from launch.reproduction import ARMS, TECHNIQUES, VARIANTS, switches, targets
+import json
+
+from launch.reproduction import ARMS, TECHNIQUES, VARIANTS, orders_table, switches, targets
 from pipeline.config import load_config
 
 DISTILL = "launch/configs/reproduce/distill.yaml"
@@ -52,3 +54,23 @@ def test_targets_are_marked_met_or_missed_from_the_numbers():
     assert "rgas 16 NFE: Gen-PPL ≤ the 256-step teacher's: **missed**" in lines
     assert "rgas 16 NFE: entropy within 5 % of the teacher's: **missed**" in lines
     assert "rgas 16 NFE: beats the entropy-matched teacher (T = 0.50): **missed**" in lines
+
+
+def test_the_orders_table_compares_each_cell_with_the_same_model_in_the_random_order(tmp_path):
+    def cell(model, order, steps, gen_ppl, low, high, control_for=None, temperature=1.0):
+        return {**row(model, "ancestral", steps, gen_ppl, 4.0, 0.1, control_for, temperature), "order": order,
+                "interval": [low, high], "in_domain_interval": [low, high]}
+    rows = [cell("held-out text", "-", 0, 90.0, 80.0, 100.0),
+            cell("teacher", "random", 8, 700.0, 650.0, 750.0), cell("teacher", "dispersed:3", 8, 500.0, 450.0, 560.0),
+            cell("student", "random", 8, 600.0, 550.0, 650.0), cell("student", "dispersed:3", 8, 640.0, 600.0, 700.0),
+            cell("teacher", "random", 16, 650.0, 600.0, 700.0, "student ancestral 16", 0.8),
+            cell("teacher", "dispersed:3", 16, 800.0, 760.0, 850.0, "student ancestral 16", 0.7)]
+    (tmp_path / "evaluate_orders").mkdir()
+    (tmp_path / "evaluate_orders" / "results.json").write_text(json.dumps({"rows": rows}))
+    text, _ = orders_table(tmp_path)
+    lines = text.splitlines()
+    assert "| teacher | dispersed:3 | 8 | 1.00 | 500.0 (450.0–560.0) | 500.0 (450.0–560.0) | 4.00 | better / better |" in lines
+    assert "| student | dispersed:3 | 8 | 1.00 | 640.0 (600.0–700.0) | 640.0 (600.0–700.0) | 4.00 | level / level |" in lines
+    assert "| entropy-matched teacher | dispersed:3 | 16 | 0.70 | 800.0 (760.0–850.0) | 800.0 (760.0–850.0) | 4.00 | worse / worse |" in lines
+    assert [line.split(" | ")[0] for line in lines if line.startswith("| ") and "order" not in line and "---" not in line] \
+        == ["| teacher"] * 2 + ["| student"] * 2 + ["| entropy-matched teacher"] * 2
