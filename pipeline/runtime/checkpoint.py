@@ -2,7 +2,7 @@
 
 Layout under ``{run.out_dir}/checkpoints``: ``step_NNNNNNNN/`` holds one folder per engine (DeepSpeed's
 ``save_checkpoint`` files, tagged with the engine's name), ``rankNNNNN.pt`` per rank (RNG states, EMA
-partition, data position, counters), ``meta.json`` and the resolved ``config.yaml``. ``files.json`` (``integrity``) the size and sha256 of every
+partition, data position, counters), ``meta.json``, the resolved ``config.yaml`` and the dataset's ``tokenizer/``. ``files.json`` (``integrity``) the size and sha256 of every
 other file. ``latest`` is written by rank 0 after every rank has finished, by rename, so a crash while saving
 leaves the previous checkpoint in force; then all but the newest ``train.keep_checkpoints`` are deleted. A
 resume verifies the checkpoint first: a damaged newest one is moved aside (``step_N.damaged``) and the run goes
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ import torch.distributed as dist
 from pipeline.atomic import atomic_path, atomic_write_bytes
 from pipeline.config import Config, save_resolved
 from pipeline.runtime import integrity
-from pipeline.runtime.data import read_manifest
+from pipeline.runtime.data import dataset_tokenizer_dir, read_manifest
+from pipeline.runtime.safe_load import weights_only_loads
 
 
 class CheckpointError(RuntimeError):
@@ -93,6 +95,9 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
     for name, engine in engines.items():
         engine.save_checkpoint(str(directory), tag=name, save_latest=False)
     directory.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # the checkpoint carries its tokenizer: converting it never reads what data.path names
+        shutil.copytree(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries), directory / "tokenizer",
+                        dirs_exist_ok=True)
     with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
         torch.save({**side, "step": step, "rng": rng_state()}, tmp)
     _barrier()
@@ -101,7 +106,7 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
     if rank == 0:
         save_resolved(cfg, directory)
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
-                "engines": sorted(engines), "model": model_signature(cfg),
+                "engines": sorted(engines), "model": model_signature(cfg), "checksums": integrity.MANIFEST,
                 "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
         if cfg.model.tensor_parallel > 1:  # how each engine's tensors split, for reading the files back dense
             from models.tensor_parallel import layout
@@ -132,26 +137,36 @@ def _retain(root: Path, latest: str, keep: int) -> None:
 
 def _intact(cfg: Config, root: Path, tag: str, rank: int, world_size: int) -> Path:
     """The checkpoint to resume from: ``latest``'s if it verifies, else (``train.resume: fallback``) the newest
-    older complete one that does, the damaged ones moved aside; every rank reaches the same answer."""
+    older complete one that does, the damaged ones moved aside; every rank reaches the same answer. A ``latest``
+    that names no checkpoint folder of this run (a missing step, a path elsewhere) counts as damage too: the
+    newest intact checkpoint is taken."""
     newest = root / tag
-    if integrity.read_manifest(newest) is None and (newest / "meta.json").exists():
-        return newest  # written before checkpoints carried checksums: nothing to verify against
-    candidates = [newest] + [d for d in integrity.step_dirs(root)
-                             if d.name < tag and integrity.read_manifest(d) is not None]
+    pointer_ok = re.fullmatch(r"step_\d{8}", tag) is not None and newest.is_dir()
+    if pointer_ok and integrity.predates_checksums(newest):
+        if rank == 0:
+            print(f"WARNING: checkpoint {newest.name} predates checksums (no {integrity.MANIFEST}); resuming from it "
+                  "unverified", file=sys.stderr, flush=True)
+        return newest
+    older = [d for d in integrity.step_dirs(root)
+             if (d.name < tag or not pointer_ok) and integrity.read_manifest(d) is not None]
+    candidates = ([newest] if pointer_ok else []) + older
     damaged: list[tuple[Path, str]] = []
-    for directory in candidates:
-        found = [p for share in _gather(integrity.problems(directory, rank, world_size)) for p in share]
+    directory = None
+    for candidate in candidates:
+        found = [p for share in _gather(integrity.problems(candidate, rank, world_size)) for p in share]
         if not found:
+            directory = candidate
             break
-        damaged.append((directory, found[0]))
-    else:
-        directory = None
-    if damaged and (cfg.train.resume == "strict" or directory is None):
-        what = "; ".join(f"{d.name}: {why}" for d, why in damaged)
+        damaged.append((candidate, found[0]))
+    pointer = None if pointer_ok else f"{root / 'latest'} names {tag[:80]!r}, not a checkpoint folder of this run"
+    if (damaged or pointer) and (cfg.train.resume == "strict" or directory is None):
+        what = "; ".join(([pointer] if pointer else []) + [f"{d.name}: {why}" for d, why in damaged])
         instead = (f"the newest intact checkpoint is {directory.name} (train.resume: fallback resumes from it)"
                    if directory else "no older checkpoint is intact: start a new run.out_dir")
         raise CheckpointError(f"cannot resume: {what}; {instead}")
-    if damaged and rank == 0:
+    if (damaged or pointer) and rank == 0:
+        if pointer:
+            print(f"WARNING: {pointer}; resuming from {directory.name}", file=sys.stderr, flush=True)
         for bad, why in damaged:
             aside = bad.with_name(bad.name + ".damaged")
             n = 1
@@ -193,8 +208,9 @@ def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
         raise CheckpointError(f"{directory} holds engines {meta['engines']}, this stage needs {sorted(engines)}")
     for name, engine in engines.items():
         try:
-            path, _ = engine.load_checkpoint(str(directory), tag=name, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True)
+            with weights_only_loads():
+                path, _ = engine.load_checkpoint(str(directory), tag=name, load_optimizer_states=True,
+                                                 load_lr_scheduler_states=True)
         except Exception as err:  # DeepSpeed raises many kinds; name the checkpoint whatever it was
             raise CheckpointError(f"{directory / name}: cannot load the {name} engine "
                                   f"({err.__class__.__name__}: {err})") from err

@@ -121,3 +121,24 @@ def test_problems_name_missing_truncated_and_changed_files(tmp_path):
     shares = [integrity.problems(tmp_path, rank, 2) for rank in (0, 1)]
     assert [len(share) for share in shares] == [2, 1]
     assert sorted(shares[0] + shares[1]) == sorted(integrity.problems(tmp_path))
+
+
+@pytest.mark.distributed
+def test_a_latest_that_names_no_checkpoint_falls_back_to_the_newest_intact_one(tiny_data, tmp_path):
+    """``latest`` naming a step that does not exist, or a folder outside the run: the newest intact checkpoint is
+    taken (``latest`` rewritten to it), or under strict the run stops naming the pointer."""
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    run = tmp_path / "run"
+    assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+    latest = run / "checkpoints" / "latest"
+    for pointer in ("step_00000099", "../../elsewhere"):
+        latest.write_text(pointer)
+        strict = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6, train__resume="strict"))[0]
+        assert strict["error"] == (f"cannot resume: {latest} names {pointer!r}, not a checkpoint folder of this run; "
+                                   "the newest intact checkpoint is step_00000006 (train.resume: fallback resumes "
+                                   "from it)")
+        assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+        assert latest.read_text() == "step_00000006"
+    assert steps_kept(run) == ["step_00000003", "step_00000006"]
