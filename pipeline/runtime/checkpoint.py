@@ -10,6 +10,7 @@ on from the newest intact one, or stops naming both under ``train.resume: strict
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
-from pipeline.config import Config, save_resolved
+from pipeline.config import Config, save_resolved, to_dict
 from pipeline.runtime import integrity
 from pipeline.runtime.data import dataset_tokenizer_dir, read_manifest
 from pipeline.runtime.safe_load import weights_only_loads
@@ -105,9 +107,10 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
     shares = _gather(integrity.describe(directory, names[rank::world_size]))
     if rank == 0:
         save_resolved(cfg, directory)
+        manifest = read_manifest(cfg.data.path, cfg.data.retries)
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
                 "engines": sorted(engines), "model": model_signature(cfg), "checksums": integrity.MANIFEST,
-                "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
+                "tokenizer": manifest["tokenizer"]["fingerprint"], "data": data_identity(manifest)}
         if cfg.model.tensor_parallel > 1:  # how each engine's tensors split, for reading the files back dense
             from models.tensor_parallel import layout
 
@@ -123,6 +126,53 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
 
 
 RANK0_FILES = ("config.yaml", "meta.json")
+# Settings a resumed run applies when they change: its length, what it logs and keeps, where it reads the same
+# data from and how it tracks. Any other change would be recorded in config.yaml without taking effect (the
+# optimizer, scheduler and RNG states come from the checkpoint): a resume with one is refused.
+APPLIED_ON_RESUME = ("run.out_dir", "data.path", "data.num_workers", "data.retries", "data.source", "train.max_steps",
+                     "train.log_every", "train.eval_every", "train.eval_batches", "train.sample_every",
+                     "train.sample_steps", "train.sample_count", "train.exact_judge", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.resume", "train.max_nonfinite", "tracking.")
+
+
+def data_identity(manifest: dict) -> str:
+    """What the run trains on, independent of where the data lie: the sha256 of the manifest's splits (every
+    shard's name, size and sha256) and tokenizer."""
+    content = {"splits": manifest["splits"], "tokenizer": manifest["tokenizer"]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_unchanged(cfg: Config, directory: Path, meta: dict) -> None:
+    """Refuse a resume whose data or settings differ from the checkpoint's in a way it would not apply."""
+    manifest = read_manifest(cfg.data.path, cfg.data.retries)
+    if meta.get("tokenizer", manifest["tokenizer"]["fingerprint"]) != manifest["tokenizer"]["fingerprint"]:
+        raise CheckpointError(f"{directory} was trained with tokenizer {meta['tokenizer']}, data.path {cfg.data.path} "
+                              f"holds tokenizer {manifest['tokenizer']['fingerprint']}: resume on the same data, or "
+                              "use another run.out_dir")
+    if meta.get("data", data_identity(manifest)) != data_identity(manifest):
+        raise CheckpointError(f"{directory} was trained on other data than data.path {cfg.data.path} holds (its shards "
+                              "differ from the checkpoint's): resume on the same data, or use another run.out_dir")
+    try:
+        saved = _flat(yaml.safe_load((directory / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{directory / 'config.yaml'}: unreadable ({err.__class__.__name__})") from None
+    now = _flat(to_dict(cfg))
+    changed = [f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in sorted(set(saved) & set(now))
+               if saved[k] != now[k] and not k.startswith(APPLIED_ON_RESUME)]
+    if changed:
+        raise CheckpointError(f"cannot resume {directory} with changed settings ({'; '.join(changed)}): the "
+                              "checkpoint's optimizer, schedule and random states would override them. Restore "
+                              "them, or start a new run.out_dir")
 
 
 def _retain(root: Path, latest: str, keep: int) -> None:
@@ -206,6 +256,7 @@ def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
                               "bundle from python -m pipeline convert) loads at any number of ranks")
     if meta["engines"] != sorted(engines):
         raise CheckpointError(f"{directory} holds engines {meta['engines']}, this stage needs {sorted(engines)}")
+    check_unchanged(cfg, directory, meta)
     for name, engine in engines.items():
         try:
             with weights_only_loads():

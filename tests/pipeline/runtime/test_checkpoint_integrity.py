@@ -142,3 +142,36 @@ def test_a_latest_that_names_no_checkpoint_falls_back_to_the_newest_intact_one(t
         assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
         assert latest.read_text() == "step_00000006"
     assert steps_kept(run) == ["step_00000003", "step_00000006"]
+
+
+@pytest.mark.distributed
+def test_a_resume_with_other_data_or_settings_it_would_not_apply_is_refused(tiny_data, teacher, tmp_path):
+    """The session teacher (20 steps) resumed: on data whose tokenizer or shards were replaced, or with a
+    learning rate the restored optimizer would override, it stops naming what changed; a longer run applies."""
+    import json
+    import shutil
+
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(teacher, run)
+    shutil.copytree(tiny_data, data)
+    same = {"train__checkpoint_every": 20, "train__eval_every": 20, "train__ema": 0.9}
+    manifest = json.loads((data / "manifest.json").read_text())
+
+    def resume(path, **changes):
+        return run_ranks(_run_pretrain, 1, settings(path, run, train__max_steps=21, **{**same, **changes}))[0]
+
+    manifest["tokenizer"]["fingerprint"] = "0" * 32
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert "was trained with tokenizer" in resume(data)["error"] and "holds tokenizer 00000000" in resume(data)["error"]
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = "f" * 64
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert f"was trained on other data than data.path {data} holds" in resume(data)["error"]
+    error = resume(tiny_data, optim__lr=1e6)["error"]
+    assert "changed settings (optim.lr: 0.003 there, 1000000.0 now)" in error and "new run.out_dir" in error
+    shutil.copyfile(tiny_data / "manifest.json", data / "manifest.json")
+    assert "error" not in resume(data)  # a longer run, on the same data at another path
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000021"
