@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -166,12 +167,16 @@ class TrainConfig:
     keep_checkpoints: int = 3  # the newest complete checkpoints kept (older ones deleted); 0 keeps every one
     resume: Literal["fallback", "strict"] = "fallback"  # a damaged newest checkpoint: resume from an older one, or stop
     max_nonfinite: int = 5  # consecutive skipped steps (non-finite gradients) before the run stops
+    # a loss that blows up while finite: before a checkpoint, a phase's mean loss since the previous one above this
+    # many times the earlier windows' typical |mean| (at least 1) stops the run without saving; 0 turns it off
+    max_loss_ratio: float = 100.0
 
     def validate(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
                      "sample_count", "checkpoint_every", "max_nonfinite"):
             _positive(f"train.{name}", getattr(self, name))
         _non_negative("train.keep_checkpoints", self.keep_checkpoints)
+        _non_negative("train.max_loss_ratio", self.max_loss_ratio)
         if not self.sample_steps or min(self.sample_steps) <= 0:
             raise ConfigError(f"train.sample_steps: {self.sample_steps} must be a non-empty list of positive counts")
         if self.exact_judge is not None:
@@ -559,11 +564,13 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}")
+    if tp is float and not math.isfinite(value):  # no setting means anything at nan or inf
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
     return value
 
 

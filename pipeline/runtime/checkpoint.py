@@ -132,7 +132,8 @@ RANK0_FILES = ("config.yaml", "meta.json")
 APPLIED_ON_RESUME = ("run.out_dir", "data.path", "data.num_workers", "data.retries", "data.source", "train.max_steps",
                      "train.log_every", "train.eval_every", "train.eval_batches", "train.sample_every",
                      "train.sample_steps", "train.sample_count", "train.exact_judge", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.resume", "train.max_nonfinite", "tracking.")
+                     "train.keep_checkpoints", "train.resume", "train.max_nonfinite", "train.max_loss_ratio",
+                     "tracking.")
 
 
 def data_identity(manifest: dict) -> str:

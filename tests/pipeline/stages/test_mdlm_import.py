@@ -53,9 +53,9 @@ def test_model_directory_imports_to_the_same_logits(upstream, tmp_path):
 
 @contextlib.contextmanager
 def lightning_types():
-    """Stand-ins for what an upstream .ckpt pickles besides tensors, under the names it pickles them by: an
-    omegaconf config (items in ``_content``, values in ``_val`` nodes) and a tokenizer object. The modules
-    exist only while the file is written: reading it must need none of them."""
+    """Stand-ins for what an upstream .ckpt pickles besides tensors, shaped as it pickles them: an omegaconf
+    config (items in ``_content``, values in ``_val`` nodes) and a tokenizer object. Their modules exist only
+    while the file is written: reading it must need none of them."""
     class DictConfig:
         def __init__(self, content):
             self._content, self._parent = content, None
@@ -68,8 +68,9 @@ def lightning_types():
         def __reduce__(self):
             return Tokenizer, ()
 
-    made = {"omegaconf.dictconfig": DictConfig, "omegaconf.nodes": AnyNode, "transformers.tokenization": Tokenizer}
-    modules = {name: types.ModuleType(name) for name in ("omegaconf", "transformers", *made)}
+    made = {"stub_omegaconf.dictconfig": DictConfig, "stub_omegaconf.nodes": AnyNode,
+            "stub_transformers.tokenization": Tokenizer}
+    modules = {name: types.ModuleType(name) for name in ("stub_omegaconf", "stub_transformers", *made)}
     for module, cls in made.items():
         cls.__module__, cls.__qualname__ = module, cls.__name__
         setattr(modules[module], cls.__name__, cls)

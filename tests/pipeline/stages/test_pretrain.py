@@ -148,13 +148,45 @@ def metrics_of_clean_run(tiny_data, out):
 
 
 @pytest.mark.distributed
-def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_path):
-    cfg = settings(tiny_data, tmp_path, train__max_steps=20, train__max_nonfinite=3, train__checkpoint_every=2)
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_path, zero_stage):
+    """At every ZeRO stage: ZeRO-1/2 skip an overflowing step inside DeepSpeed, without calling the guarded
+    optimizer, and it must be counted all the same."""
+    cfg = settings(tiny_data, tmp_path, train__max_steps=20, train__max_nonfinite=3, train__checkpoint_every=2,
+                   train__zero_stage=zero_stage)
     result = run_ranks(_run_with_nan_losses, 1, cfg, set(range(5, 30)))[0]
     assert "stopping at step 7: 3 consecutive train steps had non-finite loss or gradients" in result["error"]
     assert "train.max_nonfinite = 3" in result["error"]
     # skipped steps leave the weights alone, so the checkpoint of step 6 holds step 4's weights
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"
+
+
+def _run_with_exploding_losses(rank, world_size, cfg_dict, first_step):
+    """Pre-training whose loss is a million times larger, and finite, from ``first_step`` (1-based) on."""
+    import pipeline.stages.pretrain as stage
+
+    real, calls = stage.loss_terms, []
+
+    def loss_terms(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) >= first_step:
+                return terms * 1e6
+        return terms
+
+    stage.loss_terms = loss_terms
+    return _run_pretrain(rank, world_size, cfg_dict)
+
+
+@pytest.mark.distributed
+def test_a_finite_loss_that_blows_up_stops_the_run_before_it_is_saved(tiny_data, tmp_path):
+    cfg = settings(tiny_data, tmp_path, train__max_steps=12, train__checkpoint_every=2, train__keep_checkpoints=1)
+    result = run_ranks(_run_with_exploding_losses, 1, cfg, 7)[0]
+    assert "stopping at step 8: the train loss diverged (mean " in result["error"]
+    assert "train.max_loss_ratio = 100); this model was not saved" in result["error"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"  # kept: no diverged one replaced it
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000006"]
 
 
 def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys, monkeypatch):
