@@ -177,8 +177,9 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name))
         _non_negative("train.keep_checkpoints", self.keep_checkpoints)
         _non_negative("train.max_loss_ratio", self.max_loss_ratio)
-        if not self.sample_steps or min(self.sample_steps) <= 0:
-            raise ConfigError(f"train.sample_steps: {self.sample_steps} must be a non-empty list of positive counts")
+        if not self.sample_steps:
+            raise ConfigError("train.sample_steps: [] logs no samples; give at least one step count")
+        check_sampling_steps("train.sample_steps", self.sample_steps)
         if self.exact_judge is not None:
             _exact_judge_spec("train.exact_judge", self.exact_judge, required=True)
         if not 0.0 <= self.ema < 1.0:
@@ -401,14 +402,14 @@ class EvaluateConfig:
         if not self.teacher or not self.data:
             raise ConfigError("teacher and data: required (a teacher bundle and a prepared dataset)")
         for name in ("teacher_steps", "student_steps"):
-            if min(getattr(self, name), default=1) < 1:
-                raise ConfigError(f"{name}: {getattr(self, name)}: every step count must be at least 1")
+            check_sampling_steps(name, getattr(self, name))
+        check_sampling_steps("control_search_steps", [self.control_search_steps])
         for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds",
-                     "control_student_steps", "control_search_steps", "control_search_samples",
+                     "control_student_steps", "control_search_samples",
                      "control_search_rounds", "protein_threads"):
             _positive(name, getattr(self, name))
         if self.control_steps is not None:
-            _positive("control_steps", self.control_steps)
+            check_sampling_steps("control_steps", [self.control_steps])
         if any(not 0.0 < temperature <= 2.0 for temperature in self.exact_control_temperatures):
             raise ConfigError(f"exact_control_temperatures: {self.exact_control_temperatures}: every temperature must "
                               "be in (0, 2]")
@@ -497,6 +498,17 @@ def _order(name: str, spec: str, seq_len: int | None = None) -> str:
     except ValueError as err:
         raise ConfigError(f"{name}: {err}") from None
     return str(order)
+
+
+# More sampling steps than this cost a sampler pass each and change nothing measurable (the paper's slowest
+# teacher takes 1,024): a larger count is a typo, refused instead of running for hours.
+MAX_SAMPLING_STEPS = 65536
+
+
+def check_sampling_steps(name: str, steps: list[int]) -> None:
+    if any(not 1 <= n <= MAX_SAMPLING_STEPS for n in steps):
+        raise ConfigError(f"{name}: {steps}: every step count must be in [1, {MAX_SAMPLING_STEPS:,}] (the paper's "
+                          "slowest teacher takes 1,024)")
 
 
 def _positive(name: str, value: float) -> None:

@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,25 +88,30 @@ def _gather(obj) -> list:
 
 def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side: dict) -> Path:
     """Save every engine (collective) and this rank's side state, hash the files (each rank a share), then
-    publish ``latest`` and delete what ``train.keep_checkpoints`` does not keep."""
+    publish ``latest`` and delete what ``train.keep_checkpoints`` does not keep. A write that fails on any rank
+    (a full disk) removes the partial folder and raises ``CheckpointError`` on every rank."""
     root = checkpoint_root(cfg)
     tag = tag_for(step)
     directory = root / tag
     if rank == 0:  # a manifest left by an earlier save of this step no longer describes it
         (directory / integrity.MANIFEST).unlink(missing_ok=True)
     _barrier()
-    for name, engine in engines.items():
-        engine.save_checkpoint(str(directory), tag=name, save_latest=False)
-    directory.mkdir(parents=True, exist_ok=True)
-    if rank == 0:  # the checkpoint carries its tokenizer: converting it never reads what data.path names
-        shutil.copytree(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries), directory / "tokenizer",
-                        dirs_exist_ok=True)
-    with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
-        torch.save({**side, "step": step, "rng": rng_state()}, tmp)
-    _barrier()
+
+    def write() -> None:
+        for name, engine in engines.items():
+            engine.save_checkpoint(str(directory), tag=name, save_latest=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # the checkpoint carries its tokenizer: converting it never reads what data.path names
+            shutil.copytree(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries), directory / "tokenizer",
+                            dirs_exist_ok=True)
+        with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
+            torch.save({**side, "step": step, "rng": rng_state()}, tmp)
+
+    _all_written(root, directory, step, rank, _attempt(write))
     names = [n for n in integrity.listing(directory) if n not in RANK0_FILES]
     shares = _gather(integrity.describe(directory, names[rank::world_size]))
-    if rank == 0:
+
+    def publish() -> None:
         save_resolved(cfg, directory)
         manifest = read_manifest(cfg.data.path, cfg.data.retries)
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
@@ -121,8 +127,39 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
         integrity.write_manifest(directory, {**files, **integrity.describe(directory, list(RANK0_FILES))})
         atomic_write_bytes(root / "latest", tag.encode())
         _retain(root, tag, cfg.train.keep_checkpoints)
-    _barrier()
+
+    _all_written(root, directory, step, rank, _attempt(publish) if rank == 0 else None)
     return directory
+
+
+def _attempt(write: Callable[[], None]) -> str | None:
+    """Run ``write``; what went wrong (a full disk shows as OSError or as torch's "unexpected pos"), or None."""
+    try:
+        write()
+        return None
+    except (OSError, RuntimeError) as err:
+        return f"{err.__class__.__name__}: {str(err).strip()[:300]}"
+
+
+def _all_written(root: Path, directory: Path, step: int, rank: int, failure: str | None) -> None:
+    """Collective: if any rank failed to write its part, the partial folder is removed and every rank raises
+    ``CheckpointError`` (a full disk named as such, with the size a checkpoint needs); ``latest`` still names
+    the previous checkpoint."""
+    failures = [f for f in _gather(failure) if f]
+    if not failures:
+        return
+    previous = latest_tag(root)
+    if rank == 0:
+        shutil.rmtree(directory, ignore_errors=True)
+    _barrier()
+    kept = f"{previous} stays the latest checkpoint" if previous else "the run has no checkpoint yet"
+    need = sum(size for size, _ in (integrity.read_manifest(root / previous) or {}).values()) if previous else 0
+    free = shutil.disk_usage(root if root.exists() else root.parent).free
+    if any("No space left" in f or "unexpected pos" in f for f in failures) or free < need:
+        raise CheckpointError(f"no space left on {root} ({free / 2**20:,.0f} MiB free, a checkpoint of this run takes "
+                              f"about {need / 2**20:,.0f} MiB): step {step} was not saved and its partial folder was "
+                              f"removed; {kept}. Free space and run the same command to resume")
+    raise CheckpointError(f"step {step} was not saved ({failures[0]}); its partial folder was removed, {kept}")
 
 
 RANK0_FILES = ("config.yaml", "meta.json")

@@ -175,3 +175,41 @@ def test_a_resume_with_other_data_or_settings_it_would_not_apply_is_refused(tiny
     shutil.copyfile(tiny_data / "manifest.json", data / "manifest.json")
     assert "error" not in resume(data)  # a longer run, on the same data at another path
     assert (run / "checkpoints" / "latest").read_text() == "step_00000021"
+
+
+def _run_on_a_full_disk(rank, world_size, cfg_dict, full_from):
+    """Pre-training whose disk fills up at the checkpoint of step ``full_from``: torch.save fails as it does
+    then (a RuntimeError from the zip writer), and the disk reports 1 MiB free."""
+    import shutil as shutil_module
+
+    import torch
+
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    real_save, real_usage = torch.save, shutil_module.disk_usage
+
+    def save(obj, f, *args, **kwargs):
+        if f"step_{full_from:08d}" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4048")
+        return real_save(obj, f, *args, **kwargs)
+
+    def disk_usage(path):
+        return real_usage(path)._replace(free=2**20)
+
+    torch.save, shutil_module.disk_usage = save, disk_usage
+    return _run_pretrain(rank, world_size, cfg_dict)
+
+
+@pytest.mark.distributed
+def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    run = tmp_path / "run"
+    error = run_ranks(_run_on_a_full_disk, 1, settings(tiny_data, run, train__max_steps=6), 6)[0]["error"]
+    assert error.startswith(f"no space left on {run / 'checkpoints'} (1 MiB free, a checkpoint of this run takes "
+                            "about ") and "step 6 was not saved and its partial folder was removed" in error
+    assert "step_00000003 stays the latest checkpoint. Free space and run the same command to resume" in error
+    assert steps_kept(run) == ["step_00000003"] and (run / "checkpoints" / "latest").read_text() == "step_00000003"
+    resumed = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+    assert resumed["step"] == 6 and steps_kept(run) == ["step_00000003", "step_00000006"]
