@@ -213,3 +213,13 @@ def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_last_checkpoint(
     assert steps_kept(run) == ["step_00000003"] and (run / "checkpoints" / "latest").read_text() == "step_00000003"
     resumed = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
     assert resumed["step"] == 6 and steps_kept(run) == ["step_00000003", "step_00000006"]
+
+
+@pytest.mark.distributed
+def test_an_output_folder_that_cannot_be_written_is_an_error_not_a_traceback(tiny_data, tmp_path):
+    """What a rerun on a still-full disk meets first (writing config.yaml), shown with a folder under a file."""
+    (tmp_path / "file").write_text("")
+    cfg = from_dict(Config, settings(tiny_data, tmp_path / "file" / "run"))
+    result = train(save_resolved(cfg, tmp_path, "run.yaml"))
+    assert result.returncode == 2 and "rank 0: error: [Errno 20] Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
