@@ -52,6 +52,14 @@ class ReadStats:
         self.first_skipped_record = self.first_skipped_record or where
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError) as err:  # a link to nowhere, or links that point at each other
+        raise InputError(f"{path}: a symbolic link that leads to no file ({err.__class__.__name__}: {err}); "
+                         "remove it or point it at the file") from None
+
+
 def list_input_files(paths: list[str]) -> list[Path]:
     """Expand files and directories (recursively, hidden entries skipped) into a sorted, de-duplicated list."""
     found: set[Path] = set()
@@ -60,7 +68,7 @@ def list_input_files(paths: list[str]) -> list[Path]:
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found.update(Path(root, f).resolve() for f in files if not f.startswith("."))
+                found.update(_resolved(Path(root, f)) for f in files if not f.startswith("."))
         elif path.is_file():
             found.add(path.resolve())
         else:

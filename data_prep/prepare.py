@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import json
 import multiprocessing
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from data_prep.documents import ReadStats, content_split, iter_documents, list_input_files
 from data_prep.shards import sha256_file, write_shard
-from data_prep.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from data_prep.tokenizers import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer
 from data_prep.wrapping import wrap_documents
 from pipeline.atomic import atomic_write_bytes
 from pipeline.config import PrepareConfig, load_config, save_resolved, to_dict
@@ -77,8 +78,7 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task =
     out = Path(cfg.out)
     files = _input_files(cfg)
     if task.count == 1:
-        _claim_output_dir(out, cfg)
-        tok = _tokenizer(out, cfg, files, log)
+        tok = _first_step(out, cfg, files, log)
     else:
         tok = _join_output_dir(out, cfg)
     (out / ".parts").mkdir(exist_ok=True)
@@ -105,8 +105,24 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task =
 def train_tokenizer(cfg: PrepareConfig, log: Callable[[str], None] = print) -> Tokenizer:
     """Claim the output directory and train (or load) its tokenizer: the first step of an array job."""
     cfg = resolved(cfg)
-    _claim_output_dir(Path(cfg.out), cfg)
-    return _tokenizer(Path(cfg.out), cfg, _input_files(cfg), log)
+    return _first_step(Path(cfg.out), cfg, _input_files(cfg), log)
+
+
+def _first_step(out: Path, cfg: PrepareConfig, files: tuple[list[Path], list[Path]],
+                log: Callable[[str], None]) -> Tokenizer:
+    """Claim the output directory and train (or load) the tokenizer; a directory this job created is removed
+    again if that fails, so a failed job leaves nothing behind."""
+    existed = out.exists()
+    fresh = not existed or not any(out.iterdir())
+    try:
+        _claim_output_dir(out, cfg)
+        return _tokenizer(out, cfg, files, log)
+    except BaseException:
+        if fresh:  # back to how it was: absent, or the empty folder the user made
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir()
+        raise
 
 
 def resolved(cfg: PrepareConfig) -> PrepareConfig:
@@ -154,9 +170,18 @@ def _tokenizer(out: Path, cfg: PrepareConfig, files: tuple[list[Path], list[Path
         return load_tokenizer(tok_dir)
     if cfg.tokenizer.startswith("spm:"):
         log(f"training SentencePiece ({cfg.spm_model_type}, {cfg.tokenizer[4:]} pieces) on the train split")
-    lines = (line for split, doc in _documents(files, ReadStats(), cfg) if split == "train"
+    stats, used = ReadStats(), []
+    lines = (used.append(1) or line for split, doc in _documents(files, stats, cfg) if split == "train"
              for line in doc.split("\n") if line)
-    tok = build_tokenizer(cfg.tokenizer, lines, cfg.spm_model_type, cfg.spm_max_sentences)
+    try:
+        tok = build_tokenizer(cfg.tokenizer, lines, cfg.spm_model_type, cfg.spm_max_sentences)
+    except TokenizerError as err:
+        if used:
+            raise
+        skipped = (f"; {len(stats.skipped_files)} of {len(files[0])} input files skipped, the first "
+                   f"{stats.skipped_files[0]}" if stats.skipped_files else "")
+        raise PrepareError(f"no input line was usable to train the tokenizer: the train split holds no text "
+                           f"({stats.documents} documents read{skipped})") from err
     tok.save(tok_dir)
     return tok
 

@@ -72,6 +72,9 @@ class Tokenizer:
         atomic_write_bytes(directory / "tokenizer.json", json.dumps(self.describe(), indent=1).encode())
 
 
+SPM_LINE_CHARS = 1024  # at most 4 bytes each: within SentencePiece's 4,192-byte sentence limit
+
+
 class SentencePieceTokenizer(Tokenizer):
     """SentencePiece with lossless settings: identity normalisation, whitespace kept, byte fallback."""
 
@@ -94,12 +97,14 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, lines: Iterator[str], vocab_size: int, model_type: str, max_sentences: int) -> "SentencePieceTokenizer":
-        """Train on an iterator of lines (no newlines inside); deterministic for the same lines."""
+        """Train on an iterator of lines (no newlines inside); deterministic for the same lines. A line longer
+        than SentencePiece takes (4,192 bytes) is given in pieces, instead of being dropped unseen."""
         spm.set_random_generator_seed(1234)
         buf = io.BytesIO()
+        pieces = (line[i:i + SPM_LINE_CHARS] for line in lines for i in range(0, len(line), SPM_LINE_CHARS))
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines, model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+                sentence_iterator=pieces, model_writer=buf, vocab_size=vocab_size, model_type=model_type,
                 normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
                 byte_fallback=True, allow_whitespace_only_pieces=True, split_digits=True,
                 user_defined_symbols=["\n"], unk_id=0, bos_id=1, eos_id=2, pad_id=3,

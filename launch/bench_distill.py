@@ -112,6 +112,9 @@ class PlainEngine:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def was_step_applied(self) -> bool:  # no overflow detection of its own: GuardedAdamW decides
+        return True
+
     def get_lr(self) -> list[float]:
         return self.scheduler.get_last_lr()
 

@@ -15,8 +15,9 @@ FAMILY="${FAMILY:-markov}"
 OUT="${OUT:-runs/orders/$FAMILY}"
 RESULTS="${RESULTS:-launch/results/orders/$FAMILY}"
 SEED="${SEED:-1}"
+TEACHER_STEPS=1500
 # the regime family's long-range structure takes the teacher longer to learn (its exact NLL still falls at 1,500)
-declare -A TEACHER_STEPS=([markov]=1500 [regime]=5000)
+[ "$FAMILY" = markov ] || TEACHER_STEPS=5000
 RANKS="${RANKS:-2}"
 CONFIGS=launch/configs/markov
 TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db" --set tracking.experiment="orders-$FAMILY")
@@ -31,7 +32,7 @@ stage prepare python -m data_prep prepare --input "$OUT/corpus/chain.fasta" --to
   --out "$OUT/data" --workers 2
 stage teacher deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/pretrain.yaml" \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/pretrain" --set train.exact_judge="markov:$OUT/corpus" \
-  --set train.max_steps="${TEACHER_STEPS[$FAMILY]}" "${TRACK[@]}"
+  --set train.max_steps="$TEACHER_STEPS" "${TRACK[@]}"
 rm -rf "$OUT/bundles/teacher"  # the bundle of the latest checkpoint
 python -m pipeline convert --checkpoint "$OUT/pretrain" --out "$OUT/bundles/teacher"
 stage distill_random deepspeed --num_gpus "$RANKS" --master_port "$MASTER_PORT" launch/train.py --config "$CONFIGS/distill.yaml" \

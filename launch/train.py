@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in result.items()), flush=True)
         return 0
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, OSError) as err:  # OSError: e.g. a full disk at start
         print(f"rank {rank}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -166,14 +167,19 @@ class TrainConfig:
     keep_checkpoints: int = 3  # the newest complete checkpoints kept (older ones deleted); 0 keeps every one
     resume: Literal["fallback", "strict"] = "fallback"  # a damaged newest checkpoint: resume from an older one, or stop
     max_nonfinite: int = 5  # consecutive skipped steps (non-finite gradients) before the run stops
+    # a loss that blows up while finite: before a checkpoint, a phase's mean loss since the previous one above this
+    # many times the earlier windows' typical |mean| (at least 1) stops the run without saving; 0 turns it off
+    max_loss_ratio: float = 100.0
 
     def validate(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
                      "sample_count", "checkpoint_every", "max_nonfinite"):
             _positive(f"train.{name}", getattr(self, name))
         _non_negative("train.keep_checkpoints", self.keep_checkpoints)
-        if not self.sample_steps or min(self.sample_steps) <= 0:
-            raise ConfigError(f"train.sample_steps: {self.sample_steps} must be a non-empty list of positive counts")
+        _non_negative("train.max_loss_ratio", self.max_loss_ratio)
+        if not self.sample_steps:
+            raise ConfigError("train.sample_steps: [] logs no samples; give at least one step count")
+        check_sampling_steps("train.sample_steps", self.sample_steps)
         if self.exact_judge is not None:
             _exact_judge_spec("train.exact_judge", self.exact_judge, required=True)
         if not 0.0 <= self.ema < 1.0:
@@ -396,14 +402,14 @@ class EvaluateConfig:
         if not self.teacher or not self.data:
             raise ConfigError("teacher and data: required (a teacher bundle and a prepared dataset)")
         for name in ("teacher_steps", "student_steps"):
-            if min(getattr(self, name), default=1) < 1:
-                raise ConfigError(f"{name}: {getattr(self, name)}: every step count must be at least 1")
+            check_sampling_steps(name, getattr(self, name))
+        check_sampling_steps("control_search_steps", [self.control_search_steps])
         for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds",
-                     "control_student_steps", "control_search_steps", "control_search_samples",
+                     "control_student_steps", "control_search_samples",
                      "control_search_rounds", "protein_threads"):
             _positive(name, getattr(self, name))
         if self.control_steps is not None:
-            _positive("control_steps", self.control_steps)
+            check_sampling_steps("control_steps", [self.control_steps])
         if any(not 0.0 < temperature <= 2.0 for temperature in self.exact_control_temperatures):
             raise ConfigError(f"exact_control_temperatures: {self.exact_control_temperatures}: every temperature must "
                               "be in (0, 2]")
@@ -494,6 +500,17 @@ def _order(name: str, spec: str, seq_len: int | None = None) -> str:
     return str(order)
 
 
+# More sampling steps than this cost a sampler pass each and change nothing measurable (the paper's slowest
+# teacher takes 1,024): a larger count is a typo, refused instead of running for hours.
+MAX_SAMPLING_STEPS = 65536
+
+
+def check_sampling_steps(name: str, steps: list[int]) -> None:
+    if any(not 1 <= n <= MAX_SAMPLING_STEPS for n in steps):
+        raise ConfigError(f"{name}: {steps}: every step count must be in [1, {MAX_SAMPLING_STEPS:,}] (the paper's "
+                          "slowest teacher takes 1,024)")
+
+
 def _positive(name: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{name}: must be positive, got {value}")
@@ -559,11 +576,13 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}")
+    if tp is float and not math.isfinite(value):  # no setting means anything at nan or inf
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
     return value
 
 

@@ -2,7 +2,7 @@
 
 Layout under ``{run.out_dir}/checkpoints``: ``step_NNNNNNNN/`` holds one folder per engine (DeepSpeed's
 ``save_checkpoint`` files, tagged with the engine's name), ``rankNNNNN.pt`` per rank (RNG states, EMA
-partition, data position, counters), ``meta.json`` and the resolved ``config.yaml``. ``files.json`` (``integrity``) the size and sha256 of every
+partition, data position, counters), ``meta.json``, the resolved ``config.yaml`` and the dataset's ``tokenizer/``. ``files.json`` (``integrity``) the size and sha256 of every
 other file. ``latest`` is written by rank 0 after every rank has finished, by rename, so a crash while saving
 leaves the previous checkpoint in force; then all but the newest ``train.keep_checkpoints`` are deleted. A
 resume verifies the checkpoint first: a damaged newest one is moved aside (``step_N.damaged``) and the run goes
@@ -10,20 +10,25 @@ on from the newest intact one, or stops naming both under ``train.resume: strict
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
-from pipeline.config import Config, save_resolved
+from pipeline.config import Config, save_resolved, to_dict
 from pipeline.runtime import integrity
-from pipeline.runtime.data import read_manifest
+from pipeline.runtime.data import dataset_tokenizer_dir, read_manifest
+from pipeline.runtime.safe_load import weights_only_loads
 
 
 class CheckpointError(RuntimeError):
@@ -83,26 +88,35 @@ def _gather(obj) -> list:
 
 def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side: dict) -> Path:
     """Save every engine (collective) and this rank's side state, hash the files (each rank a share), then
-    publish ``latest`` and delete what ``train.keep_checkpoints`` does not keep."""
+    publish ``latest`` and delete what ``train.keep_checkpoints`` does not keep. A write that fails on any rank
+    (a full disk) removes the partial folder and raises ``CheckpointError`` on every rank."""
     root = checkpoint_root(cfg)
     tag = tag_for(step)
     directory = root / tag
     if rank == 0:  # a manifest left by an earlier save of this step no longer describes it
         (directory / integrity.MANIFEST).unlink(missing_ok=True)
     _barrier()
-    for name, engine in engines.items():
-        engine.save_checkpoint(str(directory), tag=name, save_latest=False)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
-        torch.save({**side, "step": step, "rng": rng_state()}, tmp)
-    _barrier()
+
+    def write() -> None:
+        for name, engine in engines.items():
+            engine.save_checkpoint(str(directory), tag=name, save_latest=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # the checkpoint carries its tokenizer: converting it never reads what data.path names
+            shutil.copytree(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries), directory / "tokenizer",
+                            dirs_exist_ok=True)
+        with atomic_path(directory / f"rank{rank:05d}.pt") as tmp:
+            torch.save({**side, "step": step, "rng": rng_state()}, tmp)
+
+    _all_written(root, directory, step, rank, _attempt(write))
     names = [n for n in integrity.listing(directory) if n not in RANK0_FILES]
     shares = _gather(integrity.describe(directory, names[rank::world_size]))
-    if rank == 0:
+
+    def publish() -> None:
         save_resolved(cfg, directory)
+        manifest = read_manifest(cfg.data.path, cfg.data.retries)
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
-                "engines": sorted(engines), "model": model_signature(cfg),
-                "tokenizer": read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]}
+                "engines": sorted(engines), "model": model_signature(cfg), "checksums": integrity.MANIFEST,
+                "tokenizer": manifest["tokenizer"]["fingerprint"], "data": data_identity(manifest)}
         if cfg.model.tensor_parallel > 1:  # how each engine's tensors split, for reading the files back dense
             from models.tensor_parallel import layout
 
@@ -113,11 +127,90 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
         integrity.write_manifest(directory, {**files, **integrity.describe(directory, list(RANK0_FILES))})
         atomic_write_bytes(root / "latest", tag.encode())
         _retain(root, tag, cfg.train.keep_checkpoints)
-    _barrier()
+
+    _all_written(root, directory, step, rank, _attempt(publish) if rank == 0 else None)
     return directory
 
 
+def _attempt(write: Callable[[], None]) -> str | None:
+    """Run ``write``; what went wrong (a full disk shows as OSError or as torch's "unexpected pos"), or None."""
+    try:
+        write()
+        return None
+    except (OSError, RuntimeError) as err:
+        return f"{err.__class__.__name__}: {str(err).strip()[:300]}"
+
+
+def _all_written(root: Path, directory: Path, step: int, rank: int, failure: str | None) -> None:
+    """Collective: if any rank failed to write its part, the partial folder is removed and every rank raises
+    ``CheckpointError`` (a full disk named as such, with the size a checkpoint needs); ``latest`` still names
+    the previous checkpoint."""
+    failures = [f for f in _gather(failure) if f]
+    if not failures:
+        return
+    previous = latest_tag(root)
+    if rank == 0:
+        shutil.rmtree(directory, ignore_errors=True)
+    _barrier()
+    kept = f"{previous} stays the latest checkpoint" if previous else "the run has no checkpoint yet"
+    need = sum(size for size, _ in (integrity.read_manifest(root / previous) or {}).values()) if previous else 0
+    free = shutil.disk_usage(root if root.exists() else root.parent).free
+    if any("No space left" in f or "unexpected pos" in f for f in failures) or free < need:
+        raise CheckpointError(f"no space left on {root} ({free / 2**20:,.0f} MiB free, a checkpoint of this run takes "
+                              f"about {need / 2**20:,.0f} MiB): step {step} was not saved and its partial folder was "
+                              f"removed; {kept}. Free space and run the same command to resume")
+    raise CheckpointError(f"step {step} was not saved ({failures[0]}); its partial folder was removed, {kept}")
+
+
 RANK0_FILES = ("config.yaml", "meta.json")
+# Settings a resumed run applies when they change: its length, what it logs and keeps, where it reads the same
+# data from and how it tracks. Any other change would be recorded in config.yaml without taking effect (the
+# optimizer, scheduler and RNG states come from the checkpoint): a resume with one is refused.
+APPLIED_ON_RESUME = ("run.out_dir", "data.path", "data.num_workers", "data.retries", "data.source", "train.max_steps",
+                     "train.log_every", "train.eval_every", "train.eval_batches", "train.sample_every",
+                     "train.sample_steps", "train.sample_count", "train.exact_judge", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.resume", "train.max_nonfinite", "train.max_loss_ratio",
+                     "tracking.")
+
+
+def data_identity(manifest: dict) -> str:
+    """What the run trains on, independent of where the data lie: the sha256 of the manifest's splits (every
+    shard's name, size and sha256) and tokenizer."""
+    content = {"splits": manifest["splits"], "tokenizer": manifest["tokenizer"]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_unchanged(cfg: Config, directory: Path, meta: dict) -> None:
+    """Refuse a resume whose data or settings differ from the checkpoint's in a way it would not apply."""
+    manifest = read_manifest(cfg.data.path, cfg.data.retries)
+    if meta.get("tokenizer", manifest["tokenizer"]["fingerprint"]) != manifest["tokenizer"]["fingerprint"]:
+        raise CheckpointError(f"{directory} was trained with tokenizer {meta['tokenizer']}, data.path {cfg.data.path} "
+                              f"holds tokenizer {manifest['tokenizer']['fingerprint']}: resume on the same data, or "
+                              "use another run.out_dir")
+    if meta.get("data", data_identity(manifest)) != data_identity(manifest):
+        raise CheckpointError(f"{directory} was trained on other data than data.path {cfg.data.path} holds (its shards "
+                              "differ from the checkpoint's): resume on the same data, or use another run.out_dir")
+    try:
+        saved = _flat(yaml.safe_load((directory / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{directory / 'config.yaml'}: unreadable ({err.__class__.__name__})") from None
+    now = _flat(to_dict(cfg))
+    changed = [f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in sorted(set(saved) & set(now))
+               if saved[k] != now[k] and not k.startswith(APPLIED_ON_RESUME)]
+    if changed:
+        raise CheckpointError(f"cannot resume {directory} with changed settings ({'; '.join(changed)}): the "
+                              "checkpoint's optimizer, schedule and random states would override them. Restore "
+                              "them, or start a new run.out_dir")
 
 
 def _retain(root: Path, latest: str, keep: int) -> None:
@@ -132,26 +225,36 @@ def _retain(root: Path, latest: str, keep: int) -> None:
 
 def _intact(cfg: Config, root: Path, tag: str, rank: int, world_size: int) -> Path:
     """The checkpoint to resume from: ``latest``'s if it verifies, else (``train.resume: fallback``) the newest
-    older complete one that does, the damaged ones moved aside; every rank reaches the same answer."""
+    older complete one that does, the damaged ones moved aside; every rank reaches the same answer. A ``latest``
+    that names no checkpoint folder of this run (a missing step, a path elsewhere) counts as damage too: the
+    newest intact checkpoint is taken."""
     newest = root / tag
-    if integrity.read_manifest(newest) is None and (newest / "meta.json").exists():
-        return newest  # written before checkpoints carried checksums: nothing to verify against
-    candidates = [newest] + [d for d in integrity.step_dirs(root)
-                             if d.name < tag and integrity.read_manifest(d) is not None]
+    pointer_ok = re.fullmatch(r"step_\d{8}", tag) is not None and newest.is_dir()
+    if pointer_ok and integrity.predates_checksums(newest):
+        if rank == 0:
+            print(f"WARNING: checkpoint {newest.name} predates checksums (no {integrity.MANIFEST}); resuming from it "
+                  "unverified", file=sys.stderr, flush=True)
+        return newest
+    older = [d for d in integrity.step_dirs(root)
+             if (d.name < tag or not pointer_ok) and integrity.read_manifest(d) is not None]
+    candidates = ([newest] if pointer_ok else []) + older
     damaged: list[tuple[Path, str]] = []
-    for directory in candidates:
-        found = [p for share in _gather(integrity.problems(directory, rank, world_size)) for p in share]
+    directory = None
+    for candidate in candidates:
+        found = [p for share in _gather(integrity.problems(candidate, rank, world_size)) for p in share]
         if not found:
+            directory = candidate
             break
-        damaged.append((directory, found[0]))
-    else:
-        directory = None
-    if damaged and (cfg.train.resume == "strict" or directory is None):
-        what = "; ".join(f"{d.name}: {why}" for d, why in damaged)
+        damaged.append((candidate, found[0]))
+    pointer = None if pointer_ok else f"{root / 'latest'} names {tag[:80]!r}, not a checkpoint folder of this run"
+    if (damaged or pointer) and (cfg.train.resume == "strict" or directory is None):
+        what = "; ".join(([pointer] if pointer else []) + [f"{d.name}: {why}" for d, why in damaged])
         instead = (f"the newest intact checkpoint is {directory.name} (train.resume: fallback resumes from it)"
                    if directory else "no older checkpoint is intact: start a new run.out_dir")
         raise CheckpointError(f"cannot resume: {what}; {instead}")
-    if damaged and rank == 0:
+    if (damaged or pointer) and rank == 0:
+        if pointer:
+            print(f"WARNING: {pointer}; resuming from {directory.name}", file=sys.stderr, flush=True)
         for bad, why in damaged:
             aside = bad.with_name(bad.name + ".damaged")
             n = 1
@@ -191,10 +294,12 @@ def load(cfg: Config, engines: dict, rank: int, world_size: int) -> dict | None:
                               "bundle from python -m pipeline convert) loads at any number of ranks")
     if meta["engines"] != sorted(engines):
         raise CheckpointError(f"{directory} holds engines {meta['engines']}, this stage needs {sorted(engines)}")
+    check_unchanged(cfg, directory, meta)
     for name, engine in engines.items():
         try:
-            path, _ = engine.load_checkpoint(str(directory), tag=name, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True)
+            with weights_only_loads():
+                path, _ = engine.load_checkpoint(str(directory), tag=name, load_optimizer_states=True,
+                                                 load_lr_scheduler_states=True)
         except Exception as err:  # DeepSpeed raises many kinds; name the checkpoint whatever it was
             raise CheckpointError(f"{directory / name}: cannot load the {name} engine "
                                   f"({err.__class__.__name__}: {err})") from err

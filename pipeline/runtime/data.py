@@ -85,6 +85,16 @@ def check_compatible(manifest: dict, model: ModelConfig, where: str) -> None:
                         f"{model.vocab_size}")
 
 
+def first_out_of_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[int, int] | None:
+    """(row, id) of the first row of ``tokens`` holding an id outside [0, vocab_size), or None: a damaged shard
+    must stop with its name, not as an index error inside the embedding."""
+    bad = (tokens < 0) | (tokens >= vocab_size)
+    if not bad.any():
+        return None
+    row = int(bad.any(axis=1).argmax())
+    return row, int(tokens[row][bad[row]][0])
+
+
 def batches_per_rank(num_samples: int, batch_size: int, data_ranks: int) -> int:
     """Batches each data-parallel rank gets per epoch (every rank the same; the remainder is dropped)."""
     return num_samples // (data_ranks * batch_size)
@@ -111,7 +121,7 @@ class TokenShards(torch.utils.data.Dataset):
         manifest = read_manifest(directory)
         if split not in manifest["splits"]:
             raise DataError(f"{self.directory}: no split '{split}' (have {', '.join(manifest['splits'])})")
-        self.seq_len = manifest["seq_len"]
+        self.seq_len, self.vocab_size = manifest["seq_len"], manifest["vocab_size"]
         self.member_bytes = len(encode_tokens(np.zeros(self.seq_len, np.int32)))
         self.header_bytes = self.member_bytes - 4 * self.seq_len  # the .npy header, the same for every sample
         self.stride = TAR_BLOCK + -(-self.member_bytes // TAR_BLOCK) * TAR_BLOCK
@@ -165,6 +175,12 @@ class TokenShards(torch.utils.data.Dataset):
             offset = int((index - self.starts[shard]) * self.stride + TAR_BLOCK)
             data = os.pread(self._fd(int(shard)), self.member_bytes, offset)
             out[row] = np.frombuffer(data, dtype="<i4", offset=self.header_bytes)
+        if (bad := first_out_of_vocabulary(out, self.vocab_size)) is not None:
+            row, token = bad
+            shard = int(shard_of[row])
+            raise DataError(f"{self.paths[shard]}: sample {indices[row] - self.starts[shard]} holds token id {token}, "
+                            f"outside the vocabulary (V = {self.vocab_size}): the shard is damaged (run "
+                            f"`python -m data_prep verify {self.directory}`)")
         return out
 
 

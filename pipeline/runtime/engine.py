@@ -95,6 +95,13 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def step_skipped(engine, optimizer: GuardedAdamW) -> bool:
+    """Whether the engine's last optimizer step left the weights as they were. DeepSpeed's ZeRO-1/2 optimizers
+    find overflowing gradients themselves and skip the step without calling the inner optimizer (whose flag
+    then dates from an earlier step); otherwise the inner ``GuardedAdamW`` decided."""
+    return not engine.was_step_applied() or optimizer.last_step_skipped
+
+
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     """Linear warm-up over ``warmup_steps``, then constant, linear decay or cosine decay to 0 at ``max_steps``."""
     if step < optim.warmup_steps:

@@ -50,11 +50,24 @@ def read_manifest(directory: Path) -> dict[str, list] | None:
         return {}
 
 
+def predates_checksums(directory: Path) -> bool:
+    """A checkpoint written before checkpoints carried checksums: no files.json, and a meta.json without the
+    ``checksums`` entry that every later one has. Any other checkpoint without files.json is incomplete or
+    damaged."""
+    if read_manifest(directory) is not None:
+        return False
+    try:
+        return "checksums" not in json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
     """What is wrong with this rank's share of the checkpoint's files (every file for one process)."""
     files = read_manifest(directory)
     if files is None:
-        return [f"{directory / MANIFEST}: missing (the save did not finish, or it predates checksums)"]
+        return [f"{directory / MANIFEST}: missing (" + ("the checkpoint predates checksums)" if predates_checksums(directory)
+                                                        else "the save did not finish, or it was deleted)")]
     if not files:
         return [f"{directory / MANIFEST}: unreadable"]
     found = []

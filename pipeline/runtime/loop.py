@@ -3,6 +3,8 @@ against non-finite steps, checkpoints and preemption at step ends, and EMA sampl
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,7 +18,7 @@ from models.unmasking import RANDOM, UnmaskingOrder
 from pipeline.runtime import checkpoint
 from pipeline.config import Config, ConfigError, save_resolved, to_dict
 from pipeline.runtime.data import TokenLoader
-from pipeline.runtime.distributed import Dist, broadcast_object
+from pipeline.runtime.distributed import Dist, all_reduce_sum, broadcast_object
 from pipeline.runtime.engine import bf16_compute
 from pipeline.runtime.ema import EMA
 from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
@@ -34,16 +36,23 @@ class NonFiniteError(RuntimeError):
 
 class NonFiniteGuard:
     """Counts optimizer steps skipped for non-finite loss or gradients, per phase, and stops the run after
-    ``limit`` in a row in one phase with a message that names it."""
+    ``limit`` in a row in one phase with a message that names it. Before each checkpoint it also compares each
+    phase's mean loss since the previous checkpoint with the earlier ones (``diverged``): a loss that blew up
+    while staying finite stops the run before its model is saved, so the good checkpoints stay."""
 
-    def __init__(self, limit: int, phases: tuple[str, ...], verbose: bool):
-        self.limit, self.verbose = limit, verbose
+    def __init__(self, limit: int, phases: tuple[str, ...], verbose: bool, ratio: float = 0.0):
+        self.limit, self.verbose, self.ratio = limit, verbose, ratio
         self.skipped = dict.fromkeys(phases, 0)
         self.in_a_row = dict.fromkeys(phases, 0)
+        self.window = {phase: [0.0, 0] for phase in phases}  # finite losses since the last checkpoint: sum, count
+        self.history: dict[str, list[float]] = {phase: [] for phase in phases}  # earlier windows' mean losses
 
     def record(self, phase: str, skipped: bool, step: int, loss: float) -> None:
         if not skipped:
             self.in_a_row[phase] = 0
+            if math.isfinite(loss):
+                self.window[phase][0] += loss
+                self.window[phase][1] += 1
             return
         self.skipped[phase] += 1
         self.in_a_row[phase] += 1
@@ -55,14 +64,37 @@ class NonFiniteGuard:
                                  f"non-finite loss or gradients (train.max_nonfinite = {self.limit}); the last "
                                  "checkpoint is intact. Lower the learning rate or check the data.")
 
+    def diverged(self, step: int, device: torch.device) -> None:
+        """Collective, before a checkpoint: raise ``NonFiniteError`` if a phase's mean loss since the last
+        checkpoint is above ``ratio`` × max(1, the median of the earlier windows' |mean|), on every rank alike."""
+        phases = list(self.window)
+        totals = all_reduce_sum(*(v for p in phases for v in self.window[p]), device=device)
+        for k, phase in enumerate(phases):
+            total, count = totals[2 * k], totals[2 * k + 1]
+            self.window[phase] = [0.0, 0]
+            if count == 0:
+                continue
+            mean, history = total / count, self.history[phase]
+            typical = max(1.0, statistics.median(abs(h) for h in history)) if history else None
+            if self.ratio and typical is not None and not abs(mean) <= self.ratio * typical:
+                raise NonFiniteError(f"stopping at step {step}: the {phase} loss diverged (mean {mean:.4g} since the "
+                                     f"last checkpoint, typically {typical:.4g} before; train.max_loss_ratio = "
+                                     f"{self.ratio:g}); this model was not saved, the last checkpoint is the good "
+                                     "one. Lower the learning rate.")
+            history.append(mean)
+
     def metrics(self) -> dict[str, float]:
         return {f"{phase}/skipped_steps": count for phase, count in self.skipped.items()}
 
     def state_dict(self) -> dict:
-        return {"skipped": dict(self.skipped), "in_a_row": dict(self.in_a_row)}
+        return {"skipped": dict(self.skipped), "in_a_row": dict(self.in_a_row),
+                "window": {p: list(w) for p, w in self.window.items()},
+                "history": {p: list(h) for p, h in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped, self.in_a_row = dict(state["skipped"]), dict(state["in_a_row"])
+        self.window.update({p: list(w) for p, w in state.get("window", {}).items()})  # absent: older checkpoints
+        self.history.update({p: list(h) for p, h in state.get("history", {}).items()})
 
 
 def resume(cfg: Config, d: Dist, engines: dict, guard: NonFiniteGuard, ema: EMA, loader: TokenLoader) -> dict | None:
@@ -103,12 +135,13 @@ def due(step: int, every: int, cfg: Config) -> bool:
     return step % every == 0 or step == cfg.train.max_steps
 
 
-def end_of_step(cfg: Config, d: Dist, step: int, engines: dict, side: Callable[[], dict], tracker: Tracker,
-                preemption: PreemptionWatch) -> None:
-    """Checkpoint when due; if a rank was signalled to stop, checkpoint now (unless just done) and raise
+def end_of_step(cfg: Config, d: Dist, step: int, engines: dict, guard: NonFiniteGuard, side: Callable[[], dict],
+                tracker: Tracker, preemption: PreemptionWatch) -> None:
+    """Checkpoint when due (unless the loss diverged: ``guard.diverged``); if a rank was signalled to stop, checkpoint now (unless just done) and raise
     ``Preempted`` on every rank. ``side`` gives ``checkpoint.save``'s side state."""
     stop = step < cfg.train.max_steps and preemption.agreed()
     if stop or due(step, cfg.train.checkpoint_every, cfg):
+        guard.diverged(step, d.device)
         checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
     if stop:
         tracker.close(status="KILLED")

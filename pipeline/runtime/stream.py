@@ -23,7 +23,8 @@ import webdataset as wds
 
 from data_prep.shards import MEMBER_SUFFIX, decode_tokens
 from pipeline.config import Config, ModelConfig
-from pipeline.runtime.data import DataError, batches_per_rank, check_compatible, epoch_order, read_manifest
+from pipeline.runtime.data import (DataError, batches_per_rank, check_compatible, epoch_order,
+                                   first_out_of_vocabulary, read_manifest)
 from pipeline.runtime.preemption import ignore_in_workers
 from pipeline.runtime.urls import FetchError, fetch, resolve
 
@@ -93,7 +94,7 @@ class StreamLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.num_workers, self.shuffle, self.retries = num_workers, shuffle, retries
         self.buffer = buffer if shuffle else 0
-        self.seq_len = manifest["seq_len"]
+        self.seq_len, self.vocab_size = manifest["seq_len"], manifest["vocab_size"]
         self.entries = manifest["splits"][split]["shards"]
         self.counts = np.array([e["num_samples"] for e in self.entries], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])
@@ -152,7 +153,11 @@ class StreamLoader:
             rows.append(decode_tokens(sample["data"]))
         if len(rows) != entry["num_samples"]:
             raise DataError(f"{url}: {len(rows)} sequences, the manifest says {entry['num_samples']}")
-        return np.stack(rows).astype(np.int32, copy=False)
+        tokens = np.stack(rows).astype(np.int32, copy=False)
+        if (bad := first_out_of_vocabulary(tokens, self.vocab_size)) is not None:
+            raise DataError(f"{url}: sample {bad[0]} holds token id {bad[1]}, outside the manifest's vocabulary "
+                            f"(V = {self.vocab_size})")
+        return tokens
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """The rest of the current epoch; the next iteration starts the next epoch."""

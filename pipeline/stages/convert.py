@@ -1,6 +1,6 @@
 """The conversion stage: a training checkpoint → an inference bundle (``pipeline/bundle.py`` has the layout).
 
-``python -m pipeline convert --checkpoint DIR [--tag STEP] --out BUNDLE [--online]``
+``python -m pipeline convert --checkpoint DIR [--tag STEP] --out BUNDLE [--online] [--tokenizer DIR]``
 ``python -m pipeline convert --from-mdlm PATH --tokenizer gpt2:RANKS_FILE --out BUNDLE`` (``mdlm_import.py``)
 
 DIR is a run directory, its ``checkpoints/`` folder or one ``step_N`` folder; ``--tag`` picks a step of the
@@ -9,7 +9,9 @@ included); the discriminator and the online student come from the DeepSpeed engi
 under ZeRO-3); tensor-parallel shards are joined into the dense layout. A distillation bundle leaves the
 teacher out. Runs on one CPU process, without DeepSpeed's process group. The bundle is written beside its final
 place and renamed into it, so it is whole or absent; an existing bundle is kept if identical and refused
-otherwise.
+otherwise. Nothing a checkpoint holds can run code: its tensor files are read weights-only
+(``pipeline/runtime/safe_load.py``) and its saved config's ``data.path`` is never fetched (the checkpoint
+carries its tokenizer).
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ from models.discriminator import Discriminator
 from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
 from pipeline.runtime import integrity
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
-from pipeline.runtime.data import DataError, dataset_tokenizer_dir
 from pipeline.runtime.distributed import import_deepspeed
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.runtime.safe_load import load_tensors, weights_only_loads
+from pipeline.config import Config, ConfigError, is_remote, load_config
 from models.tensor_parallel import join_shards
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
@@ -64,12 +66,12 @@ def _read_engine(step_dir: Path, engine: str, zero_stage: int, shown: Path | Non
     folder = step_dir / engine
     try:
         if zero_stage < 3:
-            state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+            state = load_tensors(folder / "mp_rank_00_model_states.pt")["module"]
         else:
             import_deepspeed()
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), weights_only_loads():
                 state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=engine)
         # megatron's layers add "*._extra_state" entries (None): not weights
         return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.endswith("._extra_state")}
@@ -87,11 +89,29 @@ def _step_dir(checkpoint: Path, tag: int | None) -> Path:
     raise CheckpointError(f"{checkpoint}: no checkpoint of step {tag} ({tag_for(tag)}/meta.json not found)")
 
 
+def checkpoint_tokenizer(step_dir: Path, cfg: Config, given: str | Path | None) -> Path:
+    """The tokenizer folder the checkpoint carries; for one written before checkpoints carried it, ``given`` or
+    the local dataset its config names. A remote ``data.path`` (a URL, a ``pipe:`` command) is never fetched
+    or run: a checkpoint from elsewhere must not make convert run a command."""
+    if (step_dir / "tokenizer").is_dir():
+        return step_dir / "tokenizer"
+    if given is not None:
+        return Path(given)
+    if is_remote(cfg.data.path):
+        raise CheckpointError(f"{step_dir} carries no tokenizer (written before checkpoints did) and its data.path "
+                              f"is remote ({cfg.data.path[:80]}): convert never fetches or runs what a saved config "
+                              "names; pass --tokenizer with the dataset's tokenizer folder")
+    return Path(cfg.data.path) / "tokenizer"
+
+
 def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, online: bool = False,
-            log=print) -> Path:
-    """Write the bundle of ``checkpoint`` to ``out``; returns ``out``."""
+            log=print, tokenizer: str | Path | None = None) -> Path:
+    """Write the bundle of ``checkpoint`` to ``out``; returns ``out``. ``tokenizer``: the dataset's tokenizer folder,
+    for a checkpoint that carries none."""
     step_dir, out = _step_dir(Path(checkpoint), tag), Path(out)
-    if integrity.read_manifest(step_dir) is not None and (damaged := integrity.problems(step_dir)):
+    if integrity.predates_checksums(step_dir):
+        log(f"warning: {step_dir} predates checksums (no {integrity.MANIFEST}): converted unverified")
+    elif damaged := integrity.problems(step_dir):
         raise CheckpointError(f"{step_dir} is damaged: {'; '.join(damaged)} (python -m pipeline verify-checkpoints "
                               f"{step_dir.parent} checks them all)")
     meta = read_meta(step_dir)
@@ -105,11 +125,11 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
                               "checkpoint")
     if kind == "teacher" and cfg.model.causal:
         kind = "judge"  # an autoregressive model trained by the same stage
+    tokenizer = checkpoint_tokenizer(step_dir, cfg, tokenizer)
     try:
-        tokenizer = dataset_tokenizer_dir(cfg.data.path, cfg.data.retries)
         tok = load_tokenizer(tokenizer)
-    except (TokenizerError, DataError) as err:
-        raise CheckpointError(f"the run's tokenizer (data.path of {step_dir / 'config.yaml'}): {err}") from None
+    except TokenizerError as err:
+        raise CheckpointError(f"the run's tokenizer ({tokenizer}): {err}") from None
     if meta.get("tokenizer", tok.fingerprint) != tok.fingerprint or tok.vocab_size != cfg.model.vocab_size:
         raise CheckpointError(f"{tokenizer} (fingerprint {tok.fingerprint}, V = {tok.vocab_size}) is not the tokenizer "
                               f"the checkpoint was trained with ({meta.get('tokenizer')}, V = {cfg.model.vocab_size})")
@@ -146,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--from-mdlm", help="an upstream MDLM model directory or Lightning .ckpt (mdlm_import.py)")
     parser.add_argument("--tag", type=int, help="the step to convert (default: the latest)")
     parser.add_argument("--online", action="store_true", help="also keep the online (non-EMA) weights")
-    parser.add_argument("--tokenizer", help="with --from-mdlm: gpt2:RANKS_FILE (or another tokenizer spec)")
+    parser.add_argument("--tokenizer", help="with --from-mdlm: gpt2:RANKS_FILE (or another tokenizer spec); with "
+                        "--checkpoint: the dataset's tokenizer folder, for a checkpoint that carries none")
     parser.add_argument("--heads", type=int, help="with --from-mdlm: attention heads, if its config lacks them")
     parser.add_argument("--seq-len", type=int, help="with --from-mdlm: sequence length (default: its config, or 1024)")
     parser.add_argument("--out", required=True, help="bundle directory to create")
@@ -159,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--from-mdlm needs --tokenizer (e.g. gpt2:PATH/gpt2.tiktoken)")
             import_mdlm(args.from_mdlm, args.tokenizer, args.out, args.heads, args.seq_len)
         else:
-            convert(args.checkpoint, args.out, args.tag, args.online)
+            convert(args.checkpoint, args.out, args.tag, args.online, tokenizer=args.tokenizer)
     except (CheckpointError, BundleError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

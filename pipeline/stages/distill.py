@@ -46,7 +46,7 @@ from pipeline.config import Config, DistillConfig
 from pipeline.runtime.data import dataset_tokenizer_dir, loader_from_config, read_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
-from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config
+from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config, step_skipped
 from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless,
                                    exact_curves, exact_judge_for, finish, log_samples, record, record_evaluation,
                                    resume, sample_texts, side_state, start_tracking)
@@ -137,7 +137,8 @@ class Distiller:
     """The four models of a distillation run and one iteration of the algorithm box, phase by phase.
 
     ``student`` and ``disc`` are trainable engines (DeepSpeed's, or anything with the same ``backward``,
-    ``step``, ``module`` and ``get_lr``) whose optimizers report ``last_step_skipped``; ``teacher`` is frozen."""
+    ``step``, ``was_step_applied``, ``module`` and ``get_lr``) whose optimizers report ``last_step_skipped``;
+    ``teacher`` is frozen."""
 
     def __init__(self, cfg: Config, d: Dist, student, student_opt, disc, disc_opt, teacher, teacher_dir=None,
                  judge: ExactJudge | None = None):
@@ -148,7 +149,8 @@ class Distiller:
         self.shard = student.module.vocab_shard  # this rank's vocabulary columns (None: all)
         self.order = UnmaskingOrder.parse(cfg.distill.rollout_order)  # which positions a rollout step reveals
         self.ema = EMA(student.module, cfg.train.ema, cfg.train.ema_warmup)
-        self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main)
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main,
+                                    cfg.train.max_loss_ratio)
 
     # ---- the models as the maths sees them: SUBS log-probabilities at σ = 0 ----
 
@@ -265,7 +267,7 @@ class Distiller:
             loss_s = student_loss(weight, advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas)
             self.student.backward(loss_s)
             self.student.step()
-            if not self.student_opt.last_step_skipped:
+            if not step_skipped(self.student, self.student_opt):
                 self.ema.update()
 
         clipped = ((d_fake.abs() >= c.reward_clip) & m_fake).sum() / m_fake.sum().clamp(min=1)
@@ -402,8 +404,9 @@ def distill(cfg: Config, d: Dist) -> dict:
             values = run.iteration(step, x, timer)
             step += 1
             try:
-                run.guard.record("discriminator", run.disc_opt.last_step_skipped, step, values["discriminator/loss"])
-                run.guard.record("student", run.student_opt.last_step_skipped, step, values["student/loss"])
+                run.guard.record("discriminator", step_skipped(run.disc, run.disc_opt), step,
+                                 values["discriminator/loss"])
+                run.guard.record("student", step_skipped(run.student, run.student_opt), step, values["student/loss"])
             except NonFiniteError:
                 tracker.log_metrics(run.guard.metrics(), step)
                 tracker.close()
@@ -439,7 +442,7 @@ def distill(cfg: Config, d: Dist) -> dict:
             if due(step, cfg.train.sample_every, cfg):
                 samples = sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok)
                 log_samples(tracker, out_dir, d, samples, step, judge)
-            end_of_step(cfg, d, step, engines, lambda: side_state(run.guard, run.ema, loader, tracker,
+            end_of_step(cfg, d, step, engines, run.guard, lambda: side_state(run.guard, run.ema, loader, tracker,
                                                                  teacher=str(run.teacher_dir)), tracker, preemption)
     bar.close()
     finish(tracker, out_dir, d, {**CURVES, **exact_curves(cfg)})

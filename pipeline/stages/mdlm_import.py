@@ -8,6 +8,10 @@ the backbone's parameters) is taken when present. Upstream names equal ours exce
 (``vocab_embed.embedding`` here ``vocab_embed.weight``); the fused qkv is [Q; K; V] with heads contiguous in
 both; the rotary ``inv_freq`` buffer is recomputed, not stored. Dimensions are read from the shapes; the
 number of heads and the sequence length come from the config (or ``--heads`` / ``--seq-len``).
+
+Files from strangers are read without running code (``pipeline/runtime/safe_load.py``): what a ``.ckpt``
+pickles besides tensors (an omegaconf config, a tokenizer) arrives as inert stand-ins, and a file that names
+``os``, ``sys`` and the like is refused.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 from data_prep.tokenizers import build_tokenizer
 from pipeline.bundle import FORMAT, BundleError, new_dit, write_bundle
 from pipeline.runtime.checkpoint import CheckpointError
+from pipeline.runtime.safe_load import Opaque, UnsafeFileError, load_tensors
 
 RENAMES = {"vocab_embed.embedding": "vocab_embed.weight"}
 DROPPED = ("rotary_emb.inv_freq",)
@@ -37,6 +42,17 @@ def to_upstream(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {inverse.get(k, k): v for k, v in state.items()}
 
 
+def plain(obj):
+    """An upstream config as plain data. Read without running code, its objects arrive as ``Opaque``: an omegaconf
+    container keeps its items in ``_content``, a value node its value in ``_val``, a dict subclass its items."""
+    if isinstance(obj, Opaque):
+        state = obj.state if isinstance(obj.state, dict) else {}
+        return plain(state["_content"] if "_content" in state else state["_val"] if "_val" in state else dict(obj))
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
+
 def _nested(config: dict, *keys: str):
     for key in keys:
         config = config.get(key) if isinstance(config, dict) else None
@@ -47,7 +63,9 @@ def read_upstream(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict with upstream names, upstream model config or {}) from a model directory or a .ckpt."""
     if path.is_file():
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = load_tensors(path)
+        except UnsafeFileError as err:
+            raise CheckpointError(str(err)) from None
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable Lightning checkpoint ({err.__class__.__name__})") from err
         state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
@@ -57,7 +75,7 @@ def read_upstream(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             if len(shadow) < len(names):
                 raise CheckpointError(f"{path}: the EMA holds {len(shadow)} tensors, the backbone {len(names)}")
             state.update(zip(names, shadow))
-        config = _nested(ckpt.get("hyper_parameters", {}), "config", "model") or {}
+        config = _nested(plain(ckpt.get("hyper_parameters", {})), "config", "model") or {}
         return state, dict(config)
     config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
     config = _nested(config, "config", "model") or {}
@@ -66,7 +84,10 @@ def read_upstream(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
         return load_file(path / "model.safetensors"), config
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True), config
+        try:
+            return load_tensors(path / "pytorch_model.bin"), config
+        except UnsafeFileError as err:
+            raise CheckpointError(str(err)) from None
     raise CheckpointError(f"{path}: no model.safetensors, pytorch_model.bin or .ckpt file there")
 
 

@@ -31,7 +31,7 @@ from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for,
                                    exact_curves, exact_judge_for, finish, log_samples, record, record_evaluation,
                                    resume, sample_texts, side_state, start_tracking)
 from pipeline.runtime.preemption import PreemptionWatch
-from pipeline.runtime.engine import build_engine, build_model, ds_config
+from pipeline.runtime.engine import build_engine, build_model, ds_config, step_skipped
 from pipeline.runtime.randomness import DROPOUT, EVAL, TRAIN, keyed_generator, keyed_seed, rank_rows
 
 
@@ -95,7 +95,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
     ema = EMA(engine.module, cfg.train.ema, cfg.train.ema_warmup)
     autocast = autocast_for(cfg, d)
 
-    guard = NonFiniteGuard(cfg.train.max_nonfinite, ("train",), d.is_main)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite, ("train",), d.is_main, cfg.train.max_loss_ratio)
     side = resume(cfg, d, {"model": engine}, guard, ema, loader)
     step = side["step"] if side else 0
     params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters())
@@ -118,13 +118,14 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                 engine.step()
                 step_loss += loss.item() / cfg.train.grad_accum
             step += 1
+            skipped = step_skipped(engine, optimizer)
             try:
-                guard.record("train", optimizer.last_step_skipped, step, step_loss)
+                guard.record("train", skipped, step, step_loss)
             except NonFiniteError:
                 tracker.log_metrics(guard.metrics(), step)
                 tracker.close()
                 raise
-            if not optimizer.last_step_skipped:
+            if not skipped:
                 ema.update()
                 window_loss += step_loss
                 window_steps += 1
@@ -147,7 +148,7 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                                   f"({evaluation['val/bits_per_token']:.3f} bits)")
             if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
                 log_samples(tracker, out_dir, d, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, judge)
-            end_of_step(cfg, d, step, {"model": engine}, lambda: side_state(guard, ema, loader, tracker), tracker,
+            end_of_step(cfg, d, step, {"model": engine}, guard, lambda: side_state(guard, ema, loader, tracker), tracker,
                         preemption)
     bar.close()
     finish(tracker, out_dir, d, {**PRETRAIN_CURVES, **exact_curves(cfg)})

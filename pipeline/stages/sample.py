@@ -29,6 +29,7 @@ from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
 from pipeline.atomic import atomic_write_bytes
 from pipeline.bundle import Bundle, BundleError, load_bundle
+from pipeline.config import MAX_SAMPLING_STEPS
 from pipeline.runtime.randomness import SAMPLE, keyed_generator
 from pipeline.measure.text import render
 
@@ -49,8 +50,8 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
            prefix: str | None = None, settings: RGASSettings = RGASSettings(), temperature: float = 1.0,
            order: UnmaskingOrder | None = None) -> list[dict]:
     """Samples with their batch's statistics (see the module docstring); ``order`` None: the bundle's."""
-    if steps < 1:
-        raise ValueError(f"--steps: {steps}; at least one sampling step is needed")
+    if not 1 <= steps <= MAX_SAMPLING_STEPS:
+        raise ValueError(f"--steps: {steps}; from 1 to {MAX_SAMPLING_STEPS:,} (the paper's slowest teacher takes 1,024)")
     if not temperature > 0:
         raise ValueError(f"--temperature: {temperature}; it must be positive")
     if sampler == "rgas" and bundle.discriminator is None:
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num_samples < 1 or args.batch_size < 1:
             raise ValueError("--num-samples and --batch-size must be positive")
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use "
+                             "--device cpu")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the sampling, which may take long
         if not 0.0 <= args.rho <= 1.0 or args.candidates < 1:
             raise ValueError("--rho must be in [0, 1] and --candidates at least 1")
         bundle = load_bundle(args.bundle, args.device)
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = sample(bundle, tok, args.steps, args.sampler, args.num_samples, args.batch_size, args.seed,
                       args.prefix, RGASSettings(args.rho, args.h_start, args.h_end, args.candidates), args.temperature,
                       args.order)
-    except (BundleError, ValueError) as err:
+    except (BundleError, ValueError, OSError) as err:  # OSError: an --out folder that cannot be made
         print(f"error: {err}", file=sys.stderr)
         return 2
     atomic_write_bytes(Path(args.out), "".join(json.dumps(r) + "\n" for r in rows).encode())

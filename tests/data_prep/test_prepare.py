@@ -183,6 +183,39 @@ def test_empty_and_unreadable_inputs(tmp_path):
                 **QUIET)
 
 
+def test_no_usable_line_for_the_tokenizer_is_named_and_leaves_nothing(tmp_path):
+    (tmp_path / "bin").mkdir()
+    for k in range(3):
+        (tmp_path / "bin" / f"blob{k}.dat").write_bytes(bytes(range(256)) * 40)  # not UTF-8
+    with pytest.raises(PrepareError, match=r"no input line was usable to train the tokenizer: the train split holds "
+                                           r"no text \(0 documents read; 3 of 3 input files skipped, the first "
+                                           r".*blob0.dat: not valid UTF-8"):
+        prepare(tiny_prepare_config(tmp_path / "out", inputs=[str(tmp_path / "bin")]), **QUIET)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    (tmp_path / "empty_out").mkdir()
+    with pytest.raises(PrepareError, match="no input line was usable"):
+        prepare(tiny_prepare_config(tmp_path / "empty_out", inputs=[str(tmp_path / "bin")]), **QUIET)
+    assert (tmp_path / "empty_out").is_dir() and not any((tmp_path / "empty_out").iterdir())
+
+
+def test_a_text_on_one_long_line_trains_the_tokenizer(tmp_path):
+    """SentencePiece drops lines above 4,192 bytes: one 300 kB line is given to it in pieces."""
+    words = (CORPUS / "macbeth.txt").read_text().split()
+    (tmp_path / "one_line.txt").write_text(" ".join(words * 4)[:300_000] + "\n")
+    manifest = prepare(tiny_prepare_config(tmp_path / "o", inputs=[str(tmp_path / "one_line.txt")],
+                                           val_fraction=0.0), **QUIET)
+    assert manifest["vocab_size"] == 500 and manifest["splits"]["train"]["num_samples"] > 0
+
+
+def test_a_symbolic_link_loop_among_the_inputs_is_named(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").symlink_to(tmp_path / "in" / "b.txt")
+    (tmp_path / "in" / "b.txt").symlink_to(tmp_path / "in" / "a.txt")
+    with pytest.raises(InputError, match=r"in/[ab].txt: a symbolic link that leads to no file"):
+        prepare(tiny_prepare_config(tmp_path / "o", inputs=[str(tmp_path / "in")]), **QUIET)
+    assert not (tmp_path / "o").exists()
+
+
 def test_document_shorter_than_a_sequence(tmp_path):
     (tmp_path / "tiny.fasta").write_text(">a\nMKT\n>b\nGG\n")
     with pytest.raises(PrepareError, match=r"train split has no complete sequence: .* seq_len - 2 = 62"):

@@ -118,6 +118,23 @@ def test_floats_written_without_a_dot_are_floats(tmp_path):
         load_config(write(tmp_path, GOOD + "optim: {lr: fast}\n"))
 
 
+DISTILL = ["stage=distill", "distill.teacher=runs/t"]
+
+
+@pytest.mark.parametrize("key,stage", [("optim.lr", []), ("optim.grad_clip", []), ("optim.weight_decay", []),
+                                       ("train.max_loss_ratio", []), ("distill.tau_a", DISTILL)])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan", ".inf"])
+def test_nan_and_inf_are_refused_for_every_float(tmp_path, key, stage, value):
+    with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+        load_config(write(tmp_path, GOOD), [*stage, f"{key}={value}"])
+
+
+def test_step_counts_have_a_ceiling(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.sample_steps: \[8, 100000000\]: every step count must be in "
+                                          r"\[1, 65,536\]"):
+        load_config(write(tmp_path, GOOD), ["train.sample_steps=[8, 100000000]"])
+
+
 def test_training_sections_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="'train.zero_stage' must be one of 0, 1, 2, 3"):
         load_config(write(tmp_path, GOOD), ["train.zero_stage=4"])

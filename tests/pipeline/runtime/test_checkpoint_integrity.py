@@ -121,3 +121,105 @@ def test_problems_name_missing_truncated_and_changed_files(tmp_path):
     shares = [integrity.problems(tmp_path, rank, 2) for rank in (0, 1)]
     assert [len(share) for share in shares] == [2, 1]
     assert sorted(shares[0] + shares[1]) == sorted(integrity.problems(tmp_path))
+
+
+@pytest.mark.distributed
+def test_a_latest_that_names_no_checkpoint_falls_back_to_the_newest_intact_one(tiny_data, tmp_path):
+    """``latest`` naming a step that does not exist, or a folder outside the run: the newest intact checkpoint is
+    taken (``latest`` rewritten to it), or under strict the run stops naming the pointer."""
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    run = tmp_path / "run"
+    assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+    latest = run / "checkpoints" / "latest"
+    for pointer in ("step_00000099", "../../elsewhere"):
+        latest.write_text(pointer)
+        strict = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6, train__resume="strict"))[0]
+        assert strict["error"] == (f"cannot resume: {latest} names {pointer!r}, not a checkpoint folder of this run; "
+                                   "the newest intact checkpoint is step_00000006 (train.resume: fallback resumes "
+                                   "from it)")
+        assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+        assert latest.read_text() == "step_00000006"
+    assert steps_kept(run) == ["step_00000003", "step_00000006"]
+
+
+@pytest.mark.distributed
+def test_a_resume_with_other_data_or_settings_it_would_not_apply_is_refused(tiny_data, teacher, tmp_path):
+    """The session teacher (20 steps) resumed: on data whose tokenizer or shards were replaced, or with a
+    learning rate the restored optimizer would override, it stops naming what changed; a longer run applies."""
+    import json
+    import shutil
+
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(teacher, run)
+    shutil.copytree(tiny_data, data)
+    same = {"train__checkpoint_every": 20, "train__eval_every": 20, "train__ema": 0.9}
+    manifest = json.loads((data / "manifest.json").read_text())
+
+    def resume(path, **changes):
+        return run_ranks(_run_pretrain, 1, settings(path, run, train__max_steps=21, **{**same, **changes}))[0]
+
+    manifest["tokenizer"]["fingerprint"] = "0" * 32
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert "was trained with tokenizer" in resume(data)["error"] and "holds tokenizer 00000000" in resume(data)["error"]
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = "f" * 64
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert f"was trained on other data than data.path {data} holds" in resume(data)["error"]
+    error = resume(tiny_data, optim__lr=1e6)["error"]
+    assert "changed settings (optim.lr: 0.003 there, 1000000.0 now)" in error and "new run.out_dir" in error
+    shutil.copyfile(tiny_data / "manifest.json", data / "manifest.json")
+    assert "error" not in resume(data)  # a longer run, on the same data at another path
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000021"
+
+
+def _run_on_a_full_disk(rank, world_size, cfg_dict, full_from):
+    """Pre-training whose disk fills up at the checkpoint of step ``full_from``: torch.save fails as it does
+    then (a RuntimeError from the zip writer), and the disk reports 1 MiB free."""
+    import shutil as shutil_module
+
+    import torch
+
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    real_save, real_usage = torch.save, shutil_module.disk_usage
+
+    def save(obj, f, *args, **kwargs):
+        if f"step_{full_from:08d}" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4048")
+        return real_save(obj, f, *args, **kwargs)
+
+    def disk_usage(path):
+        return real_usage(path)._replace(free=2**20)
+
+    torch.save, shutil_module.disk_usage = save, disk_usage
+    return _run_pretrain(rank, world_size, cfg_dict)
+
+
+@pytest.mark.distributed
+def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    from pipeline.runtime.distributed import run_ranks
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    run = tmp_path / "run"
+    error = run_ranks(_run_on_a_full_disk, 1, settings(tiny_data, run, train__max_steps=6), 6)[0]["error"]
+    assert error.startswith(f"no space left on {run / 'checkpoints'} (1 MiB free, a checkpoint of this run takes "
+                            "about ") and "step 6 was not saved and its partial folder was removed" in error
+    assert "step_00000003 stays the latest checkpoint. Free space and run the same command to resume" in error
+    assert steps_kept(run) == ["step_00000003"] and (run / "checkpoints" / "latest").read_text() == "step_00000003"
+    resumed = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+    assert resumed["step"] == 6 and steps_kept(run) == ["step_00000003", "step_00000006"]
+
+
+@pytest.mark.distributed
+def test_an_output_folder_that_cannot_be_written_is_an_error_not_a_traceback(tiny_data, tmp_path):
+    """What a rerun on a still-full disk meets first (writing config.yaml), shown with a folder under a file."""
+    (tmp_path / "file").write_text("")
+    cfg = from_dict(Config, settings(tiny_data, tmp_path / "file" / "run"))
+    result = train(save_resolved(cfg, tmp_path, "run.yaml"))
+    assert result.returncode == 2 and "rank 0: error: [Errno 20] Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -144,3 +144,22 @@ def test_gloo_ranks_with_workers_read_disjoint_complete_data(tiny_data):
     reference = TokenLoader(tiny_data, "train", 6, seed=4)
     assert len(seen) == len(set(seen)) == len(reference) * 6
     assert seen and sorted(seen) == sorted(torch.cat([b["index"] for b in reference]).tolist())
+
+
+def test_a_token_id_outside_the_vocabulary_names_its_shard_and_sample(tiny_data, tmp_path):
+    """A byte flipped inside a shard's token array: the loader stops naming the shard and the sample (not an
+    index error inside the embedding)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    shards = TokenShards(copy, "train")
+    count = int(shards.starts[2] - shards.starts[1])
+    path = shards.paths[1]
+    data = bytearray(path.read_bytes())
+    sample = count - 1
+    at = sample * shards.stride + 512 + shards.header_bytes + 4 * 5  # token 5 of the shard's last sample
+    data[at + 3] ^= 0x40  # the high byte: an id far above the vocabulary
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"train-00001.tar: sample {sample} holds token id \d+, outside the "
+                                        r"vocabulary \(V = 500\): the shard is damaged"):
+        for _ in TokenLoader(copy, "train", 4, shuffle=False):
+            pass

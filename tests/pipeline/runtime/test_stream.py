@@ -208,3 +208,21 @@ def test_pretraining_killed_mid_stream_resumes_to_the_same_losses(many_shards, s
     convert(tmp_path / "killed", tmp_path / "bundle", log=lambda _: None)
     assert load_tokenizer(tmp_path / "bundle" / "tokenizer").fingerprint == \
         load_tokenizer(many_shards / "tokenizer").fingerprint
+
+
+def test_a_streamed_shard_with_an_id_outside_the_vocabulary_is_named(tiny_data, tmp_path):
+    """A shard prepared wrongly (its sha256 matches the manifest): the id is caught when it is decoded."""
+    import hashlib
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    shards = TokenShards(copy, "train")
+    data = bytearray(shards.paths[0].read_bytes())
+    data[2 * shards.stride + 512 + shards.header_bytes + 3] ^= 0x40  # sample 2, token 0: the high byte
+    shards.paths[0].write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"train-00000.tar: sample 2 holds token id \d+, outside the manifest's "
+                                        r"vocabulary \(V = 500\)"):
+        StreamLoader(str(copy), "train", 4, shuffle=False).read_shard(0)

@@ -104,7 +104,15 @@ def test_a_truncated_engine_file_is_named(tiny_data, teacher, tmp_path):
     with pytest.raises(CheckpointError, match=r"step_00000001 is damaged: .*discriminator/mp_rank_00_model_states"
                                               r".pt: 200 bytes, .* \(truncated\?\)"):
         convert(tmp_path / "run", tmp_path / "bundle", log=lambda _: None)
-    (states.parents[1] / "files.json").unlink()  # without checksums, reading the file is what fails
-    with pytest.raises(CheckpointError, match="discriminator: cannot read the discriminator engine"):
+    step = states.parents[1]
+    (step / "files.json").unlink()  # a checkpoint this version wrote always has its checksums
+    with pytest.raises(CheckpointError, match=r"files.json: missing \(the save did not finish, or it was deleted\)"):
         convert(tmp_path / "run", tmp_path / "bundle", log=lambda _: None)
+    meta = json.loads((step / "meta.json").read_text())
+    del meta["checksums"]  # as written before checkpoints carried checksums: read unverified, with a warning
+    (step / "meta.json").write_text(json.dumps(meta))
+    logged = []
+    with pytest.raises(CheckpointError, match="discriminator: cannot read the discriminator engine"):
+        convert(tmp_path / "run", tmp_path / "bundle", log=logged.append)
+    assert logged == [f"warning: {step} predates checksums (no files.json): converted unverified"]
     assert not (tmp_path / "bundle").exists()  # nothing half-written

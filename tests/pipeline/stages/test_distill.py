@@ -288,12 +288,15 @@ def _run_with_nan_discriminator(rank, world_size, cfg_dict, poisoned_steps):
 
 
 @pytest.mark.distributed
-def test_non_finite_discriminator_steps_are_skipped_counted_and_stop_the_run(tiny_data, teacher, tmp_path):
-    cfg = distill_settings(tiny_data, teacher, tmp_path / "once", train__max_steps=4, train__checkpoint_every=1000)
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_non_finite_discriminator_steps_are_skipped_counted_and_stop_the_run(tiny_data, teacher, tmp_path, zero_stage):
+    cfg = distill_settings(tiny_data, teacher, tmp_path / "once", train__max_steps=4, train__checkpoint_every=1000,
+                           train__zero_stage=zero_stage)
     result = run_ranks(_run_with_nan_discriminator, 1, cfg, {2})[0]
     assert result["discriminator/skipped_steps"] == 1 and result["student/skipped_steps"] == 0
     assert result["step"] == 4 and math.isfinite(result["student/loss"])
-    cfg = distill_settings(tiny_data, teacher, tmp_path / "stop", train__max_steps=20, train__max_nonfinite=3)
+    cfg = distill_settings(tiny_data, teacher, tmp_path / "stop", train__max_steps=20, train__max_nonfinite=3,
+                           train__zero_stage=zero_stage)
     result = run_ranks(_run_with_nan_discriminator, 1, cfg, set(range(3, 30)))[0]
     assert "stopping at step 5: 3 consecutive discriminator steps had non-finite" in result["error"]
 

@@ -111,8 +111,9 @@ def test_killed_run_resumes_to_the_same_losses(tiny_data, tmp_path):
     assert resumed[40]["val/nelbo_nats"] == ref[40]["val/nelbo_nats"]
 
 
-def _run_with_nan_losses(rank, world_size, cfg_dict, poisoned_steps):
-    """Pre-training whose loss is NaN on the given (1-based) training steps."""
+def _run_with_losses_times(rank, world_size, cfg_dict, steps, factor):
+    """Pre-training whose loss is multiplied by ``factor`` (nan, or a large finite number) on the given (1-based)
+    training steps."""
     import pipeline.stages.pretrain as stage
 
     real, calls = stage.loss_terms, []
@@ -121,8 +122,8 @@ def _run_with_nan_losses(rank, world_size, cfg_dict, poisoned_steps):
         terms = real(*args, **kwargs)
         if torch.is_grad_enabled():
             calls.append(1)
-            if len(calls) in poisoned_steps:
-                return terms * float("nan")
+            if len(calls) in steps:
+                return terms * factor
         return terms
 
     stage.loss_terms = loss_terms
@@ -132,7 +133,7 @@ def _run_with_nan_losses(rank, world_size, cfg_dict, poisoned_steps):
 @pytest.mark.distributed
 def test_a_non_finite_step_is_skipped_and_counted(tiny_data, tmp_path):
     cfg = settings(tiny_data, tmp_path, train__max_steps=6, train__checkpoint_every=1000)
-    result = run_ranks(_run_with_nan_losses, 1, cfg, {3})[0]
+    result = run_ranks(_run_with_losses_times, 1, cfg, {3}, float("nan"))[0]
     assert result["train/skipped_steps"] == 1 and result["step"] == 6
     logged = metrics(tmp_path)
     assert all(math.isfinite(logged[s]["train/loss_nats"]) for s in (1, 2, 4, 5, 6))
@@ -148,13 +149,27 @@ def metrics_of_clean_run(tiny_data, out):
 
 
 @pytest.mark.distributed
-def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_path):
-    cfg = settings(tiny_data, tmp_path, train__max_steps=20, train__max_nonfinite=3, train__checkpoint_every=2)
-    result = run_ranks(_run_with_nan_losses, 1, cfg, set(range(5, 30)))[0]
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+def test_the_run_stops_after_too_many_non_finite_steps_in_a_row(tiny_data, tmp_path, zero_stage):
+    """At every ZeRO stage: ZeRO-1/2 skip an overflowing step inside DeepSpeed, without calling the guarded
+    optimizer, and it must be counted all the same."""
+    cfg = settings(tiny_data, tmp_path, train__max_steps=20, train__max_nonfinite=3, train__checkpoint_every=2,
+                   train__zero_stage=zero_stage)
+    result = run_ranks(_run_with_losses_times, 1, cfg, set(range(5, 30)), float("nan"))[0]
     assert "stopping at step 7: 3 consecutive train steps had non-finite loss or gradients" in result["error"]
     assert "train.max_nonfinite = 3" in result["error"]
     # skipped steps leave the weights alone, so the checkpoint of step 6 holds step 4's weights
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"
+
+
+@pytest.mark.distributed
+def test_a_finite_loss_that_blows_up_stops_the_run_before_it_is_saved(tiny_data, tmp_path):
+    cfg = settings(tiny_data, tmp_path, train__max_steps=12, train__checkpoint_every=2, train__keep_checkpoints=1)
+    result = run_ranks(_run_with_losses_times, 1, cfg, set(range(7, 20)), 1e6)[0]
+    assert "stopping at step 8: the train loss diverged (mean " in result["error"]
+    assert "train.max_loss_ratio = 100); this model was not saved" in result["error"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000006"  # kept: no diverged one replaced it
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000006"]
 
 
 def test_bad_configs_fail_before_training(tiny_data, tmp_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from pipeline.stages.convert import convert
 from pipeline.runtime.distributed import run_ranks
@@ -116,13 +117,21 @@ def test_bad_orders_are_refused_by_name(bundles, tmp_path, capsys):
 def test_bad_requests_are_refused_and_write_nothing(bundles, tmp_path, capsys):
     out = tmp_path / "x.jsonl"
     cases = [
-        ([str(bundles["teacher"]), "--steps", "0"], "at least one sampling step"),
+        ([str(bundles["teacher"]), "--steps", "0"], "--steps: 0; from 1 to 65,536"),
+        ([str(bundles["teacher"]), "--steps", "100000000"], "--steps: 100000000; from 1 to 65,536"),
         ([str(bundles["teacher"]), "--steps", "4", "--temperature", "0"], "--temperature: 0.0; it must be positive"),
         ([str(bundles["teacher"]), "--steps", "4", "--sampler", "rgas"], "has no discriminator (teacher bundle)"),
         ([str(bundles["student"]), "--steps", "4", "--prefix", "word " * 200], "leave no room in sequences of 64"),
         ([str(tmp_path / "nowhere"), "--steps", "4"], "not a bundle (no manifest.json)"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([str(bundles["teacher"]), "--steps", "4", "--device", "cuda"], "--device cuda: this torch"))
     for (bundle, *extra), message in cases:
         assert main(["--bundle", bundle, "--out", str(out), *extra]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
+    nested = tmp_path / "new" / "folder" / "s.jsonl"  # folders that do not exist yet are made
+    assert len(run_sampler(bundles["teacher"], nested, "--steps", "2", "--num-samples", "1")) == 1
+    (tmp_path / "file").write_text("")
+    assert main(["--bundle", str(bundles["teacher"]), "--out", str(tmp_path / "file" / "s.jsonl"), "--steps", "2"]) == 2
+    assert "file" in capsys.readouterr().err
