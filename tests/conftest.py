@@ -81,6 +81,12 @@ def teacher(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+def one_process(rank: int, world_size: int, calls: list) -> list:
+    """``run_ranks(one_process, 1, [(fn, args), ...])``: several unit runs in one rank process, in order (starting
+    the process costs more than a unit run); each ``fn(rank, world_size, *args)`` must undo what it patches."""
+    return [fn(rank, world_size, *args) for fn, args in calls]
+
+
 def write_tiny_gpt2_ranks(path: Path) -> dict[bytes, int]:
     """A byte-level BPE in tiktoken format: the 256 bytes, then a few merges (each of two earlier tokens)."""
     ranks = {bytes([b]): b for b in range(256)}

@@ -123,25 +123,44 @@ def test_problems_name_missing_truncated_and_changed_files(tmp_path):
     assert sorted(shares[0] + shares[1]) == sorted(integrity.problems(tmp_path))
 
 
+def _resume_with_latest(rank, world_size, run_dict, pointer, strict_dict):
+    """``latest`` set to ``pointer``, then a strict resume and a fallback one: (strict's result, fallback's)."""
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    (Path(run_dict["run"]["out_dir"]) / "checkpoints" / "latest").write_text(pointer)
+    return _run_pretrain(rank, world_size, strict_dict), _run_pretrain(rank, world_size, run_dict)
+
+
 @pytest.mark.distributed
 def test_a_latest_that_names_no_checkpoint_falls_back_to_the_newest_intact_one(tiny_data, tmp_path):
     """``latest`` naming a step that does not exist, or a folder outside the run: the newest intact checkpoint is
     taken (``latest`` rewritten to it), or under strict the run stops naming the pointer."""
     from pipeline.runtime.distributed import run_ranks
+    from tests.conftest import one_process
     from tests.pipeline.stages.test_pretrain import _run_pretrain
 
     run = tmp_path / "run"
-    assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
     latest = run / "checkpoints" / "latest"
-    for pointer in ("step_00000099", "../../elsewhere"):
-        latest.write_text(pointer)
-        strict = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6, train__resume="strict"))[0]
-        assert strict["error"] == (f"cannot resume: {latest} names {pointer!r}, not a checkpoint folder of this run; "
-                                   "the newest intact checkpoint is step_00000006 (train.resume: fallback resumes "
-                                   "from it)")
-        assert "error" not in run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
-        assert latest.read_text() == "step_00000006"
+    cfg, strict = (settings(tiny_data, run, train__max_steps=6, **extra) for extra in ({}, {"train__resume": "strict"}))
+    pointers = ("step_00000099", "../../elsewhere")
+    first, *resumed = run_ranks(one_process, 1, [(_run_pretrain, (cfg,))] +
+                                [(_resume_with_latest, (cfg, p, strict)) for p in pointers])[0]
+    assert "error" not in first
+    for pointer, (stopped, fell_back) in zip(pointers, resumed):
+        assert stopped["error"] == (f"cannot resume: {latest} names {pointer!r}, not a checkpoint folder of this run; "
+                                    "the newest intact checkpoint is step_00000006 (train.resume: fallback resumes "
+                                    "from it)")
+        assert "error" not in fell_back
+    assert latest.read_text() == "step_00000006"
     assert steps_kept(run) == ["step_00000003", "step_00000006"]
+
+
+def _resume_on(rank, world_size, cfg_dict, manifest_path, manifest):
+    """Write ``manifest`` (the data as changed), then resume: what the run returns."""
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    Path(manifest_path).write_text(manifest)
+    return _run_pretrain(rank, world_size, cfg_dict)
 
 
 @pytest.mark.distributed
@@ -152,28 +171,28 @@ def test_a_resume_with_other_data_or_settings_it_would_not_apply_is_refused(tiny
     import shutil
 
     from pipeline.runtime.distributed import run_ranks
-    from tests.pipeline.stages.test_pretrain import _run_pretrain
+    from tests.conftest import one_process
 
     run, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(teacher, run)
     shutil.copytree(tiny_data, data)
     same = {"train__checkpoint_every": 20, "train__eval_every": 20, "train__ema": 0.9}
-    manifest = json.loads((data / "manifest.json").read_text())
+    original = (tiny_data / "manifest.json").read_text()
+    tokenizer, shards = json.loads(original), json.loads(original)
+    tokenizer["tokenizer"]["fingerprint"] = "0" * 32
+    shards["splits"]["train"]["shards"][0]["sha256"] = "f" * 64
 
-    def resume(path, **changes):
-        return run_ranks(_run_pretrain, 1, settings(path, run, train__max_steps=21, **{**same, **changes}))[0]
+    def resume(manifest, **changes):
+        return _resume_on, (settings(data, run, train__max_steps=21, **{**same, **changes}),
+                            str(data / "manifest.json"), manifest)
 
-    manifest["tokenizer"]["fingerprint"] = "0" * 32
-    (data / "manifest.json").write_text(json.dumps(manifest))
-    assert "was trained with tokenizer" in resume(data)["error"] and "holds tokenizer 00000000" in resume(data)["error"]
-    manifest = json.loads((tiny_data / "manifest.json").read_text())
-    manifest["splits"]["train"]["shards"][0]["sha256"] = "f" * 64
-    (data / "manifest.json").write_text(json.dumps(manifest))
-    assert f"was trained on other data than data.path {data} holds" in resume(data)["error"]
-    error = resume(tiny_data, optim__lr=1e6)["error"]
-    assert "changed settings (optim.lr: 0.003 there, 1000000.0 now)" in error and "new run.out_dir" in error
-    shutil.copyfile(tiny_data / "manifest.json", data / "manifest.json")
-    assert "error" not in resume(data)  # a longer run, on the same data at another path
+    results = run_ranks(one_process, 1, [resume(json.dumps(tokenizer)), resume(json.dumps(shards)),
+                                         resume(original, optim__lr=1e6), resume(original)])[0]
+    assert "was trained with tokenizer" in results[0]["error"] and "holds tokenizer 00000000" in results[0]["error"]
+    assert f"was trained on other data than data.path {data} holds" in results[1]["error"]
+    assert "changed settings (optim.lr: 0.003 there, 1000000.0 now)" in results[2]["error"]
+    assert "new run.out_dir" in results[2]["error"]
+    assert "error" not in results[3]  # a longer run, on the same data at another path
     assert (run / "checkpoints" / "latest").read_text() == "step_00000021"
 
 
@@ -197,21 +216,34 @@ def _run_on_a_full_disk(rank, world_size, cfg_dict, full_from):
         return real_usage(path)._replace(free=2**20)
 
     torch.save, shutil_module.disk_usage = save, disk_usage
-    return _run_pretrain(rank, world_size, cfg_dict)
+    try:
+        return _run_pretrain(rank, world_size, cfg_dict)
+    finally:
+        torch.save, shutil_module.disk_usage = real_save, real_usage
+
+
+def _probe_checkpoints(rank, world_size, cfg_dict):
+    """What the run's checkpoints folder holds, then the run resumed: its result with ``kept`` and ``latest``."""
+    from tests.pipeline.stages.test_pretrain import _run_pretrain
+
+    root = Path(cfg_dict["run"]["out_dir"]) / "checkpoints"
+    found = {"kept": sorted(p.name for p in root.iterdir()), "latest": (root / "latest").read_text()}
+    return {**_run_pretrain(rank, world_size, cfg_dict), **found}
 
 
 @pytest.mark.distributed
 def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
     from pipeline.runtime.distributed import run_ranks
-    from tests.pipeline.stages.test_pretrain import _run_pretrain
+    from tests.conftest import one_process
 
     run = tmp_path / "run"
-    error = run_ranks(_run_on_a_full_disk, 1, settings(tiny_data, run, train__max_steps=6), 6)[0]["error"]
+    cfg = settings(tiny_data, run, train__max_steps=6)
+    full, resumed = run_ranks(one_process, 1, [(_run_on_a_full_disk, (cfg, 6)), (_probe_checkpoints, (cfg,))])[0]
+    error = full["error"]
     assert error.startswith(f"no space left on {run / 'checkpoints'} (1 MiB free, a checkpoint of this run takes "
                             "about ") and "step 6 was not saved and its partial folder was removed" in error
     assert "step_00000003 stays the latest checkpoint. Free space and run the same command to resume" in error
-    assert steps_kept(run) == ["step_00000003"] and (run / "checkpoints" / "latest").read_text() == "step_00000003"
-    resumed = run_ranks(_run_pretrain, 1, settings(tiny_data, run, train__max_steps=6))[0]
+    assert resumed["kept"] == ["latest", "step_00000003"] and resumed["latest"] == "step_00000003"
     assert resumed["step"] == 6 and steps_kept(run) == ["step_00000003", "step_00000006"]
 
 
