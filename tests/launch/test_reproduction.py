@@ -1,7 +1,6 @@
 """The reproduction's ablation arms and target checks (launch/reproduction.py)."""
-from dataclasses import asdict
-
 import json
+from dataclasses import asdict
 
 from launch.reproduction import ARMS, TECHNIQUES, VARIANTS, orders_table, switches, targets
 from pipeline.config import load_config
