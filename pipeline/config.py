@@ -638,6 +638,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls
     return from_dict(cls, data, source=str(path))
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections as one level of ``section.key`` names (values kept as they are)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def to_dict(cfg: Any) -> dict:
     """The config as plain data, without the sections its stage does not read."""
     data = dataclasses.asdict(cfg)

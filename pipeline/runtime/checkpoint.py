@@ -25,7 +25,7 @@ import torch.distributed as dist
 import yaml
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
-from pipeline.config import Config, save_resolved, to_dict
+from pipeline.config import Config, flatten, save_resolved, to_dict
 from pipeline.runtime import integrity
 from pipeline.runtime.data import dataset_tokenizer_dir, read_manifest
 from pipeline.runtime.safe_load import weights_only_loads
@@ -180,16 +180,6 @@ def data_identity(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_unchanged(cfg: Config, directory: Path, meta: dict) -> None:
     """Refuse a resume whose data or settings differ from the checkpoint's in a way it would not apply."""
     manifest = read_manifest(cfg.data.path, cfg.data.retries)
@@ -197,14 +187,15 @@ def check_unchanged(cfg: Config, directory: Path, meta: dict) -> None:
         raise CheckpointError(f"{directory} was trained with tokenizer {meta['tokenizer']}, data.path {cfg.data.path} "
                               f"holds tokenizer {manifest['tokenizer']['fingerprint']}: resume on the same data, or "
                               "use another run.out_dir")
-    if meta.get("data", data_identity(manifest)) != data_identity(manifest):
+    identity = data_identity(manifest)
+    if meta.get("data", identity) != identity:
         raise CheckpointError(f"{directory} was trained on other data than data.path {cfg.data.path} holds (its shards "
                               "differ from the checkpoint's): resume on the same data, or use another run.out_dir")
     try:
-        saved = _flat(yaml.safe_load((directory / "config.yaml").read_text()) or {})
+        saved = flatten(yaml.safe_load((directory / "config.yaml").read_text()) or {})
     except (OSError, yaml.YAMLError) as err:
         raise CheckpointError(f"{directory / 'config.yaml'}: unreadable ({err.__class__.__name__})") from None
-    now = _flat(to_dict(cfg))
+    now = flatten(to_dict(cfg))
     changed = [f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in sorted(set(saved) & set(now))
                if saved[k] != now[k] and not k.startswith(APPLIED_ON_RESUME)]
     if changed:

@@ -55,12 +55,18 @@ def read_manifest(directory: str | os.PathLike, retries: int = 3) -> dict:
         raise DataError(f"{url} is not valid JSON: {err}") from None
 
 
+_FETCHED: set[Path] = set()  # remote tokenizers already copied by this process
+
+
 def dataset_tokenizer_dir(location: str, retries: int = 3) -> Path:
-    """The dataset's tokenizer directory: the local one, or for a streamed dataset a fresh local copy of its
-    files (in the temporary directory, one folder per location)."""
+    """The dataset's tokenizer directory: the local one, or for a streamed dataset a local copy of its files
+    (in the temporary directory, one folder per location), fetched once per process: every checkpoint copies
+    it, and a save should not depend on the network."""
     if not is_remote(location):
         return Path(location) / "tokenizer"
     folder = Path(tempfile.gettempdir()) / "didi-tokenizers" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    if folder in _FETCHED and (folder / "tokenizer.json").is_file():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     try:
         meta = fetch(resolve(location, "tokenizer/tokenizer.json"), retries)
@@ -69,6 +75,7 @@ def dataset_tokenizer_dir(location: str, retries: int = 3) -> Path:
     except (FetchError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read the dataset's tokenizer: {err}") from None
     atomic_write_bytes(folder / "tokenizer.json", meta)
+    _FETCHED.add(folder)
     return folder
 
 

@@ -11,17 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import TrackingConfig
+from pipeline.config import TrackingConfig, flatten
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
+def param_strings(tree: dict) -> dict[str, str]:
+    """MLflow's params: the config's ``section.key`` names, values as text."""
+    return {key: str(value) for key, value in flatten(tree).items()}
 
 
 class Tracker:
@@ -63,7 +58,7 @@ class MlflowTracker(Tracker):
         self.run_id = self._run.info.run_id
 
     def log_params(self, params: dict) -> None:
-        self._mlflow.log_params(flatten(params), synchronous=False)
+        self._mlflow.log_params(param_strings(params), synchronous=False)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._mlflow.log_metrics(metrics, step=step, synchronous=False)

@@ -148,8 +148,8 @@ def pretrain(cfg: Config, d: Dist) -> dict:
                                   f"({evaluation['val/bits_per_token']:.3f} bits)")
             if due(step, cfg.train.sample_every, cfg) and not cfg.model.causal:  # the judge is not sampled
                 log_samples(tracker, out_dir, d, sample_texts(engine, ema, cfg, d, step, autocast, tok), step, judge)
-            end_of_step(cfg, d, step, {"model": engine}, guard, lambda: side_state(guard, ema, loader, tracker), tracker,
-                        preemption)
+            end_of_step(cfg, d, step, {"model": engine}, guard, lambda: side_state(guard, ema, loader, tracker),
+                        tracker, preemption)
     bar.close()
     finish(tracker, out_dir, d, {**PRETRAIN_CURVES, **exact_curves(cfg)})
     return {"step": step, **metrics}

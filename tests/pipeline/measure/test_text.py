@@ -1,6 +1,7 @@
 from data_prep.tokenizers import ProteinTokenizer
 from pipeline.measure.text import render
-from pipeline.runtime.tracking import flatten
+from pipeline.config import flatten
+from pipeline.runtime.tracking import param_strings
 
 
 def test_render_drops_bos_breaks_at_eos_and_shows_masks():
@@ -12,4 +13,5 @@ def test_render_drops_bos_breaks_at_eos_and_shows_masks():
 
 
 def test_flatten_nested_params():
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+    assert param_strings({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
