@@ -23,6 +23,12 @@ CORPUS = ROOT / "data_prep" / "corpus" / "shakespeare"
 RANK_FIXTURES = {"teacher", "bundles", "judge_bundle"}
 
 
+def pytest_configure(config):
+    from pipeline.runtime import logs
+
+    logs.setup(rank=0)  # library code logs as under an entry point: rank 0's lines on stderr
+
+
 def pytest_collection_modifyitems(config, items):
     unmarked = [item.nodeid for item in items
                 if RANK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("distributed")]
