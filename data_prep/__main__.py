@@ -6,16 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from data_prep.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
 from data_prep.documents import InputError
 from data_prep.merge import merge
-from data_prep.proteins import ProteinError, split_proteins
 from data_prep.prepare import PrepareError, Task, prepare, resolved, train_tokenizer
+from data_prep.proteins import ProteinError, split_proteins
 from data_prep.regime_chain import WINDOW, make_regime_chain
 from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
                                  write_synthetic)
 from data_prep.tokenizers import TokenizerError
-from data_prep.verify import verify
-from pipeline.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
+from data_prep.verify import verify_dataset
 
 import yaml
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "proteins":
         return _proteins(args)
     if args.command == "verify":
-        problems, totals = verify(args.directory)
+        problems, totals = verify_dataset(args.directory)
         for problem in problems:
             print(f"FAIL {problem}")
         if problems:

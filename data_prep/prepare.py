@@ -23,12 +23,12 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import PrepareConfig, load_yaml, save_resolved, to_dict
 from data_prep.documents import ReadStats, content_split, iter_documents, list_input_files
 from data_prep.shards import sha256_file, write_shard
 from data_prep.tokenizers import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer
 from data_prep.wrapping import wrap_documents
-from pipeline.atomic import atomic_write_bytes
-from pipeline.config import PrepareConfig, load_config, save_resolved, to_dict
 
 MANIFEST = "manifest.json"
 CONFIG_NAME = "prepare_config.yaml"
@@ -159,7 +159,7 @@ def _join_output_dir(out: Path, cfg: PrepareConfig) -> Tokenizer:
 
 def _differences(out: Path, cfg: PrepareConfig, now: str) -> str:
     """The settings (all but out and workers) in which ``cfg`` differs from the config saved in ``out``."""
-    old, new = to_dict(load_config(out / CONFIG_NAME, cls=PrepareConfig)), to_dict(cfg)
+    old, new = to_dict(load_yaml(out / CONFIG_NAME, PrepareConfig)), to_dict(cfg)
     return "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} {now}"
                      for k in new if k not in ("out", "workers") and old.get(k) != new[k])
 

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from data_prep.atomic import atomic_path, atomic_write_bytes
 from data_prep.documents import InputError, ReadStats, fasta_documents, list_input_files
 from data_prep.tokenizers import ProteinTokenizer
-from pipeline.atomic import atomic_path, atomic_write_bytes
 
 SPLIT = "split.json"
 NCBISTDAA = "-ABCDEFGHIKLMNPQRSTVWXYZU*OJ"  # BLAST's protein alphabet: byte value -> letter

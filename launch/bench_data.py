@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from data_prep.config import PrepareConfig, save_resolved  # noqa: E402
 from data_prep.documents import list_input_files  # noqa: E402
 from data_prep.merge import merge  # noqa: E402
 from data_prep.prepare import CONFIG_NAME, Task, prepare, resolved, train_tokenizer  # noqa: E402
-from pipeline.config import PrepareConfig, save_resolved  # noqa: E402
-from pipeline.runtime.data import TokenLoader, TokenShards, epoch_order  # noqa: E402
+from pipeline.runtime.data import TokenLoader, TokenShards  # noqa: E402
+from pipeline.runtime.dataset import epoch_order  # noqa: E402
 from pipeline.runtime.stream import StreamLoader  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "data_prep" / "corpus" / "shakespeare"

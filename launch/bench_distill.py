@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from launch.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
-from pipeline.config import Config, from_dict  # noqa: E402
+from data_prep.config import from_dict  # noqa: E402
+from pipeline.config import Config  # noqa: E402
 from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
 from pipeline.runtime.engine import optimizer_for  # noqa: E402
 

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs  # noqa: E402
-from pipeline.config import Config, from_dict  # noqa: E402
+from data_prep.config import from_dict  # noqa: E402
+from pipeline.config import Config  # noqa: E402
 from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
 from pipeline.stages.pretrain import corrupt  # noqa: E402
 

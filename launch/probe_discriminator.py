@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from data_prep.synthetic import load_chain  # noqa: E402
+from data_prep.regime_chain import load_chain  # noqa: E402
 from data_prep.tokenizers import load_tokenizer  # noqa: E402
 from models.didi import coupled_corruption, discriminator_loss, row_rewards  # noqa: E402
 from models.diffusion import LogLinearSchedule  # noqa: E402

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data_prep.synthetic import load_chain  # noqa: E402
+from data_prep.regime_chain import load_chain  # noqa: E402
 from data_prep.tokenizers import load_tokenizer  # noqa: E402
 from models.diffusion import subs_log_probs  # noqa: E402
 from pipeline.bundle import load_bundle  # noqa: E402

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 
 from data_prep.prepare import prepare  # noqa: E402
-from pipeline.config import Config, PrepareConfig, from_dict, save_resolved  # noqa: E402
+from data_prep.config import PrepareConfig, from_dict, save_resolved  # noqa: E402
+from pipeline.config import Config  # noqa: E402
 from pipeline.measure.machine import describe  # noqa: E402
 from pipeline.measure.plots import read_metrics  # noqa: E402
 from pipeline.runtime import integrity  # noqa: E402
@@ -132,7 +133,7 @@ def kill(job: subprocess.Popen, target: str) -> None:
 
 def checkpoint_being_written(out: Path) -> bool:
     root = out / "checkpoints"
-    return root.is_dir() and any(integrity.read_manifest(d) is None for d in integrity.step_dirs(root))
+    return root.is_dir() and any(integrity.read_checkpoint_manifest(d) is None for d in integrity.step_dirs(root))
 
 
 def first_step(out: Path, job: subprocess.Popen, timeout: float = 300) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from data_prep.config import ConfigError  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.stages.sweep import (SweepConfig, commands, out_dir, parent_run, plan, read_state, run,  # noqa: E402
                                    short)
 

@@ -18,8 +18,9 @@ from typing import NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.runtime.checkpoint import CheckpointError, checkpoint_root, latest_tag  # noqa: E402
-from pipeline.config import Config, ConfigError, check_world, load_config, to_yaml  # noqa: E402
-from pipeline.runtime.data import DataError, check_compatible, check_data_ranks, read_manifest  # noqa: E402
+from data_prep.config import ConfigError, to_yaml  # noqa: E402
+from pipeline.config import Config, check_world, load_config  # noqa: E402
+from pipeline.runtime.dataset import DataError, check_compatible, check_data_ranks, read_dataset_manifest  # noqa: E402
 from pipeline.runtime.preemption import EXIT_CODE, Preempted  # noqa: E402
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plan_text(cfg, args.world or int(os.environ.get("WORLD_SIZE", "1")), args.device_gib), end="")
             return 0
-        manifest, where = read_manifest(cfg.data.path), f"{cfg.data.path}/manifest.json"
+        manifest, where = read_dataset_manifest(cfg.data.path), f"{cfg.data.path}/manifest.json"
         check_compatible(manifest, cfg.model, where)
         if cfg.stage == "distill":
             from pipeline.stages.distill import check_teacher

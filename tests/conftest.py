@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.config import PrepareConfig
 from data_prep.prepare import prepare
-from pipeline.config import PrepareConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data_prep" / "corpus" / "shakespeare"

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from data_prep.config import ConfigError, from_dict
 from models.didi import entropy, forward_kl, jeffreys
 from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.discriminator import Discriminator
@@ -39,7 +40,7 @@ from models.dit import DiT
 from models.layers import DenseLayers, Role, TokenEmbedding, ZeroLinear
 from models.sizes import SIZES
 from models.tensor_parallel import padded
-from pipeline.config import Config, ConfigError, check_world, from_dict, load_config
+from pipeline.config import Config, check_world, load_config
 
 FP32 = 4  # bytes of an fp32 parameter, gradient or moment
 GiB = 2**30

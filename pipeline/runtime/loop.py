@@ -16,7 +16,8 @@ from models.diffusion import subs_log_probs
 from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import RANDOM, UnmaskingOrder
 from pipeline.runtime import checkpoint
-from pipeline.config import Config, ConfigError, save_resolved, to_dict
+from data_prep.config import ConfigError, save_resolved, to_dict
+from pipeline.config import Config
 from pipeline.runtime.data import TokenLoader
 from pipeline.runtime.distributed import Dist, all_reduce_sum, broadcast_object
 from pipeline.runtime.engine import bf16_compute

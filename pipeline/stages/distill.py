@@ -43,7 +43,8 @@ from models.unmasking import UnmaskingOrder
 from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
 from pipeline.config import Config, DistillConfig
-from pipeline.runtime.data import dataset_tokenizer_dir, loader_from_config, read_manifest
+from pipeline.runtime.data import loader_from_config
+from pipeline.runtime.dataset import dataset_tokenizer_dir, read_dataset_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config, step_skipped
@@ -54,7 +55,7 @@ from pipeline.runtime.preemption import PreemptionWatch
 from pipeline.stages.pretrain import evaluate
 from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, ROLLOUT, TAU, TEACHER_SAMPLE,
                                          keyed_generator, keyed_seed)
-from pipeline.bundle import verify
+from pipeline.bundle import verify_bundle
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -82,7 +83,7 @@ def check_teacher(cfg: Config) -> Path:
     and tokenizer (before any work starts)."""
     source = Path(cfg.distill.teacher)
     if is_bundle(source):
-        manifest = verify(source)
+        manifest = verify_bundle(source)
         where, model, tokenizer = f"distill.teacher: bundle {source}", manifest["model"], manifest["tokenizer"]["fingerprint"]
     else:
         source = resolve_checkpoint(source)
@@ -95,7 +96,7 @@ def check_teacher(cfg: Config) -> Path:
     diff = [f"{k} {model.get(k)} there, {v} in the config" for k, v in model_signature(cfg).items() if model.get(k) != v]
     if diff:
         raise CheckpointError(f"{where} holds another model than the config's: {'; '.join(diff)}")
-    fingerprint = read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]
+    fingerprint = read_dataset_manifest(cfg.data.path)["tokenizer"]["fingerprint"]
     if tokenizer not in (None, fingerprint):
         raise CheckpointError(f"{where} was trained with tokenizer {tokenizer}, data.path {cfg.data.path} "
                               f"holds tokenizer {fingerprint}")

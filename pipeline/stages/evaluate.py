@@ -25,22 +25,23 @@ import math
 import sys
 from pathlib import Path
 
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import ConfigError, to_dict
 from data_prep.tokenizers import load_tokenizer
-from pipeline.atomic import atomic_write_bytes
+from models.unmasking import UnmaskingOrder
 from pipeline.bundle import BundleError, load_bundle
-from pipeline.config import ConfigError, EvaluateConfig, load_config, to_dict
-from pipeline.runtime.data import TokenShards
-from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
+from pipeline.config import EvaluateConfig, load_config
 from pipeline.measure.exact_denoiser import exact_bundle
+from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, is_exact, load_exact_judge
 from pipeline.measure.judge import JudgeError, bootstrap_interval, gen_ppl, in_domain_judge, load_judge, unigram_entropy
 from pipeline.measure.plots import plot_versus_nfe
 from pipeline.measure.protein import METRICS as PROTEIN_METRICS
 from pipeline.measure.protein import ProteinMetrics, mmseqs_missing
-from pipeline.stages.sample import sample
-from models.unmasking import UnmaskingOrder
 from pipeline.measure.text import render
+from pipeline.runtime.data import TokenShards
 from pipeline.runtime.tracking import make_tracker
+from pipeline.stages.sample import sample
 
 EXACT_DENOISER = "exact denoiser"  # the model of the rows sampled from the chain's exact posterior
 IN_DOMAIN = "in_domain_"  # key prefix of the in-domain judge's numbers

@@ -23,7 +23,8 @@ from data_prep.tokenizers import load_tokenizer
 from models.autoregressive import next_token_nll
 from models.diffusion import LogLinearSchedule, mask_tokens, nelbo_per_token, sample_times, subs_log_probs
 from pipeline.config import Config
-from pipeline.runtime.data import TokenLoader, dataset_tokenizer_dir, loader_from_config
+from pipeline.runtime.data import TokenLoader, loader_from_config
+from pipeline.runtime.dataset import dataset_tokenizer_dir
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.measure.plots import PRETRAIN_CURVES

@@ -32,9 +32,9 @@ from typing import Literal, Optional
 
 import torch
 
-from pipeline.atomic import atomic_write_bytes
-from pipeline.config import (Config, ConfigError, EvaluateConfig, ModelConfig, TrackingConfig, load_config,
-                             save_resolved, to_dict)
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import ConfigError, save_resolved, to_dict
+from pipeline.config import Config, EvaluateConfig, ModelConfig, TrackingConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -182,7 +182,7 @@ def test_a_renamed_flag_is_caught(monkeypatch):
         check("python -m pipeline.convert --checkpoint runs/x --out b", monkeypatch)
     with pytest.raises(AssertionError, match="without parsing"):
         check("python -m pipeline no-such-command --out b", monkeypatch)
-    from pipeline.config import ConfigError
+    from data_prep.config import ConfigError
 
     with pytest.raises(ConfigError, match="batch_sise"):
         check("python launch/train.py --config launch/configs/pretrain_tiny.yaml --set data.batch_sise=3", monkeypatch)

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from data_prep.config import ConfigError, PrepareConfig, save_resolved
 from pipeline import config as C
-from pipeline.config import ConfigError, EvaluateConfig, PrepareConfig, load_config, save_resolved
+from pipeline.config import EvaluateConfig, load_config
 
 
 def write(tmp_path, text, name="cfg.yaml"):

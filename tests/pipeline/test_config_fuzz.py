@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, EvaluateConfig, PrepareConfig, from_dict, load_config
+from data_prep.config import ConfigError, PrepareConfig, from_dict
+from pipeline.config import Config, EvaluateConfig, load_config
 from pipeline.stages.sweep import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from data_prep.config import from_dict
 from models.dit import DiT
 from models.sizes import SIZES
-from pipeline.config import Config, from_dict
+from pipeline.config import Config
 from pipeline.measure.memory import (GiB, NOT_COUNTED, MetaAutocast, SavedTensors, ShardShapes, engine_bytes, main,
                                      plan, pretrain_pass, render, shard_parameters, state_bytes, student_terms)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import Config, from_dict
+from data_prep.config import from_dict
+from pipeline.config import Config
 from pipeline.runtime import engine as engine_module
 from pipeline.runtime.distributed import run_ranks
 from pipeline.runtime.engine import ds_config

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.config import from_dict, save_resolved
 from launch.train import main as train_main
-from pipeline.config import Config, from_dict, save_resolved
+from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
 from tests.conftest import one_process, run_killed_and_resumed, train_command
 from pipeline.runtime.distributed import run_ranks

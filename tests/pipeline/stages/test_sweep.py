@@ -11,8 +11,9 @@ import time
 import pytest
 import yaml
 
+from data_prep.config import from_dict, save_resolved
 from launch.sweep import main as sweep_main
-from pipeline.config import Config, from_dict, load_config, save_resolved
+from pipeline.config import Config, load_config
 from pipeline.stages.sweep import SweepConfig, count_parameters, plan, read_state, run
 from tests.pipeline.stages.test_pretrain import settings
 
