@@ -9,5 +9,6 @@
 
 Imports run downwards only: stages -> runtime -> measure -> the top modules -> ``models/``. Stages may import
 one another; the top modules import only ``models/``, ``data_prep.config`` (the typed-YAML machinery) and
-``data_prep.atomic`` (atomic file writes); ``runtime/`` reads shards in the format ``data_prep/shards.py`` defines. ``python -m pipeline COMMAND`` (``__main__.py``) runs the commands.
+``data_prep.atomic`` (atomic file writes); ``runtime/`` reads shards in the format ``data_prep/shards.py``
+defines. ``python -m pipeline COMMAND`` (``__main__.py``) runs the commands.
 """
