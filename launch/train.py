@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.runtime.checkpoint import CheckpointError, checkpoint_root, latest_tag  # noqa: E402
 from data_prep.config import ConfigError, to_yaml  # noqa: E402
-from pipeline.config import Config, check_world, load_config  # noqa: E402
+from pipeline.config import Config, bf16_compute, check_world, load_config  # noqa: E402
 from pipeline.runtime.dataset import DataError, check_compatible, check_data_ranks, read_dataset_manifest  # noqa: E402
 from pipeline.runtime.preemption import EXIT_CODE, Preempted  # noqa: E402
 
@@ -31,7 +31,7 @@ def layout(cfg: Config, world_size: int) -> str:
     import torch
 
     from pipeline.runtime.distributed import uses_cuda
-    from pipeline.runtime.engine import bf16_compute, build_model
+    from pipeline.runtime.engine import build_model
 
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(dataclasses.replace(cfg.model, tensor_parallel=1)).parameters())

@@ -417,6 +417,20 @@ class EvaluateConfig:
                               "empty (set control_steps, or entropy_control: false)")
 
 
+def dit_for(model: ModelConfig, **options):
+    """The DiT of ``model``'s dimensions (``options``: the DiT's other arguments, as each caller needs them): the one
+    place a config's dimensions meet the constructor."""
+    from models.dit import DiT  # torch: loaded only where a model is built
+
+    return DiT(model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim, **options)
+
+
+def bf16_compute(cfg: Config, device_type: str) -> bool:
+    """Whether the models compute in bf16: ``train.precision`` bf16, or auto on a GPU (master weights, optimizer
+    states and gradient reductions stay fp32 either way)."""
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device_type == "cuda")
+
+
 def check_world(cfg: "Config", world_size: int) -> None:
     """The job's ranks must factor into tensor-parallel groups of ``model.tensor_parallel``."""
     if world_size % cfg.model.tensor_parallel:

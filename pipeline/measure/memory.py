@@ -40,7 +40,7 @@ from models.dit import DiT
 from models.layers import DenseLayers, Role, TokenEmbedding, ZeroLinear
 from models.sizes import SIZES
 from models.tensor_parallel import padded
-from pipeline.config import Config, check_world, load_config
+from pipeline.config import Config, bf16_compute, check_world, dit_for, load_config
 
 FP32 = 4  # bytes of an fp32 parameter, gradient or moment
 GiB = 2**30
@@ -329,8 +329,7 @@ def meta_dit(cfg: Config, dropout: float) -> DiT:
     m = cfg.model
     layers = ShardShapes(m.tensor_parallel) if m.tensor_parallel > 1 else None
     with torch.device("meta"):
-        return DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim, dropout=dropout,
-                   causal=m.causal, layers=layers)
+        return dit_for(m, dropout=dropout, causal=m.causal, layers=layers)
 
 
 def count(model: nn.Module, trainable: bool) -> int:
@@ -339,8 +338,7 @@ def count(model: nn.Module, trainable: bool) -> int:
 
 def activation_dtype(cfg: Config, on_gpu: bool) -> torch.dtype:
     """bf16 where the run autocasts (``train.precision`` bf16, or auto on a GPU), else fp32."""
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
-    return torch.bfloat16 if bf16 else torch.float32
+    return torch.bfloat16 if bf16_compute(cfg, "cuda" if on_gpu else "cpu") else torch.float32
 
 
 def trained_memory(name: str, model: nn.Module, zero: int, dp: int, activations: float) -> ModelMemory:

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from models.dit import DiT
-from pipeline.config import Config, ModelConfig, OptimConfig
+from pipeline.config import Config, ModelConfig, OptimConfig, bf16_compute, dit_for
 from pipeline.runtime.distributed import import_deepspeed, uses_cuda
 
 
@@ -19,22 +19,21 @@ def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None 
     With ``model.tensor_parallel`` > 1 (process groups from ``pipeline.runtime.distributed.setup``): this rank's shards
     of that dense model, so every tensor-parallel size starts from the same weights (DeepSpeed partitions a
     ZeRO-3 model when its engine is built). Otherwise a fresh ZeRO-3 model is partitioned as it is created."""
-    dims = (model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim)
     options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal,
                    checkpointing=model.activation_checkpointing)
     if model.tensor_parallel > 1:
         from models.tensor_parallel import MegatronLayers, initialize, load_dense
 
-        dense = DiT(*dims, **options).state_dict()  # drawn even when unused: later draws stay the dense run's
+        dense = dit_for(model, **options).state_dict()  # drawn even when unused: later draws stay the dense run's
         with torch.random.fork_rng(devices=[]):
-            sharded = DiT(*dims, **options, layers=MegatronLayers(initialize(model.tensor_parallel)))
+            sharded = dit_for(model, **options, layers=MegatronLayers(initialize(model.tensor_parallel)))
         load_dense(sharded, dense if weights is None else weights)
         return sharded
     context = contextlib.nullcontext()
     if zero_stage == 3 and weights is None:
         context = import_deepspeed().zero.Init(config_dict_or_path=ds_config)
     with context:
-        dit = DiT(*dims, **options)
+        dit = dit_for(model, **options)
     if weights is not None:
         dit.load_state_dict(weights)
     return dit
@@ -112,12 +111,6 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     if optim.schedule == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def bf16_compute(cfg: Config, device_type: str) -> bool:
-    """Whether the models compute in bf16: ``train.precision`` bf16, or auto on a GPU (master weights, optimizer
-    states and gradient reductions stay fp32 either way)."""
-    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device_type == "cuda")
 
 
 def ds_config(cfg: Config, grad_clip: float | None = None, zero_stage: int | None = None,

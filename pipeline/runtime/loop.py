@@ -17,10 +17,9 @@ from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import RANDOM, UnmaskingOrder
 from pipeline.runtime import checkpoint
 from data_prep.config import ConfigError, save_resolved, to_dict
-from pipeline.config import Config
+from pipeline.config import Config, bf16_compute
 from pipeline.runtime.data import TokenLoader
 from pipeline.runtime.distributed import Dist, all_reduce_sum, broadcast_object
-from pipeline.runtime.engine import bf16_compute
 from pipeline.runtime.ema import EMA
 from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, load_exact_judge

@@ -42,7 +42,7 @@ from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
 from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
-from pipeline.config import Config, DistillConfig
+from pipeline.config import Config, DistillConfig, dit_for
 from pipeline.runtime.data import loader_from_config
 from pipeline.runtime.dataset import dataset_tokenizer_dir, read_dataset_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
@@ -109,7 +109,7 @@ def teacher_weights(cfg: Config, source: Path) -> dict[str, torch.Tensor]:
         return load_file(source / "model.safetensors")
     m = cfg.model
     with torch.device("meta"):
-        shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
+        shapes = dit_for(m)
     return ema_state_dict(source, shapes)
 
 
