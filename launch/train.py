@@ -17,6 +17,7 @@ from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.runtime import logs  # noqa: E402
 from pipeline.runtime.checkpoint import CheckpointError, checkpoint_root, latest_tag  # noqa: E402
 from data_prep.config import ConfigError, to_yaml  # noqa: E402
 from pipeline.config import Config, bf16_compute, check_world, load_config  # noqa: E402
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-gib", type=float, help="device memory per rank to check the plan against")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     args = parser.parse_args(argv)
+    logs.setup()
     rank, cfg = os.environ.get("RANK", "0"), None
     try:
         cfg = load_config(args.config, args.overrides + ([f"model.tensor_parallel={args.tp}"] if args.tp else []))
