@@ -10,10 +10,11 @@ N / T data-parallel ranks, each with N / T of the global batch. Two references r
 DeepSpeed (the engines' AdamW, schedule and clipping): one process with as many threads as the DeepSpeed run has
 ranks, so both use the same cores, and the N ranks as plain ``torch.distributed`` data parallelism (each rank's
 rows, the gradients averaged over the ranks before the clip, as DDP does), so that the time against it is what
-the engines cost and the time against the one process what data parallelism gains over threads. A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
-Peak memory is the peak resident set size of each process (VmHWM: it includes the Python runtime and
-libraries, the same for every configuration), or the peak CUDA allocation on a GPU, where every run (the
-reference too) uses the GPU with bf16 autocast and ``--ranks`` must not exceed the GPUs.
+the engines cost and the time against the one process what data parallelism gains over threads. A repeat times
+``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats`` (the slowest rank's
+time on several ranks). Peak memory is the peak resident set size of each process (VmHWM: it includes the Python
+runtime and libraries, the same for every configuration), or the peak CUDA allocation on a GPU, where every run
+(the references too) uses the GPU with bf16 autocast and ``--ranks`` must not exceed the GPUs.
 """
 from __future__ import annotations
 

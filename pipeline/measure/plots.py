@@ -29,7 +29,7 @@ def plot_curves(metrics_file: Path, out: Path,
     panels = panels or PRETRAIN_CURVES
     rows = read_metrics(metrics_file)
     logged = {key for row in rows.values() for key in row}
-    panels = {title: keys for title, keys in panels.items() if logged.intersection(keys)} or panels  # nothing logged: all, empty
+    panels = {title: keys for title, keys in panels.items() if logged.intersection(keys)} or panels  # or all, empty
     columns = min(3, len(panels))
     rows_of_panels = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5 * columns, 3.6 * rows_of_panels), squeeze=False)
