@@ -40,7 +40,7 @@ from pipeline.runtime.distributed import Dist, run_ranks, uses_cuda  # noqa: E40
 from pipeline.stages.pretrain import corrupt  # noqa: E402
 
 VOCAB = 4000
-REFERENCES = ("plain", "torch_distributed")  # the rows every time is also given as a ratio to
+REFERENCES = ("plain", "torch_distributed")  # the rows that every time is also a ratio to
 
 
 def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int, tensor_parallel: int = 1) -> Config:
