@@ -1,5 +1,5 @@
 """Distillation iteration benchmark: DeepSpeed ZeRO-0 / ZeRO-3 (x tensor parallelism) on N ranks against plain
-PyTorch in one process.
+PyTorch, in one process and on the same N ranks.
 
 ``python launch/bench_distill.py [--size tiny] [--rows 32] [--group 4] [--stages 0 3] [--tensor-parallel 1 2]
 [--steps 5] [--repeats 3] [--json PATH]``
@@ -7,10 +7,13 @@ PyTorch in one process.
 Every configuration runs the same DiDi-Instruct iteration (``pipeline.stages.distill.Distiller.iteration``: rollout,
 teacher, discriminator step, reward, student step, EMA) on the same global rollout (``--rows`` student samples in
 groups of ``--group``) from the same randomly initialised teacher weights; the data rows are synthetic tokens;
-under tensor parallelism T the N ranks form N / T data-parallel ranks. The reference is one process whose student,
-discriminator and teacher are plain modules stepped by ``torch.optim.AdamW`` (with the same non-finite guard) and
-gradient clipping, with as many threads as the DeepSpeed run has ranks. A repeat times ``--steps`` iterations after
-two warm-up iterations; the table gives the median over ``--repeats`` (the slowest rank's time for DeepSpeed).
+under tensor parallelism T the N ranks form N / T data-parallel ranks. The references run the iteration on plain
+modules (student, discriminator and teacher) stepped by ``torch.optim.AdamW`` (with the same non-finite guard) and
+gradient clipping: one process with as many threads as the DeepSpeed run has ranks, and the N ranks as plain
+``torch.distributed`` data parallelism (each rank's rollout rows, the gradients averaged over the ranks before the
+clip, as DDP does), so that the time against it is what the engines cost and the time against the one process what
+data parallelism gains over threads. A repeat times ``--steps`` iterations after two warm-up iterations; the table
+gives the median over ``--repeats`` (the slowest rank's time on several ranks).
 Memory per process: the tensors each co-hosted model holds on that rank (parameters or their ZeRO-3 partitions,
 optimizer state, the EMA shadow) and the peak resident set size (VmHWM, including the Python runtime), or the peak
 CUDA allocation; also the iterations' own peak above what the rank held once built (activations, ZeRO-3 gathers:
@@ -24,7 +27,7 @@ memory (``distill.teacher_offload``) and with per-block activation checkpointing
 (``model.activation_checkpointing``), each as a ratio to the baseline of the same run. Every variant runs in its
 own rank processes (a peak resident set is per process), in interleaved rounds (baseline, offload, checkpointing,
 baseline, ...) so that a change in the machine's load falls on all of them alike; a round is one repeat and the
-table gives medians (the plain-PyTorch reference runs once, before the rounds). On a CPU, offloading moves the
+table gives medians (the one-process reference runs once, before the rounds). On a CPU, offloading moves the
 teacher from one region of host memory to another: its saving shows as the teacher's device-resident tensor bytes,
 not necessarily in the resident set. Beside each variant: what the memory planner (``pipeline.measure.memory``) predicts
 per rank, to hold against the measured peak (on a GPU, ranks that each have one run there over NCCL).
@@ -46,8 +49,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
-from launch.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
+from launch.bench_pretrain import (average_gradients, device_sync, peak_memory_mb, process_group_rank,  # noqa: E402
+                                   run_label, state_mb, time_ratios)
 from data_prep.config import from_dict  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
@@ -88,10 +93,12 @@ def teacher_weights(cfg: Config) -> dict[str, torch.Tensor]:
 
 
 class PlainEngine:
-    """The reference's stand-in for a DeepSpeed engine: a module, AdamW with the LR schedule, clipping."""
+    """The references' stand-in for a DeepSpeed engine: a module, AdamW with the LR schedule, clipping, and with
+    ``data_parallel`` the gradients averaged over the ranks before the clip."""
 
-    def __init__(self, module: torch.nn.Module, optim=None, grad_clip: float = 0.0, max_steps: int = 1):
-        self.module, self.grad_clip = module, grad_clip
+    def __init__(self, module: torch.nn.Module, optim=None, grad_clip: float = 0.0, max_steps: int = 1,
+                 data_parallel: bool = False):
+        self.module, self.grad_clip, self.data_parallel = module, grad_clip, data_parallel
         self.optimizer, self.scheduler = optimizer_for(module, optim, max_steps) if optim else (None, None)
 
     def __call__(self, *args):
@@ -107,6 +114,8 @@ class PlainEngine:
         loss.backward()
 
     def step(self) -> None:
+        if self.data_parallel:
+            average_gradients(self.module)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -167,29 +176,42 @@ def time_iterations(run, d: Dist, steps: int, repeats: int, sync) -> dict:
             "footprint_mb": footprint(run), "peak_mb": max(build_peak, peak), "iteration_peak_mb": peak - held}
 
 
-def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, repeats: int, threads: int) -> dict:
-    """The reference: one process, the whole global rollout, plain modules and optimizers."""
+def plain_distiller(cfg: Config, d: Dist):
+    """The references' ``Distiller``: plain modules and optimizers, the gradients averaged over ``d``'s ranks."""
     from pipeline.stages.distill import Distiller, initial_models
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    cfg = bench_config(size, seq_len, rows, group, 0)
-    d = Dist(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     student, disc, teacher = (m.to(d.device) for m in initial_models(cfg, teacher_weights(cfg)))
     teacher.requires_grad_(False)
     teacher.eval()
-    s = PlainEngine(student, cfg.optim, cfg.optim.grad_clip, cfg.train.max_steps)
-    dsc = PlainEngine(disc, cfg.discriminator_optim, cfg.discriminator_optim.grad_clip, cfg.train.max_steps)
-    run = Distiller(cfg, d, s, s.optimizer, dsc, dsc.optimizer, PlainEngine(teacher))
+    data_parallel = d.world_size > 1
+    s = PlainEngine(student, cfg.optim, cfg.optim.grad_clip, cfg.train.max_steps, data_parallel)
+    dsc = PlainEngine(disc, cfg.discriminator_optim, cfg.discriminator_optim.grad_clip, cfg.train.max_steps,
+                      data_parallel)
+    return Distiller(cfg, d, s, s.optimizer, dsc, dsc.optimizer, PlainEngine(teacher))
+
+
+def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, repeats: int, threads: int) -> dict:
+    """The one-process reference: the whole global rollout on ``threads`` threads."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    d = Dist(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    run = plain_distiller(bench_config(size, seq_len, rows, group, 0), d)
     result = time_iterations(run, d, steps, repeats, device_sync(d))
     torch.set_num_threads(previous_threads)
     return result
 
 
+def _torch_distributed_rank(rank: int, world_size: int, size: str, seq_len: int, rows: int, group: int, steps: int,
+                            repeats: int) -> dict:
+    """The data-parallel reference on one of the ranks: its rollout rows, plain modules, no DeepSpeed."""
+    d = process_group_rank()
+    sync = device_sync(d)
+    run = plain_distiller(bench_config(size, seq_len, rows, group, 0), d)
+    return time_iterations(run, d, steps, repeats, lambda: (sync(), dist.barrier()))
+
+
 def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, rows: int, group: int, stage: int,
                     steps: int, repeats: int, tensor_parallel: int, variant: str = "baseline") -> dict:
-    import torch.distributed as dist
-
     from pipeline.stages.distill import build_distiller
     from pipeline.runtime.distributed import setup
 
@@ -211,15 +233,14 @@ def summarise(runs: list[dict], tokens: int) -> dict:
 
 
 def table(results: dict, ranks: int) -> list[str]:
-    base = results["plain"]["iteration_s"]
-    lines = ["| run | iteration (min–max) | rollout tokens/s | time vs plain | " + " | ".join(PHASES) + " |",
-             "|---|---|---|---|" + "---|" * len(PHASES)]
+    lines = ["| run | iteration (min–max) | rollout tokens/s | time vs plain | time vs torch.distributed | "
+             + " | ".join(PHASES) + " |", "|---|---|---|---|---|" + "---|" * len(PHASES)]
     for name, r in results.items():
         label = run_label(name, ranks)
         phases = " | ".join(f"{r['phase_s'][p] * 1000:.0f} ms" for p in PHASES)
         lines.append(f"| {label} | {r['iteration_s'] * 1000:.0f} ms ({r['spread'][0] * 1000:.0f}–"
                      f"{r['spread'][1] * 1000:.0f}) | {r['rollout_tokens_per_s']:,.0f} | "
-                     f"{r['iteration_s'] / base:.2f}× | {phases} |")
+                     f"{r['time_vs']['plain']:.2f}× | {r['time_vs']['torch_distributed']:.2f}× | {phases} |")
     lines += ["", "| run | student + AdamW | EMA student | discriminator + AdamW | teacher | all four | peak RSS |",
               "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -232,8 +253,11 @@ def table(results: dict, ranks: int) -> list[str]:
 
 
 def stages_and_tensor_parallel(args: argparse.Namespace, tokens: int) -> dict:
-    """Every ``--stages`` x ``--tensor-parallel`` configuration, each in one set of rank processes."""
-    results = {}
+    """The torch.distributed reference and every ``--stages`` x ``--tensor-parallel`` configuration, each in one
+    set of rank processes."""
+    results = {"torch_distributed": summarise(run_ranks(
+        _torch_distributed_rank, args.ranks, args.size, args.seq_len, args.rows // args.ranks, args.group,
+        args.steps, args.repeats), tokens)}
     for tp in args.tensor_parallel:
         for stage in args.stages:
             ranks = run_ranks(_deepspeed_rank, args.ranks, args.size, args.seq_len, args.rows * tp // args.ranks,
@@ -329,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--markdown", help="also write the printed report here, below the command that made it")
     args = parser.parse_args(argv)
-    for tp in [1] if args.compare else args.tensor_parallel:
+    for tp in {1, *([] if args.compare else args.tensor_parallel)}:  # 1: the torch.distributed reference
         if args.ranks % tp or args.rows % (args.ranks // tp * args.group):
             parser.error(f"--rows {args.rows} does not split into {args.ranks} ranks / --tensor-parallel {tp} "
                          f"data-parallel ranks of whole groups of {args.group}")
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: {**r, "ratios": ratios(r, results["baseline"])} for name, r in results.items()}
         lines, notes = variant_table(results, args.ranks), [OFFLOAD_NOTE]
     else:
-        results.update(stages_and_tensor_parallel(args, tokens))
+        results = time_ratios({**results, **stages_and_tensor_parallel(args, tokens)}, "iteration_s")
         lines, notes = table(results, args.ranks), []
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
