@@ -1,4 +1,4 @@
-"""``python launch/bench_data.py``: throughput of data preparation and of the training loader, in one run.
+"""``python launch/bench/bench_data.py``: throughput of data preparation and of the training loader, in one run.
 
 Gives the numbers behind two questions, measured on the same machine in one run: how fast ``prepare`` turns
 text into shards (per tokenizer: SentencePiece, and GPT-2's BPE when ``--gpt2-ranks`` gives its ranks file; with
@@ -32,19 +32,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from data_prep.documents import list_input_files  # noqa: E402
-from data_prep.merge import merge  # noqa: E402
-from data_prep.prepare import CONFIG_NAME, Task, prepare, resolved, train_tokenizer  # noqa: E402
-from pipeline.config import PrepareConfig, save_resolved  # noqa: E402
-from pipeline.runtime.data import TokenLoader, TokenShards, epoch_order  # noqa: E402
-from pipeline.runtime.stream import StreamLoader  # noqa: E402
+from data_prep.documents import list_input_files
+from data_prep.merge import merge
+from data_prep.prepare import CONFIG_NAME, Task, prepare, resolved, train_tokenizer
+from pipeline.config import PrepareConfig, save_resolved
+from pipeline.runtime.data import TokenLoader, TokenShards, epoch_order
+from pipeline.runtime.stream import StreamLoader
 
-CORPUS = Path(__file__).resolve().parents[1] / "data_prep" / "corpus" / "shakespeare"
+CORPUS = Path(__file__).resolve().parents[2] / "data_prep" / "corpus" / "shakespeare"
 # (label, workers per task, tasks): 1 and 2 workers in one job, and an array job of 2 one-worker tasks
 RUNS = (("1 worker", 1, 1), ("2 workers", 2, 1), ("2 tasks", 1, 2))
 OWT_TOKENS = 9e9  # OpenWebText in GPT-2 tokens, for the cluster-scale estimate
@@ -54,7 +53,7 @@ CHECKED_BATCHES = 4
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch/bench_data.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="launch/bench/bench_data.py", description=__doc__.splitlines()[0])
     parser.add_argument("--input", nargs="+", default=[str(CORPUS)], metavar="PATH",
                         help="text/JSONL/FASTA files or directories (default: the embedded Shakespeare corpus)")
     parser.add_argument("--out", help="empty or new scratch directory, kept afterwards (default: a temporary one)")

@@ -1,7 +1,7 @@
 """Distillation iteration benchmark: DeepSpeed ZeRO-0 / ZeRO-3 (x tensor parallelism) on N ranks against plain
 PyTorch in one process.
 
-``python launch/bench_distill.py [--size tiny] [--rows 32] [--group 4] [--stages 0 3] [--tensor-parallel 1 2]
+``python launch/bench/bench_distill.py [--size tiny] [--rows 32] [--group 4] [--stages 0 3] [--tensor-parallel 1 2]
 [--steps 5] [--repeats 3] [--json PATH]``
 
 Every configuration runs the same DiDi-Instruct iteration (``pipeline.stages.distill.Distiller.iteration``: rollout,
@@ -16,7 +16,7 @@ optimizer state, the EMA shadow) and the peak resident set size (VmHWM, includin
 CUDA allocation; also the iterations' own peak above what the rank held once built (activations, ZeRO-3 gathers:
 the peak is restarted after the build).
 
-``python launch/bench_distill.py --compare offload checkpointing [--size tiny] [--seq-len 128] [--rows 32]
+``python launch/bench/bench_distill.py --compare offload checkpointing [--size tiny] [--seq-len 128] [--rows 32]
 [--steps 2] [--repeats 3] [--json PATH] [--markdown PATH]``
 
 compares, on ZeRO-3 without tensor parallelism, the baseline iteration with the frozen teacher offloaded to host
@@ -43,11 +43,9 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 
-from launch.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
+from launch.bench.bench_pretrain import device_sync, peak_memory_mb, run_label, state_mb  # noqa: E402
 from pipeline.config import Config, from_dict  # noqa: E402
 from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
 from pipeline.runtime.engine import optimizer_for  # noqa: E402
@@ -354,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join([header, "", *lines, *("\n" + note for note in notes)])
     print(report)
     if args.markdown:
-        command = " ".join(["python launch/bench_distill.py", *(sys.argv[1:] if argv is None else argv)])
+        command = " ".join(["python launch/bench/bench_distill.py", *(sys.argv[1:] if argv is None else argv)])
         Path(args.markdown).write_text(f"Written by `{command}`.\n\n{report}\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"setup": header, "notes": notes, "results": results}, indent=1) + "\n")

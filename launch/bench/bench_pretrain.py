@@ -1,11 +1,11 @@
 """Pre-training step benchmark: DeepSpeed ZeRO 0 / 2 / 3 (x tensor parallelism) on N CPU ranks against a
 plain-PyTorch loop.
 
-``python launch/bench_pretrain.py [--size tiny] [--batch 32] [--stages 0 2 3] [--tensor-parallel 1 2]
+``python launch/bench/bench_pretrain.py [--size tiny] [--batch 32] [--stages 0 2 3] [--tensor-parallel 1 2]
 [--steps 10] [--repeats 5] [--json PATH]``
 
 Every configuration trains the same model on the same global batch (synthetic tokens; the loader is
-benchmarked in ``launch/bench_data.py``) with the same NELBO step; under tensor parallelism T the N ranks form
+benchmarked in ``launch/bench/bench_data.py``) with the same NELBO step; under tensor parallelism T the N ranks form
 N / T data-parallel ranks, each with N / T of the global batch. The reference is one process running a plain
 ``torch.optim.AdamW`` loop with as many threads as the DeepSpeed run has ranks, so both use the same cores.
 A repeat times ``--steps`` optimizer steps after warm-up; the table gives the median over ``--repeats``.
@@ -25,8 +25,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

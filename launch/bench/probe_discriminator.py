@@ -1,7 +1,7 @@
 """Can a discriminator tell a teacher's few-step samples from data at all? A diagnostic of the distillation's
 reward on a synthetic corpus, with the student out of the picture.
 
-``python launch/probe_discriminator.py --teacher BUNDLE --data DIR --chain DIR [--steps 8] [--samples 1024]
+``python launch/bench/probe_discriminator.py --teacher BUNDLE --data DIR --chain DIR [--steps 8] [--samples 1024]
 [--iterations 300] [--lr 1e-4] [--unfreeze-blocks 4] [--json OUT]``
 
 Two discriminators start from the teacher's weights and learn the teacher's ``--steps``-step samples (fake)
@@ -23,20 +23,18 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from data_prep.synthetic import load_chain  # noqa: E402
-from data_prep.tokenizers import load_tokenizer  # noqa: E402
-from models.didi import coupled_corruption, discriminator_loss, row_rewards  # noqa: E402
-from models.diffusion import LogLinearSchedule  # noqa: E402
-from models.discriminator import Discriminator  # noqa: E402
-from pipeline.bundle import load_bundle  # noqa: E402
-from pipeline.measure.exact_judge import ExactJudge  # noqa: E402
-from pipeline.runtime.data import TokenShards  # noqa: E402
-from pipeline.stages.sample import sample  # noqa: E402
+from data_prep.synthetic import load_chain
+from data_prep.tokenizers import load_tokenizer
+from models.didi import coupled_corruption, discriminator_loss, row_rewards
+from models.diffusion import LogLinearSchedule
+from models.discriminator import Discriminator
+from pipeline.bundle import load_bundle
+from pipeline.measure.exact_judge import ExactJudge
+from pipeline.runtime.data import TokenShards
+from pipeline.stages.sample import sample
 
 TAU_CLAMP = (0.02, 0.98)
 
@@ -149,7 +147,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launch/probe_discriminator.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="launch/bench/probe_discriminator.py", description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True, help="teacher bundle")
     parser.add_argument("--data", required=True, help="the prepared synthetic corpus")
     parser.add_argument("--chain", required=True, help="its chain (directory or chain.json)")

@@ -1,6 +1,6 @@
 """Where is a teacher wrong? Its denoiser against the exact posterior of a synthetic corpus's chain, per mask level.
 
-``python launch/probe_teacher.py --teacher BUNDLE --data DIR --chain DIR [--rows 256] [--levels 0.98 0.9 ...]
+``python launch/bench/probe_teacher.py --teacher BUNDLE --data DIR --chain DIR [--rows 256] [--levels 0.98 0.9 ...]
 [--seed 0] [--json OUT]``
 
 Validation rows of the prepared corpus are masked at each level (each position independently); at the masked
@@ -16,17 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from data_prep.synthetic import load_chain  # noqa: E402
-from data_prep.tokenizers import load_tokenizer  # noqa: E402
-from models.diffusion import subs_log_probs  # noqa: E402
-from pipeline.bundle import load_bundle  # noqa: E402
-from pipeline.measure.exact_denoiser import ChainPosterior  # noqa: E402
-from pipeline.measure.exact_judge import ExactJudge  # noqa: E402
-from pipeline.runtime.data import TokenShards  # noqa: E402
+from data_prep.synthetic import load_chain
+from data_prep.tokenizers import load_tokenizer
+from models.diffusion import subs_log_probs
+from pipeline.bundle import load_bundle
+from pipeline.measure.exact_denoiser import ChainPosterior
+from pipeline.measure.exact_judge import ExactJudge
+from pipeline.runtime.data import TokenShards
 
 
 def entropy(log_p: torch.Tensor) -> torch.Tensor:
@@ -51,7 +49,7 @@ def probe(teacher, exact: ChainPosterior, rows: torch.Tensor, levels: list[float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launch/probe_teacher.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="launch/bench/probe_teacher.py", description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True, help="teacher bundle")
     parser.add_argument("--data", required=True, help="the prepared synthetic corpus")
     parser.add_argument("--chain", required=True, help="its chain (directory or chain.json)")

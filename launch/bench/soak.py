@@ -1,7 +1,7 @@
 """Kill soak: training jobs on 2 CPU ranks killed at random moments, rerun until they finish, and compared
 bit for bit with an uninterrupted run.
 
-``python launch/soak.py [--trials 20] [--stages pretrain distill] [--out runs/soak] [--seed 0] [--json PATH]``
+``python launch/bench/soak.py [--trials 20] [--stages pretrain distill] [--out runs/soak] [--seed 0] [--json PATH]``
 
 Each trial starts the stage under the deepspeed launcher (2 ranks, the unit DiT on the embedded corpus,
 checkpoints every few steps), then, at a random moment, sends SIGKILL to rank 0, to rank 1 or to the whole job,
@@ -24,17 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psutil
 
-import psutil  # noqa: E402
+from data_prep.prepare import prepare
+from pipeline.config import Config, PrepareConfig, from_dict, save_resolved
+from pipeline.measure.machine import describe
+from pipeline.measure.plots import read_metrics
+from pipeline.runtime import integrity
 
-from data_prep.prepare import prepare  # noqa: E402
-from pipeline.config import Config, PrepareConfig, from_dict, save_resolved  # noqa: E402
-from pipeline.measure.machine import describe  # noqa: E402
-from pipeline.measure.plots import read_metrics  # noqa: E402
-from pipeline.runtime import integrity  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data_prep" / "corpus" / "shakespeare"
 TARGETS = ("rank 0", "rank 1", "whole job", "whole job (SIGTERM)")
 COMPARED = {"pretrain": ("train/loss_nats", "val/nelbo_nats"),
@@ -212,7 +210,7 @@ def soak(stages: list[str], trials: int, out: Path, seed: int, steps: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launch/soak.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="launch/bench/soak.py", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="per stage")
     parser.add_argument("--stages", nargs="+", choices=sorted(COMPARED), default=["pretrain", "distill"])
     parser.add_argument("--out", default="runs/soak", help="scratch directory (data, teacher, runs)")

@@ -53,7 +53,7 @@ def test_the_cumulative_arms_add_one_technique_each_and_every_arm_is_a_valid_con
     cumulative = ("baseline", "intermediate", "coupled", "omega", "paper")
     on = []
     for arm in ARMS:
-        cfg = load_config("launch/configs/markov/distill.yaml", [s.removeprefix("--set=") for s in
+        cfg = load_config("launch/recipes/synthetic/distill.yaml", [s.removeprefix("--set=") for s in
                                                                   (switches(arm) if arm != "main" else [])])
         if arm in cumulative:
             on.append([t for t in techniques if getattr(cfg.distill, t)])

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from launch.bench_distill import PHASES, main
+from launch.bench.bench_distill import PHASES, main
 
 
 @pytest.mark.distributed

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from launch.bench_pretrain import VOCAB, main
+from launch.bench.bench_pretrain import VOCAB, main
 from pipeline.measure.memory import shard_parameters, state_bytes
 
 

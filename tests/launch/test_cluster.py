@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launch.soak import deepspeed, environment, free_port, start
+from launch.bench.soak import deepspeed, environment, free_port, start
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.runtime.preemption import EXIT_CODE
 from tests.conftest import ROOT, train_command

@@ -1,4 +1,4 @@
-"""``bash launch/protein.sh`` end to end on a tiny FASTA of synthetic families (no Debian download): the split
+"""``bash launch/recipes/protein/protein.sh`` end to end on a tiny FASTA of synthetic families (no Debian download): the split
 keeps families apart and counts what it skipped, every stage runs, and the table carries the protein metrics."""
 import json
 import os

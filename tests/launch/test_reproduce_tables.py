@@ -1,11 +1,11 @@
-"""The reproduction's ablation arms and target checks (launch/reproduction.py)."""
+"""The reproduction's ablation arms and target checks (launch/recipes/reproduce/tables.py)."""
 import json
 from dataclasses import asdict
 
-from launch.reproduction import ARMS, TECHNIQUES, VARIANTS, orders_table, switches, targets
+from launch.recipes.reproduce.tables import ARMS, TECHNIQUES, VARIANTS, orders_table, switches, targets
 from pipeline.config import load_config
 
-DISTILL = "launch/configs/reproduce/distill.yaml"
+DISTILL = "launch/recipes/reproduce/distill.yaml"
 
 
 def arm_config(arm: str | None, section: str = "distill"):

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Proteins end to end (about 90 minutes on 2 CPU cores): bash launch/protein.sh
+# Proteins end to end (about 90 minutes on 2 CPU cores): bash launch/recipes/protein/protein.sh
 # Installs Debian's metastudent-data (UniProtKB proteins, release 2014-01, as BLAST databases; 764 MB) and
 # mmseqs2 if they are missing (apt-get: root or passwordless sudo), keeps the 40,000 de-duplicated proteins of
 # 20-254 residues with the smallest content hash, splits them by 30 % identity cluster (python -m data_prep
 # proteins), prepares them with the protein tokenizer, pre-trains the tiny MDLM teacher and an in-domain causal
 # judge on the training split, distils the teacher, converts the three to bundles and evaluates teacher and
-# student at 8 … 256 steps (launch/configs/protein/). Writes runs/protein/ (override with OUT=...) and copies the
+# student at 8 … 256 steps (launch/recipes/protein/). Writes runs/protein/ (override with OUT=...) and copies the
 # table and plots to launch/results/protein/ (RESULTS=...). Rerunning reuses finished work and resumes training.
 #   FASTA=PATH        read these FASTA files instead of the Debian databases (nothing is installed but mmseqs2)
 #   MAX_SEQUENCES=N   proteins kept (0: all), MAX_LENGTH=N (254: one protein fits a row of 256)
 #   TEACHER_SET, JUDGE_SET, DISTILL_SET, EVALUATE_SET: extra KEY=VALUE overrides of a stage, space-separated
-#   CONFIGS=DIR       the stage configs (launch/configs/protein/gpu for the GPU sizes)
+#   CONFIGS=DIR       the stage configs (launch/recipes/protein/gpu for the GPU sizes)
 #   THREADS=N         mmseqs2's threads and the evaluation's (2)
-source "$(dirname "$0")/setup_env.sh"
+source "$(dirname "$0")/../../setup_env.sh"
 OUT="${OUT:-runs/protein}"
 RESULTS="${RESULTS:-launch/results/protein}"
 RANKS="${RANKS:-2}"
-CONFIGS="${CONFIGS:-launch/configs/protein}"
+CONFIGS="${CONFIGS:-launch/recipes/protein}"
 MAX_LENGTH="${MAX_LENGTH:-254}"
 MAX_SEQUENCES="${MAX_SEQUENCES:-40000}"
 THREADS="${THREADS:-2}"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # A teacher's step curve in one regime (corpus, tokenizer, length, model size, training time):
-#   bash launch/regime.sh NAME [--set key=value ...]
-# prepares launch/configs/regimes/NAME_prepare.yaml, pre-trains NAME_pretrain.yaml (overrides apply there) on
+#   bash launch/recipes/regime/regime.sh NAME [--set key=value ...]
+# prepares launch/recipes/regime/NAME_prepare.yaml, pre-trains NAME_pretrain.yaml (overrides apply there) on
 # RANKS ranks, converts the teacher and judges it with the plain sampler at every step count of
 # teacher_steps.yaml. Writes runs/regimes/NAME/, and the table and plot to launch/results/regimes/NAME_STEPSsteps.*
 # Rerunning reuses finished work and resumes training: `--set train.max_steps=N` trains the same teacher longer.
-source "$(dirname "$0")/setup_env.sh"
-NAME="${1:?usage: bash launch/regime.sh NAME [--set key=value ...]}"
+source "$(dirname "$0")/../../setup_env.sh"
+NAME="${1:?usage: bash launch/recipes/regime/regime.sh NAME [--set key=value ...]}"
 shift
-CONFIGS=launch/configs/regimes
+CONFIGS=launch/recipes/regime
 [ -f "$CONFIGS/${NAME}_prepare.yaml" ] && [ -f "$CONFIGS/${NAME}_pretrain.yaml" ] \
   || { echo "error: no regime '$NAME' ($CONFIGS/${NAME}_prepare.yaml and _pretrain.yaml)" >&2; exit 2; }
 OUT="${OUT:-runs/regimes/$NAME}"

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Which tokens a step reveals, on a corpus whose distribution is known (about 50 / 75 minutes on 2 CPU cores):
-#   [FAMILY=markov|regime] bash launch/orders.sh
+#   [FAMILY=markov|regime] bash launch/recipes/synthetic/orders.sh
 # makes the chain (a first-order Markov chain, or the regime-switching chain with long-range structure; seed
 # SEED, default 1), prepares its corpus, pre-trains the tiny teacher (1,500 / 5,000 steps), distils it twice with
-# launch/configs/markov/distill.yaml (rollouts in the random order, and in dispersed:3), converts all three and
+# launch/recipes/synthetic/distill.yaml (rollouts in the random order, and in dispersed:3), converts all three and
 # evaluates them under the chain's exact judge: the teacher, its best temperature and the exact denoiser at
 # 4 ... 64 steps and both students at 4 ... 32, in the random and the dispersed:3 order
-# (launch/configs/markov/orders_evaluate.yaml, orders_student_evaluate.yaml), and the teacher and the exact
+# (launch/recipes/synthetic/orders_evaluate.yaml, orders_student_evaluate.yaml), and the teacher and the exact
 # denoiser at 4 and 8 steps in the other orders (orders_probe_evaluate.yaml). Writes runs/orders/FAMILY/
 # (OUT=...) and the tables to launch/results/orders/FAMILY/ (RESULTS=...). Rerunning reuses finished work.
-source "$(dirname "$0")/setup_env.sh"
+source "$(dirname "$0")/../../setup_env.sh"
 FAMILY="${FAMILY:-markov}"
 [ "$FAMILY" = markov ] || [ "$FAMILY" = regime ] || { echo "error: FAMILY=$FAMILY: markov or regime" >&2; exit 2; }
 OUT="${OUT:-runs/orders/$FAMILY}"
@@ -19,7 +19,7 @@ TEACHER_STEPS=1500
 # the regime family's long-range structure takes the teacher longer to learn (its exact NLL still falls at 1,500)
 [ "$FAMILY" = markov ] || TEACHER_STEPS=5000
 RANKS="${RANKS:-2}"
-CONFIGS=launch/configs/markov
+CONFIGS=launch/recipes/synthetic
 TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db" --set tracking.experiment="orders-$FAMILY")
 if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   export DS_ACCELERATOR=cpu
@@ -54,6 +54,6 @@ OMP_NUM_THREADS="$(nproc)" stage evaluate_dispersed3 python -m pipeline evaluate
   --set out="$OUT/evaluate_dispersed3" "${EVAL[@]}"
 OMP_NUM_THREADS="$(nproc)" stage evaluate_probe python -m pipeline evaluate \
   --config "$CONFIGS/orders_probe_evaluate.yaml" --set out="$OUT/evaluate_probe" "${EVAL[@]}"
-python launch/orders_tables.py "$OUT" --results "$RESULTS"
+python launch/recipes/synthetic/orders_tables.py "$OUT" --results "$RESULTS"
 cp "$OUT/timings.tsv" "$RESULTS/"
 cp "$OUT/evaluate_random"/*_vs_nfe.png "$RESULTS/"

@@ -1,6 +1,6 @@
-"""The unmasking-order tables of launch/orders.sh, from the three evaluations it leaves in OUT:
+"""The unmasking-order tables of launch/recipes/synthetic/orders.sh, from the three evaluations it leaves in OUT:
 
-    python launch/orders_tables.py OUT [--order dispersed:3] [--results DIR]   # DIR/orders.{md,json}
+    python launch/recipes/synthetic/orders_tables.py OUT [--order dispersed:3] [--results DIR]   # DIR/orders.{md,json}
 
 First how much of the few-step error is the order (the teacher and the exact denoiser in every order, by step
 count); then what the distillation buys on top of it, always within one order (the teacher, its best temperature
@@ -13,11 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.measure.exact_judge import METRICS  # noqa: E402
-from pipeline.measure.machine import describe  # noqa: E402
-from pipeline.stages.evaluate import EXACT_DENOISER, metric_text  # noqa: E402
+from pipeline.measure.exact_judge import METRICS
+from pipeline.measure.machine import describe
+from pipeline.stages.evaluate import EXACT_DENOISER, metric_text
 
 SHOWN = ("nll_per_letter", "invalid_rate", "bigram_tv", "conditional_entropy", "switches_per_64", "unigram_entropy")
 
@@ -30,7 +28,7 @@ def load_rows(out: Path, order: str) -> list[dict]:
     for rollout in ("random", order, "probe"):
         path = out / f"evaluate_{rollout.replace(':', '')}" / "results.json"
         if not path.is_file():
-            raise SystemExit(f"error: {path} missing: run bash launch/orders.sh first")
+            raise SystemExit(f"error: {path} missing: run bash launch/recipes/synthetic/orders.sh first")
         held_out, *sampled = json.loads(path.read_text())["rows"]
         if rollout == "random":
             rows.append({**held_out, "label": "held-out data"})
@@ -125,8 +123,8 @@ def tables(out: Path, order: str, results: Path) -> str:
     steps = sorted({r["steps"] for r in rows if r["label"] == "teacher"})
     held_out = next(r for r in rows if r["label"] == "held-out data")
     family = "regime" if regime else "markov"
-    lines = [f"Unmasking orders on `{out}` (`FAMILY={family} bash launch/orders.sh`, tables by "
-             f"`python launch/orders_tables.py {out} --order {order}`), {describe()}. 256 samples a cell; every interval is a 95 % bootstrap "
+    lines = [f"Unmasking orders on `{out}` (`FAMILY={family} bash launch/recipes/synthetic/orders.sh`, tables by "
+             f"`python launch/recipes/synthetic/orders_tables.py {out} --order {order}`), {describe()}. 256 samples a cell; every interval is a 95 % bootstrap "
              "interval over samples (all of them in the evaluations' results.md).", ""]
     for key, title, fmt in metrics:
         lines += [f"**{title}**, the teacher and the exact denoiser in each order (held-out data: "
@@ -143,8 +141,8 @@ def tables(out: Path, order: str, results: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launch/orders_tables.py", description=__doc__.splitlines()[0])
-    parser.add_argument("out", help="launch/orders.sh's OUT (runs/orders/FAMILY)")
+    parser = argparse.ArgumentParser(prog="launch/recipes/synthetic/orders_tables.py", description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="launch/recipes/synthetic/orders.sh's OUT (runs/orders/FAMILY)")
     parser.add_argument("--order", default="dispersed:3", help="the second student's rollout order")
     parser.add_argument("--results", default=None, help="where orders.{md,json} go (default: OUT)")
     args = parser.parse_args(argv)

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# The distillation on a corpus whose distribution is known (about 20 minutes on 2 CPU cores): bash launch/oracle.sh
+# The distillation on a corpus whose distribution is known (about 20 minutes on 2 CPU cores): bash launch/recipes/synthetic/synthetic.sh
 # makes a synthetic Markov chain (chain seed SEED, default 1: the settings were tuned on chain seed 0), prepares its
-# corpus, pre-trains the tiny teacher, distils it (launch/configs/markov/distill.yaml), converts both and evaluates
+# corpus, pre-trains the tiny teacher, distils it (launch/recipes/synthetic/distill.yaml), converts both and evaluates
 # them under the chain's exact judge: the teacher at 4 ... 256 steps, the student at 4 / 8 / 16 / 32 with the plain
 # sampler and RGAS, the teacher's best temperature and the entropy-matched control, the exact denoiser. Writes
-# runs/oracle/ (override with OUT=...) and the tables and plots to launch/results/oracle/ (RESULTS=...).
+# runs/synthetic/ (override with OUT=...) and the tables and plots to launch/results/synthetic/ (RESULTS=...).
 # Rerunning reuses finished work and resumes training.
-source "$(dirname "$0")/setup_env.sh"
-OUT="${OUT:-runs/oracle}"
-RESULTS="${RESULTS:-launch/results/oracle}"
+source "$(dirname "$0")/../../setup_env.sh"
+OUT="${OUT:-runs/synthetic}"
+RESULTS="${RESULTS:-launch/results/synthetic}"
 SEED="${SEED:-1}"
 RANKS="${RANKS:-2}"
-CONFIGS=launch/configs/markov
+CONFIGS=launch/recipes/synthetic
 
-TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db" --set tracking.experiment=oracle)
+TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db" --set tracking.experiment=synthetic)
 if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   export DS_ACCELERATOR=cpu
 fi

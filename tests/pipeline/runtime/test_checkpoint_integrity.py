@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import Config, from_dict, save_resolved
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime import integrity
-from launch.soak import deepspeed, environment
+from launch.bench.soak import deepspeed, environment
 from tests.conftest import ROOT, train_command
 from tests.pipeline.stages.test_distill import distill_settings
 from tests.pipeline.stages.test_pretrain import settings

@@ -15,7 +15,7 @@ from pipeline.runtime import urls
 from pipeline.runtime.data import DataError, TokenLoader, TokenShards, loader_from_config
 from pipeline.runtime.stream import StreamLoader, assign, buffer_order
 from pipeline.stages.convert import convert
-from launch.bench_data import http_server
+from launch.bench.bench_data import http_server
 from tests.conftest import run_killed_and_resumed, tiny_prepare_config
 from tests.pipeline.runtime.test_data import all_batches
 from tests.pipeline.stages.test_pretrain import settings
