@@ -1,16 +1,22 @@
-"""The reproduction's ablation arms and target checks (launch/recipes/reproduce/tables.py)."""
+"""The reproduction's ablation arms (launch/recipes/reproduce/ablation.yaml) and target checks
+(launch/recipes/reproduce/tables.py)."""
 import json
 from dataclasses import asdict
 
-from launch.recipes.reproduce.tables import ARMS, TECHNIQUES, VARIANTS, orders_table, switches, targets
+from launch.recipes.ablation import load_spec, spec_path, switches
+from launch.recipes.reproduce.tables import orders_table, targets
 from pipeline.config import load_config
 
-DISTILL = "launch/recipes/reproduce/distill.yaml"
+SPEC = load_spec(spec_path("reproduce"))
+DISTILL = SPEC["distill"]["config"]
+TECHNIQUES = ("intermediate_state", "coupled_time", "omega_weight", "regularisation")
+ARMS = [r["arm"] for r in SPEC["tables"]["ablation"]["rows"] if r["arm"] != "main"]
+VARIANTS = {r["arm"]: r["label"].strip("`") for r in SPEC["tables"]["variants"]["rows"] if r["arm"] != "paper"}
 
 
 def arm_config(arm: str | None, section: str = "distill"):
     """One section of the distillation config of an arm (None: the main arm), with its overrides applied."""
-    overrides = [] if arm is None else [s.removeprefix("--set=") for s in switches(arm)]
+    overrides = [] if arm is None else [s.removeprefix("--set=") for s in switches(SPEC, arm)]
     return asdict(getattr(load_config(DISTILL, overrides), section))
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The paper's claim at small scale, main arm (about 90 minutes on 2 CPU cores): bash launch/recipes/reproduce/reproduce.sh
+# The paper's claim at small scale, main arm (about 90 minutes on 2 CPU cores):
+#   bash launch/recipes/reproduce/reproduce.sh
 # prepares Macbeth with a 1k BPE (regime macbeth1k), pre-trains the tiny MDLM teacher for 2,500 steps and
 # an in-domain autoregressive judge on the training split, distils the teacher with every DiDi-Instruct
 # technique on, converts the three to bundles and evaluates teacher and student side by side (both judges,
 # 256 samples a cell, entropy-matched controls). Writes runs/reproduce/ (override with OUT=...) and the
-# tables and plots to launch/results/reproduce/. The ablation arms follow with launch/ablation.sh.
+# tables and plots to launch/results/reproduce/. The ablation arms follow with
+# bash launch/recipes/ablation.sh reproduce ARM.
 # Rerunning reuses finished work and resumes training.
 source "$(dirname "$0")/../../setup_env.sh"
 OUT="${OUT:-runs/reproduce}"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The distillation on a corpus whose distribution is known (about 20 minutes on 2 CPU cores): bash launch/recipes/synthetic/synthetic.sh
-# makes a synthetic Markov chain (chain seed SEED, default 1: the settings were tuned on chain seed 0), prepares its
+# The synthetic benchmark: the distillation on a corpus whose distribution is known, its markov family (about 20
+# minutes on 2 CPU cores):
+#   bash launch/recipes/synthetic/synthetic.sh
+# makes a first-order Markov chain (chain seed SEED, default 1: the settings were tuned on chain seed 0), prepares its
 # corpus, pre-trains the tiny teacher, distils it (launch/recipes/synthetic/distill.yaml), converts both and evaluates
 # them under the chain's exact judge: the teacher at 4 ... 256 steps, the student at 4 / 8 / 16 / 32 with the plain
 # sampler and RGAS, the teacher's best temperature and the entropy-matched control, the exact denoiser. Writes
 # runs/synthetic/ (override with OUT=...) and the tables and plots to launch/results/synthetic/ (RESULTS=...).
-# Rerunning reuses finished work and resumes training.
+# Rerunning reuses finished work and resumes training. The ablation arms follow with
+# bash launch/recipes/ablation.sh synthetic ARM.
 source "$(dirname "$0")/../../setup_env.sh"
 OUT="${OUT:-runs/synthetic}"
 RESULTS="${RESULTS:-launch/results/synthetic}"
