@@ -11,7 +11,7 @@
 source "$(dirname "$0")/../../setup_env.sh"
 OUT="${OUT:-runs/reproduce}"
 RANKS="${RANKS:-2}"
-CONFIGS=launch/configs/reproduce
+CONFIGS=launch/recipes/reproduce
 TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db")
 if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   export DS_ACCELERATOR=cpu
