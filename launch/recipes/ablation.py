@@ -56,17 +56,18 @@ def commands(spec: dict, arm: str, out: Path, ranks: int) -> list[list[str]]:
     def sets(stage: str) -> list[str]:
         return [f"--set={s.format(out=out, arm=arm)}" for s in spec[stage]["set"]]
 
-    python = [sys.executable]
     return [["deepspeed", "--num_gpus", str(ranks), "--master_port", os.environ.get("MASTER_PORT", "29500"),
              "launch/train.py", "--config", spec["distill"]["config"], f"--set=run.out_dir={where}/distill",
              *sets("distill"), *switches(spec, arm)],
-            [*python, "-m", "pipeline", "convert", "--checkpoint", f"{where}/distill", "--out",
+            [sys.executable, "-m", "pipeline", "convert", "--checkpoint", f"{where}/distill", "--out",
              f"{where}/bundles/student"],
-            [*python, "-m", "pipeline", "evaluate", "--config", spec["evaluate"]["config"],
+            [sys.executable, "-m", "pipeline", "evaluate", "--config", spec["evaluate"]["config"],
              f"--set=student={where}/bundles/student", f"--set=out={where}/evaluate", *sets("evaluate")]]
 
 
 def run(recipe: str, arm: str, out: Path, results: Path, ranks: int) -> None:
+    if not spec_path(recipe).is_file():
+        raise SystemExit(f"error: no ablation for recipe {recipe!r} ({spec_path(recipe)} missing)")
     spec = load_spec(spec_path(recipe))
     missing = [n for n in spec["needs"] if not (out / n).exists()]
     if missing:
