@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Which tokens a step reveals, on text (about 45 minutes on 2 CPU cores, after bash launch/recipes/reproduce/reproduce.sh):
+# Which tokens a step reveals, on text (about 45 minutes on 2 CPU cores, after reproduce.sh):
 #   bash launch/recipes/reproduce/orders_text.sh
 # samples the reproduction's teacher and student (OUT, default runs/reproduce), without retraining, at 8 and
 # 16 steps in the random order, dispersed:1 (the deterministic count per step, no exclusion), dispersed:2, 3 and 5
