@@ -4,8 +4,9 @@
 # makes the chain (markov: a first-order Markov chain; regime: the regime-switching chain with long-range
 # structure; seed SEED, default 1), prepares its corpus, pre-trains the tiny teacher (1,500 / 5,000 steps),
 # distils it twice with launch/recipes/synthetic/distill.yaml (rollouts in the random order, and in
-# dispersed:3), converts all three and evaluates them under the chain's exact judge: the teacher, its best temperature and the exact denoiser at
-# 4 ... 64 steps and both students at 4 ... 32, in the random and the dispersed:3 order
+# dispersed:3), converts all three and evaluates them under the chain's exact judge: the teacher, its best
+# temperature and the exact denoiser at 4 ... 64 steps and both students at 4 ... 32, in the random and the
+# dispersed:3 order
 # (launch/recipes/synthetic/orders_evaluate.yaml, orders_student_evaluate.yaml), and the teacher and the exact
 # denoiser at 4 and 8 steps in the other orders (orders_probe_evaluate.yaml). Writes runs/orders/FAMILY/
 # (OUT=...) and the tables to launch/results/orders/FAMILY/ (RESULTS=...). Rerunning reuses finished work.
