@@ -7,7 +7,7 @@ plans one config; ``--paper-table`` plans the paper's sizes as distillation runs
 The parameter count of one tensor-parallel rank comes from real modules built on the meta device (megatron-core's
 shards for the table, ``ShardShapes`` for the planner: the tests pin the two to the same count). What ZeRO keeps
 per rank on top of it (fp32 master weights, as this pipeline trains; bf16 is autocast only), as measured with
-``launch/bench_pretrain.py`` and read in DeepSpeed 0.19's ``stage3.py`` / ``stage_1_and_2.py``:
+``launch/bench/bench_pretrain.py`` and read in DeepSpeed 0.19's ``stage3.py`` / ``stage_1_and_2.py``:
 - stage 0: parameters (4 bytes), gradients (4) and AdamW's two moments (8);
 - stages 1 and 2: the parameters (4 bytes), plus an fp32 partition of the parameters and the moments
   (12 bytes) divided over the D data-parallel ranks; gradients whole under stage 1, divided under stage 2;

@@ -58,7 +58,7 @@ def make_judge(cfg: EvaluateConfig, tok):
     if not is_exact(cfg.judge):
         if tok.kind == "protein" and not (Path(cfg.judge) / "manifest.json").is_file():
             raise JudgeError(f"judge {cfg.judge!r}: protein samples need a judge bundle trained on this corpus "
-                             "(model.causal: true; launch/protein.sh trains one), not a text model")
+                             "(model.causal: true; launch/recipes/protein/protein.sh trains one), not a text model")
         return load_judge(cfg.judge, cfg.judge_context, cfg.judge_batch_size)
     try:
         return load_exact_judge(cfg.judge, tok)

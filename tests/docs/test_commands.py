@@ -18,7 +18,7 @@ from pipeline.stages.sweep import SweepConfig
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = sorted((ROOT / "launch").rglob("*.sh")) + sorted((ROOT / "launch").rglob("*.sbatch"))
-CONFIGS = sorted((ROOT / "launch" / "configs").rglob("*.yaml"))
+CONFIGS = sorted((ROOT / "launch" / "configs").rglob("*.yaml")) + sorted((ROOT / "launch" / "recipes").rglob("*.yaml"))
 # programs a page may quote that are not this project's (installers, viewers, the shell itself)
 FOREIGN = {"pip", "mlflow", "cat", "ls", "cd", "export", "git", "sbatch", "srun", "scontrol", "nvidia-smi", "tail",
            "echo", "source", "duplicates", "head", "du", "df"}

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from launch.bench_pretrain import VOCAB, bench_config, main, plain_loop, process_group_rank
+from launch.bench.bench_pretrain import VOCAB, bench_config, main, plain_loop, process_group_rank
 from pipeline.runtime.distributed import Dist, run_ranks
 from pipeline.measure.memory import shard_parameters, state_bytes
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from data_prep.config import from_dict, save_resolved
-from launch.soak import deepspeed, environment, free_port, start
+from launch.bench.soak import deepspeed, environment, free_port, start
 from pipeline.config import Config
 from pipeline.runtime.preemption import EXIT_CODE
 from tests.conftest import ROOT, train_command

@@ -41,7 +41,7 @@ def test_zero_stages_keep_what_the_engines_hold():
     assert engine_bytes(1000, 0, 3, 4) == (1000, 1000, 2000)  # the fp32 partition is the parameter partition
     assert engine_bytes(1000, 500, 3, 4) == (1500, 1000, 2000)  # frozen parameters: weights only
     assert engine_bytes(1000, 500, 1, 4) == (6000, 4000, 3000)
-    # the measured parameters + AdamW state (launch/bench_pretrain.py)
+    # the measured parameters + AdamW state (launch/bench/bench_pretrain.py)
     assert [state_bytes(1000, stage, 4) for stage in (0, 1, 2, 3)] == [12000, 7000, 7000, 3000]
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from data_prep.config import from_dict, save_resolved
-from launch.soak import deepspeed, environment
 from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime import integrity
+from launch.bench.soak import deepspeed, environment
 from tests.conftest import ROOT, train_command
 from tests.pipeline.stages.test_distill import distill_settings
 from tests.pipeline.stages.test_pretrain import settings

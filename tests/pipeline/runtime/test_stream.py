@@ -10,7 +10,6 @@ import torch
 from data_prep.config import ConfigError, from_dict, save_resolved
 from data_prep.prepare import prepare
 from data_prep.tokenizers import load_tokenizer
-from launch.bench_data import http_server
 from pipeline.config import Config, DataConfig, ModelConfig
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime import urls
@@ -18,6 +17,7 @@ from pipeline.runtime.data import TokenLoader, TokenShards, loader_from_config
 from pipeline.runtime.dataset import DataError
 from pipeline.runtime.stream import StreamLoader, assign, buffer_order
 from pipeline.stages.convert import convert
+from launch.bench.bench_data import http_server
 from tests.conftest import run_killed_and_resumed, tiny_prepare_config
 from tests.pipeline.runtime.test_data import all_batches
 from tests.pipeline.stages.test_pretrain import settings
