@@ -28,7 +28,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     return ("usage: python -m pipeline COMMAND [ARGS] (COMMAND --help for its arguments)\n\ncommands:\n"
             + "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
-            + "\n\ndata preparation: python -m data_prep prepare|tokenizer|merge|verify|synthetic|proteins (a package of its own)")
+            + "\n\ndata preparation: python -m data_prep prepare|tokenizer|merge|verify|synthetic|proteins")
 
 
 def main(argv: list[str] | None = None) -> int:

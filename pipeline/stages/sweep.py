@@ -573,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.point:
             unknown = sorted(set(args.point) - {p.name for p in points})
             if unknown:
-                raise ConfigError(f"--point: {', '.join(unknown)} not in the sweep (see: python -m pipeline sweep plan)")
+                raise ConfigError(f"--point: {', '.join(unknown)} not in the sweep "
+                                  "(see: python -m pipeline sweep plan)")
             points = [p for p in points if p.name in args.point]
     except ConfigError as err:
         log.error("%s", err)
