@@ -13,9 +13,8 @@ Every point runs through the commands a user would type (``python -m pipeline tr
 launcher for several ranks, ``convert`` and ``evaluate``), one after another, from the current directory;
 ``OUT/points/NAME/state.json`` records its state (running, done, failed), the stages finished with their
 wall-clock seconds, and the failing stage's return code and log. A finished point is skipped, an interrupted
-one resumes (``train`` continues from its checkpoint),
-a failed one is recorded and the sweep goes on. With MLflow, the sweep is one parent run and every training
-run a child tagged with the point's N, D, C and seed.
+one resumes (``train`` continues from its checkpoint), a failed one is recorded and the sweep goes on. With
+MLflow, the sweep is one parent run and every training run a child tagged with the point's N, D, C and seed.
 
 ``python -m pipeline sweep plan|run|status|analyze --config FILE``:
 
