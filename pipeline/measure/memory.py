@@ -423,7 +423,7 @@ def render(p: MemoryPlan) -> str:
 
 
 def plan_text(cfg: Config, world_size: int, device_gib: float | None = None) -> str:
-    """``render(plan(...))`` with the device size in GiB (for ``launch/train.py --plan-memory``)."""
+    """``render(plan(...))`` with the device size in GiB (for ``python -m pipeline train --plan-memory``)."""
     return render(plan(cfg, world_size, None if device_gib is None else device_gib * GiB))
 
 

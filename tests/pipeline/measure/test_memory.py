@@ -177,7 +177,7 @@ def test_planned_activations_are_what_cuda_autocast_keeps(stage, checkpointing):
 
 
 def test_train_entry_point_plans_without_data(tmp_path, capsys, monkeypatch):
-    from launch.train import main as train_main
+    from pipeline.stages.train import main as train_main
 
     path = tmp_path / "distill.yaml"  # data.path and the teacher do not exist: a plan needs neither
     path.write_text(f"stage: distill\ndata: {{path: nowhere}}\nmodel: {{size: unit, seq_len: {LENGTH}, "

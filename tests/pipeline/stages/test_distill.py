@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from data_prep.config import from_dict, save_resolved
-from launch.train import main as train_main
 from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime.distributed import run_ranks
 from pipeline.runtime.weights import resolve_checkpoint
+from pipeline.stages.train import main as train_main
 from tests.conftest import one_process, run_killed_and_resumed
 from tests.pipeline.stages.test_pretrain import settings
 
