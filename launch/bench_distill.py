@@ -91,7 +91,8 @@ class PlainEngine:
 
     def __init__(self, module: torch.nn.Module, optim=None, grad_clip: float = 0.0, max_steps: int = 1):
         self.module, self.grad_clip = module, grad_clip
-        self.optimizer, self.scheduler = optimizer_for(module, optim, max_steps) if optim else (None, None)
+        # named as DeepSpeed names the optimizer it was given (``step_skipped`` reads its flag)
+        self.basic_optimizer, self.scheduler = optimizer_for(module, optim, max_steps) if optim else (None, None)
 
     def __call__(self, *args):
         return self.module(*args)
@@ -108,9 +109,9 @@ class PlainEngine:
     def step(self) -> None:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
+        self.basic_optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.basic_optimizer.zero_grad(set_to_none=True)
 
     def was_step_applied(self) -> bool:  # no overflow detection of its own: GuardedAdamW decides
         return True
@@ -126,9 +127,9 @@ def footprint(run) -> dict[str, float]:
     teacher = sum(t.numel() * t.element_size() for t in (
         p.ds_tensor if hasattr(p, "ds_tensor") else p for p in run.teacher.module.parameters())) / 2**20
     offloaded = bool(getattr(run.teacher, "zero_offload_param", lambda: None)())
-    return {"student": state_mb(run.student.module.parameters(), run.student_opt),
+    return {"student": state_mb(run.student.module.parameters(), run.student.basic_optimizer),
             "ema": sum(s.numel() * s.element_size() for s in run.ema.shadow) / 2**20,
-            "discriminator": state_mb(run.disc.module.parameters(), run.disc_opt),
+            "discriminator": state_mb(run.disc.module.parameters(), run.disc.basic_optimizer),
             "teacher": 0.0 if offloaded else teacher, "teacher_offloaded": teacher if offloaded else 0.0}
 
 
@@ -179,7 +180,7 @@ def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, re
     teacher.eval()
     s = PlainEngine(student, cfg.optim, cfg.optim.grad_clip, cfg.train.max_steps)
     dsc = PlainEngine(disc, cfg.discriminator_optim, cfg.discriminator_optim.grad_clip, cfg.train.max_steps)
-    run = Distiller(cfg, d, s, s.optimizer, dsc, dsc.optimizer, PlainEngine(teacher))
+    run = Distiller(cfg, d, s, dsc, PlainEngine(teacher))
     result = time_iterations(run, d, steps, repeats, device_sync(d))
     torch.set_num_threads(previous_threads)
     return result
