@@ -16,6 +16,7 @@ head is replicated); the ranks of a tensor-parallel group draw the same rows, an
 vocabulary is reduced over the group (``models.vocab_parallel``).
 Limitations: one rollout per optimizer step (no gradient accumulation); with ``real_side: teacher`` the
 teacher samples with the plain ancestral sampler, which dominates the iteration.
+The loop is ``pipeline.runtime.trainer``'s; ``Distillation`` supplies the engines, the iteration and the metrics.
 """
 from __future__ import annotations
 

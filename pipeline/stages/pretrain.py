@@ -7,6 +7,7 @@ and counted (the run stops after ``train.max_nonfinite`` in a row).
 Tensor parallelism (``model.tensor_parallel``): the ranks of a tensor-parallel group read the same rows and
 draw the same masks and dropout; ZeRO runs over the data-parallel ranks.
 Limitations: the step counter counts optimizer steps, skipped ones included.
+The loop is ``pipeline.runtime.trainer``'s; this module supplies the engine, its step and its console lines.
 """
 from __future__ import annotations
 
