@@ -46,15 +46,15 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
 from launch.bench.bench_pretrain import (average_gradients, device_sync, peak_memory_mb, process_group_rank,
                                    run_label, state_mb, time_ratios)
 from data_prep.config import from_dict
 from pipeline.config import Config
-from pipeline.runtime.distributed import Dist, run_ranks  # noqa: E402
-from pipeline.runtime.engine import optimizer_for  # noqa: E402
+from pipeline.runtime.distributed import Dist, run_ranks
+from pipeline.runtime.engine import optimizer_for
 
 VOCAB = 4000
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -97,7 +97,8 @@ class PlainEngine:
     def __init__(self, module: torch.nn.Module, optim=None, grad_clip: float = 0.0, max_steps: int = 1,
                  data_parallel: bool = False):
         self.module, self.grad_clip, self.data_parallel = module, grad_clip, data_parallel
-        self.optimizer, self.scheduler = optimizer_for(module, optim, max_steps) if optim else (None, None)
+        # named as DeepSpeed names the optimizer it was given (``step_skipped`` reads its flag)
+        self.basic_optimizer, self.scheduler = optimizer_for(module, optim, max_steps) if optim else (None, None)
 
     def __call__(self, *args):
         return self.module(*args)
@@ -116,9 +117,9 @@ class PlainEngine:
             average_gradients(self.module)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
+        self.basic_optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.basic_optimizer.zero_grad(set_to_none=True)
 
     def was_step_applied(self) -> bool:  # no overflow detection of its own: GuardedAdamW decides
         return True
@@ -134,9 +135,9 @@ def footprint(run) -> dict[str, float]:
     teacher = sum(t.numel() * t.element_size() for t in (
         p.ds_tensor if hasattr(p, "ds_tensor") else p for p in run.teacher.module.parameters())) / 2**20
     offloaded = bool(getattr(run.teacher, "zero_offload_param", lambda: None)())
-    return {"student": state_mb(run.student.module.parameters(), run.student_opt),
+    return {"student": state_mb(run.student.module.parameters(), run.student.basic_optimizer),
             "ema": sum(s.numel() * s.element_size() for s in run.ema.shadow) / 2**20,
-            "discriminator": state_mb(run.disc.module.parameters(), run.disc_opt),
+            "discriminator": state_mb(run.disc.module.parameters(), run.disc.basic_optimizer),
             "teacher": 0.0 if offloaded else teacher, "teacher_offloaded": teacher if offloaded else 0.0}
 
 
@@ -185,7 +186,7 @@ def plain_distiller(cfg: Config, d: Dist):
     s = PlainEngine(student, cfg.optim, cfg.optim.grad_clip, cfg.train.max_steps, data_parallel)
     dsc = PlainEngine(disc, cfg.discriminator_optim, cfg.discriminator_optim.grad_clip, cfg.train.max_steps,
                       data_parallel)
-    return Distiller(cfg, d, s, s.optimizer, dsc, dsc.optimizer, PlainEngine(teacher))
+    return Distiller(cfg, d, s, dsc, PlainEngine(teacher))
 
 
 def plain_pytorch(size: str, seq_len: int, rows: int, group: int, steps: int, repeats: int, threads: int) -> dict:

@@ -29,14 +29,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs  # noqa: E402
-from data_prep.config import from_dict  # noqa: E402
-from pipeline.config import Config  # noqa: E402
-from pipeline.runtime.distributed import Dist, run_ranks, uses_cuda  # noqa: E402
-from pipeline.stages.pretrain import corrupt  # noqa: E402
+from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
+from data_prep.config import from_dict
+from pipeline.config import Config
+from pipeline.runtime.distributed import Dist, run_ranks, uses_cuda
+from pipeline.runtime.objective import corrupt
 
 VOCAB = 4000
 REFERENCES = ("plain", "torch_distributed")  # the rows that every time is also a ratio to
@@ -181,13 +181,13 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
     from pipeline.runtime.distributed import setup
     from pipeline.runtime.engine import build_engine, build_model, ds_config
     from pipeline.runtime.loop import autocast_for
-    from pipeline.stages.pretrain import loss_terms
+    from pipeline.runtime.objective import loss_terms
 
     d = setup(tensor_parallel)
     cfg = bench_config(size, seq_len, batch, stage, tensor_parallel)
     config = ds_config(cfg)
     torch.manual_seed(0)
-    engine, optimizer = build_engine(build_model(cfg.model, stage, config), cfg.optim, cfg.train.max_steps, config)
+    engine = build_engine(build_model(cfg.model, stage, config), cfg.optim, cfg.train.max_steps, config)
     autocast = autocast_for(cfg, d)
 
     def step(x, i):
@@ -196,7 +196,8 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
 
     sync = device_sync(d)
     times = time_steps(step, batches(cfg, d, 4), steps, repeats, lambda: (sync(), dist.barrier()))
-    return {"step_s": times, "peak_mb": peak_memory_mb(), "state_mb": state_mb(engine.module.parameters(), optimizer)}
+    return {"step_s": times, "peak_mb": peak_memory_mb(),
+            "state_mb": state_mb(engine.module.parameters(), engine.basic_optimizer)}
 
 
 def run_label(name: str, ranks: int, per_rank: bool = False) -> str:

@@ -94,11 +94,12 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def step_skipped(engine, optimizer: GuardedAdamW) -> bool:
+def step_skipped(engine) -> bool:
     """Whether the engine's last optimizer step left the weights as they were. DeepSpeed's ZeRO-1/2 optimizers
     find overflowing gradients themselves and skip the step without calling the inner optimizer (whose flag
-    then dates from an earlier step); otherwise the inner ``GuardedAdamW`` decided."""
-    return not engine.was_step_applied() or optimizer.last_step_skipped
+    then dates from an earlier step); otherwise the inner ``GuardedAdamW`` decided: the engine's
+    ``basic_optimizer`` (its ``optimizer`` is ZeRO's wrapper around it)."""
+    return not engine.was_step_applied() or engine.basic_optimizer.last_step_skipped
 
 
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
@@ -147,12 +148,13 @@ def optimizer_for(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
 
 
 def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict):
-    """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule; returns (engine, optimizer)."""
+    """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule (the engine keeps the optimizer as
+    ``basic_optimizer``)."""
     deepspeed = import_deepspeed()
     optimizer, scheduler = optimizer_for(model, optim, max_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                            mpu=mpu_for(model))
-    return engine, optimizer
+    return engine
 
 
 def build_frozen_engine(model: torch.nn.Module, config: dict):

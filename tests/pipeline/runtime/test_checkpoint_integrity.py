@@ -68,7 +68,7 @@ def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (f"WARNING: checkpoint step_00000016 is damaged ({victim}: " in resumed.stderr
             and "moved to step_00000016.damaged, resuming from step_00000012" in resumed.stderr)
-    assert "resuming at step 12" in resumed.stdout
+    assert "resuming at step 12" in resumed.stderr
     assert (run / "checkpoints" / "step_00000016.damaged" / engine / victim.name).exists()  # kept, not deleted
     # retention (keep 3) neither counts nor deletes the damaged one
     assert steps_kept(run) == ["step_00000008", "step_00000012", "step_00000016", "step_00000016.damaged"]
