@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
 from data_prep.config import from_dict
+from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
 from pipeline.config import Config
 from pipeline.runtime.distributed import Dist, run_ranks, uses_cuda
 from pipeline.runtime.objective import corrupt

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from data_prep.prepare import prepare
 from data_prep.config import PrepareConfig, from_dict, save_resolved
+from data_prep.prepare import prepare
 from pipeline.config import Config
 from pipeline.measure.machine import describe
 from pipeline.measure.plots import read_metrics

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import torch
 
+from data_prep.config import ConfigError
 from models.diffusion import subs_log_probs
 from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import RANDOM, UnmaskingOrder
-from pipeline.runtime import checkpoint
-from data_prep.config import ConfigError
 from pipeline.config import Config, bf16_compute
+from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
+from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, load_exact_judge
+from pipeline.measure.text import render
+from pipeline.runtime import checkpoint
 from pipeline.runtime.data import TokenLoader
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
-from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
-from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, load_exact_judge
 from pipeline.runtime.randomness import SAMPLE, keyed_generator
-from pipeline.measure.text import render
 from pipeline.runtime.tracking import Tracker
 
 log = logging.getLogger(__name__)

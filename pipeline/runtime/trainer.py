@@ -14,6 +14,7 @@ from typing import Iterator
 from data_prep.config import save_resolved, to_dict
 from data_prep.tokenizers import load_tokenizer
 from pipeline.config import Config
+from pipeline.measure.plots import plot_curves
 from pipeline.runtime import checkpoint, logs
 from pipeline.runtime.data import TokenLoader, loader_from_config
 from pipeline.runtime.dataset import dataset_tokenizer_dir
@@ -21,7 +22,6 @@ from pipeline.runtime.distributed import Dist, broadcast_object
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, exact_curves, exact_judge_for,
                                    log_samples, record, resume, sample_texts)
-from pipeline.measure.plots import plot_curves
 from pipeline.runtime.objective import ema_validation_loss
 from pipeline.runtime.preemption import Preempted, PreemptionWatch
 from pipeline.runtime.tracking import Tracker, make_tracker

@@ -39,9 +39,10 @@ from models.discriminator import Discriminator
 from models.dit import DiT
 from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
+from pipeline.bundle import verify_bundle
+from pipeline.config import Config, DistillConfig, dit_for
 from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
-from pipeline.config import Config, DistillConfig, dit_for
 from pipeline.runtime.dataset import read_dataset_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
@@ -49,7 +50,6 @@ from pipeline.runtime.engine import build_engine, build_frozen_engine, build_mod
 from pipeline.runtime.loop import NonFiniteGuard, autocast_for
 from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, ROLLOUT, TAU, TEACHER_SAMPLE,
                                          keyed_generator, keyed_seed)
-from pipeline.bundle import verify_bundle
 from pipeline.runtime.trainer import Stage, Trainer, Update
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
