@@ -3,19 +3,20 @@ is in ``prepare``, ``merge``, ``verify``, ``synthetic`` and ``proteins``)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from data_prep.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
 from data_prep.documents import InputError
 from data_prep.merge import merge
-from data_prep.proteins import ProteinError, split_proteins
 from data_prep.prepare import PrepareError, Task, prepare, resolved, train_tokenizer
+from data_prep.proteins import ProteinError, split_proteins
 from data_prep.regime_chain import WINDOW, make_regime_chain
 from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
                                  write_synthetic)
 from data_prep.tokenizers import TokenizerError
-from data_prep.verify import verify
-from pipeline.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
+from data_prep.verify import verify_dataset
 
 import yaml
 
@@ -112,14 +113,37 @@ def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
     return from_dict(PrepareConfig, data, source=source)
 
 
+class _PlainFormatter(logging.Formatter):
+    """The message alone; ``WARNING: `` / ``ERROR: `` before it at those levels."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+        return level + super().format(record)
+
+
+def _log_to_stderr() -> None:
+    """Progress lines on stderr: ``python -m data_prep`` imports nothing of ``pipeline`` (whose ``runtime.logs``
+    sets up the training commands), so it has this small set-up of its own; a process that already routes the
+    ``data_prep`` loggers (a test, a pipeline command) keeps its own."""
+    logger = logging.getLogger("data_prep")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _log_to_stderr()
     if args.command == "synthetic":
         return _synthetic(args)
     if args.command == "proteins":
         return _proteins(args)
     if args.command == "verify":
-        problems, totals = verify(args.directory)
+        problems, totals = verify_dataset(args.directory)
         for problem in problems:
             print(f"FAIL {problem}")
         if problems:

@@ -11,11 +11,11 @@ import json
 import re
 from pathlib import Path
 
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import PrepareConfig, load_yaml
 from data_prep.documents import ReadStats
 from data_prep.prepare import CONFIG_NAME, MANIFEST, PrepareError, _finished, _manifest
 from data_prep.tokenizers import load_tokenizer
-from pipeline.atomic import atomic_write_bytes
-from pipeline.config import PrepareConfig, load_config
 
 RECORD = re.compile(r"task-(\d{5})-of-(\d{5})\.json")
 
@@ -25,7 +25,7 @@ def merge(directory: str | Path) -> dict:
     out = Path(directory)
     if not (out / CONFIG_NAME).exists():
         raise PrepareError(f"{out} holds no {CONFIG_NAME}: not a prepared or preparing dataset directory")
-    cfg = load_config(out / CONFIG_NAME, cls=PrepareConfig)
+    cfg = load_yaml(out / CONFIG_NAME, PrepareConfig)
     tok = load_tokenizer(out / "tokenizer")
     records = _records(out)
     first = records[0]

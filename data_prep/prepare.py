@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import multiprocessing
 import shutil
 import sys
@@ -23,12 +24,14 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import PrepareConfig, load_yaml, save_resolved, to_dict
 from data_prep.documents import ReadStats, content_split, iter_documents, list_input_files
 from data_prep.shards import sha256_file, write_shard
 from data_prep.tokenizers import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer
 from data_prep.wrapping import wrap_documents
-from pipeline.atomic import atomic_write_bytes
-from pipeline.config import PrepareConfig, load_config, save_resolved, to_dict
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CONFIG_NAME = "prepare_config.yaml"
@@ -71,7 +74,7 @@ class Unit:
         return f"{self.split}-{self.index:05d}.tar"
 
 
-def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task = Task()) -> dict:
+def prepare(cfg: PrepareConfig, log: Callable[[str], None] = log.info, task: Task = Task()) -> dict:
     """Run the whole job (or finish an interrupted one) and return the manifest; as one task of an array job,
     build that task's units and return its record (the tokenizer must exist: ``train_tokenizer`` first)."""
     cfg = resolved(cfg)
@@ -102,7 +105,7 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print, task: Task =
     return manifest
 
 
-def train_tokenizer(cfg: PrepareConfig, log: Callable[[str], None] = print) -> Tokenizer:
+def train_tokenizer(cfg: PrepareConfig, log: Callable[[str], None] = log.info) -> Tokenizer:
     """Claim the output directory and train (or load) its tokenizer: the first step of an array job."""
     cfg = resolved(cfg)
     return _first_step(Path(cfg.out), cfg, _input_files(cfg), log)
@@ -159,7 +162,7 @@ def _join_output_dir(out: Path, cfg: PrepareConfig) -> Tokenizer:
 
 def _differences(out: Path, cfg: PrepareConfig, now: str) -> str:
     """The settings (all but out and workers) in which ``cfg`` differs from the config saved in ``out``."""
-    old, new = to_dict(load_config(out / CONFIG_NAME, cls=PrepareConfig)), to_dict(cfg)
+    old, new = to_dict(load_yaml(out / CONFIG_NAME, PrepareConfig)), to_dict(cfg)
     return "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} {now}"
                      for k in new if k not in ("out", "workers") and old.get(k) != new[k])
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import shutil
 import struct
 import subprocess
@@ -26,9 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from data_prep.atomic import atomic_path, atomic_write_bytes
 from data_prep.documents import InputError, ReadStats, fasta_documents, list_input_files
 from data_prep.tokenizers import ProteinTokenizer
-from pipeline.atomic import atomic_path, atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 SPLIT = "split.json"
 NCBISTDAA = "-ABCDEFGHIKLMNPQRSTVWXYZU*OJ"  # BLAST's protein alphabet: byte value -> letter
@@ -187,7 +190,7 @@ def validation_clusters(representative: dict[str, str], val_fraction: float) -> 
 
 def split_proteins(blast_dbs: list[str], fastas: list[str], out: str | Path, identity: float = 0.3,
                    val_fraction: float = 0.05, min_length: int = 20, max_length: int = 1022,
-                   max_sequences: int = 0, strict: bool = False, threads: int = 2, log=print) -> dict:
+                   max_sequences: int = 0, strict: bool = False, threads: int = 2, log=log.info) -> dict:
     """Write ``train.fasta``, ``val.fasta`` and ``split.json`` to ``out`` and return the split's record."""
     settings = {"blast_dbs": [str(Path(p).resolve()) for p in blast_dbs],
                 "fastas": [str(Path(p).resolve()) for p in fastas], "identity": identity,

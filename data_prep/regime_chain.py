@@ -15,13 +15,15 @@ it is; real data's exact NLL per letter measures the letters' own.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from data_prep.synthetic import (FORMAT, STANDARD_AMINO_ACIDS, ChainError, MarkovChain, _alphabet, _check_stored,
-                                 _header, _is_number, _seed, _stationary, _stationary_distribution,
+from data_prep.synthetic import (CHAIN_JSON, FORMAT, STANDARD_AMINO_ACIDS, ChainError, MarkovChain, _alphabet,
+                                 _check_stored, _header, _is_number, _seed, _stationary, _stationary_distribution,
                                  _successor_lists, _transition, entropy_rate, sparse_rows)
 
 WINDOW = 64  # switches_per_64 counts the expected regime switches among 64 consecutive letters (63 transitions)
@@ -182,3 +184,21 @@ def as_regime_chain(chain: MarkovChain | RegimeChain) -> RegimeChain:
         return chain
     return RegimeChain(chain.alphabet, chain.transition[None], 0.0, chain.stationary[None], [chain.successors],
                        chain.seed)
+
+
+def load_chain(path):
+    """Read ``DIR/chain.json`` or the file itself, a ``MarkovChain`` or (kind "regime") a ``RegimeChain``; any
+    problem (missing, not JSON, invalid) is a ChainError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHAIN_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChainError(f"{path}: no such chain file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ChainError(f"{path}: unreadable ({err.__class__.__name__}: {err})") from None
+    except json.JSONDecodeError as err:
+        raise ChainError(f"{path}: not valid JSON ({err})") from None
+    reader = RegimeChain if isinstance(data, dict) and data.get("kind") == RegimeChain.kind else MarkovChain
+    return reader.from_json(data, source=str(path))

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import webdataset as wds
 
-from pipeline.atomic import atomic_path
+from data_prep.atomic import atomic_path
 
 MEMBER_SUFFIX = "tokens.npy"
 

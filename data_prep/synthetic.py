@@ -8,7 +8,7 @@ distribution, so every position of every record has the same letter distribution
 
 ``write_synthetic`` writes ``chain.json`` (the chain: transition matrix, stationary distribution, entropy rate)
 and ``chain.fasta`` (the sampled records, which ``python -m data_prep prepare --tokenizer protein`` reads);
-``load_chain`` reads either family back, by the file's ``kind``.
+``regime_chain.load_chain`` reads either family back, by the file's ``kind``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_bytes
+from data_prep.atomic import atomic_write_bytes
 
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # ProteinTokenizer.ALPHABET[:20]
 CHAIN_JSON = "chain.json"
@@ -268,26 +268,6 @@ def sample_records(chain, records: int, length: int, seed: int) -> list[str]:
     states = sample_states(chain, records, length, seed)
     letters = np.array(list(chain.alphabet), dtype="<U1")[states % len(chain.alphabet)]
     return [row.tobytes().decode("utf-32-le") for row in np.ascontiguousarray(letters)]
-
-
-def load_chain(path):
-    """Read ``DIR/chain.json`` or the file itself, a ``MarkovChain`` or (kind "regime") a ``RegimeChain``; any
-    problem (missing, not JSON, invalid) is a ChainError."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHAIN_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ChainError(f"{path}: no such chain file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ChainError(f"{path}: unreadable ({err.__class__.__name__}: {err})") from None
-    except json.JSONDecodeError as err:
-        raise ChainError(f"{path}: not valid JSON ({err})") from None
-    from data_prep.regime_chain import RegimeChain  # regime_chain builds on this module
-
-    reader = RegimeChain if isinstance(data, dict) and data.get("kind") == RegimeChain.kind else MarkovChain
-    return reader.from_json(data, source=str(path))
 
 
 def _fasta_name(chain, index: int) -> str:

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
-from pipeline.atomic import atomic_write_bytes
+from data_prep.atomic import atomic_write_bytes
 
 
 class TokenizerError(ValueError):

@@ -11,7 +11,7 @@ from data_prep.shards import iter_shard, sha256_file
 from data_prep.tokenizers import TokenizerError, load_tokenizer
 
 
-def verify(directory: str | Path) -> tuple[list[str], dict]:
+def verify_dataset(directory: str | Path) -> tuple[list[str], dict]:
     """Return (problems, totals); no problems means every count and checksum agrees with the manifest."""
     directory = Path(directory)
     try:

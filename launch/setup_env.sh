@@ -1,6 +1,7 @@
-# Sourced by the launch scripts: create or reuse the project-local .venv with the pinned packages.
-# Reinstalls only when requirements.txt or constraints.txt change. TORCH_INDEX_URL, if set, is the index
-# torch is installed from first (e.g. PyTorch's CPU wheel index on a machine without a GPU).
+# Sourced by the launch scripts: create or reuse the project-local .venv with the pinned packages and the
+# project itself (pip install -e .). Reinstalls only when requirements.txt, constraints.txt or pyproject.toml
+# change. TORCH_INDEX_URL, if set, is the index torch is installed from first (e.g. PyTorch's CPU wheel index on
+# a machine without a GPU).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -13,14 +14,16 @@ fi
 # DeepSpeed JIT-builds its CPU communication op once; keep it in the project, not in ~/.cache
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/build/torch_extensions}"
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" "$ROOT/pyproject.toml" | "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setting up $VENV (pinned packages from requirements.txt) ..."
+  echo "setting up $VENV (pinned packages from requirements.txt, then the project) ..."
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" torch --index-url "$TORCH_INDEX_URL"
   fi
   # PIP_CONSTRAINT also reaches the isolated build environments of source distributions.
   PIP_CONSTRAINT="$ROOT/constraints.txt" "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -r "$ROOT/requirements.txt"
+  # the project, editable: its packages importable and its commands runnable from anywhere, nothing pulled in twice
+  "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
   # built with the packages rather than inside the first training run on a CPU (40-70 s on 2 cores; a GPU
   # machine has nothing to build)
   PATH="$VENV/bin:$PATH" "$VENV/bin/python" -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' > /dev/null 2>&1 \
@@ -28,7 +31,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # the recipes' rendezvous port: two recipes on one machine need MASTER_PORT=... on one of them
 export MASTER_PORT="${MASTER_PORT:-29500}"

@@ -4,10 +4,11 @@
   evaluate, sweep);
 - ``runtime/``: what the training stages share (engines, the loop, checkpoints, EMA, data, ranks, tracking);
 - ``measure/``: measurements (the judges, scaling fits, the memory planner, plots, text rendering);
-- ``config.py`` (the typed config of every stage), ``bundle.py`` (the inference-bundle format, written and
-  read) and ``atomic.py`` (atomic file writes) at the top.
+- ``config.py`` (the typed configs of the training and evaluation stages) and ``bundle.py`` (the inference-bundle
+  format, written and read) at the top.
 
 Imports run downwards only: stages -> runtime -> measure -> the top modules -> ``models/``. Stages may import
-one another; the top modules import only ``models/`` and each other; ``runtime/data.py`` reads shards in the
-format ``data_prep/shards.py`` defines. ``python -m pipeline COMMAND`` (``__main__.py``) runs the commands.
+one another; the top modules import only ``models/``, ``data_prep.config`` (the typed-YAML machinery) and
+``data_prep.atomic`` (atomic file writes); ``runtime/`` reads shards in the format ``data_prep/shards.py``
+defines. ``python -m pipeline COMMAND`` (``__main__.py``) runs the commands.
 """

@@ -52,7 +52,7 @@ def bundle_files(directory: Path) -> dict[str, str]:
             if p.is_file() and p.name != "manifest.json"}
 
 
-def read_manifest(directory: Path) -> dict:
+def read_bundle_manifest(directory: Path) -> dict:
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
     except FileNotFoundError:
@@ -65,9 +65,9 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def verify(directory: Path) -> dict:
+def verify_bundle(directory: Path) -> dict:
     """The manifest, after checking that every file it lists is present with its hash (and nothing else is)."""
-    manifest = read_manifest(directory)
+    manifest = read_bundle_manifest(directory)
     for name, digest in manifest["files"].items():
         path = directory / name
         if not path.is_file():
@@ -101,7 +101,7 @@ def write_bundle(out: Path, weights: dict[str, dict[str, torch.Tensor]], manifes
 
 def _keep_if_identical(out: Path, manifest: dict, log) -> None:
     try:
-        existing = read_manifest(out)
+        existing = read_bundle_manifest(out)
     except BundleError:
         existing = None
     if existing is None or not existing["files"] == manifest["files"] == bundle_files(out):
@@ -164,7 +164,7 @@ class Bundle:
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle: the EMA model, and the discriminator and online student if present."""
     path = Path(path)
-    manifest = verify(path)
+    manifest = verify_bundle(path)
     tokenizer = json.loads((path / "tokenizer" / "tokenizer.json").read_text())
     if tokenizer["fingerprint"] != manifest["tokenizer"]["fingerprint"] or \
             tokenizer["vocab_size"] != manifest["model"]["vocab_size"]:

@@ -1,8 +1,6 @@
-"""Typed configuration for every stage: dataclasses loaded from YAML.
-
-Unknown keys, wrong types and impossible combinations fail at load time with a message that names the key
-and the file, never deep inside a run. ``--set a.b=value`` overrides are applied before validation, and the
-resolved config is printed and saved next to every output (``save_resolved``).
+"""The configs of the training and evaluation stages, typed YAML (``data_prep.config``): unknown keys, wrong types
+and impossible combinations fail at load time with a message that names the key and the file, never deep inside a
+run; the resolved config is printed and saved next to every output.
 
 ``python -m pipeline validate FILE [--set a.b=v ...]`` validates a training config and prints it resolved.
 """
@@ -10,24 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
-import math
 import os
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
-from pipeline.atomic import atomic_write_bytes
-
-
-class ConfigError(ValueError):
-    """A config problem, with the offending key (and file) in the message."""
-
+from data_prep.config import ConfigError, check_non_negative, check_positive, load_yaml, to_yaml
 
 # ----------------------------------------------------------------------------------------------- schema
 
@@ -56,10 +43,10 @@ class DataConfig:
         if not self.path:
             raise ConfigError("data.path: required (a directory written by `python -m data_prep prepare`)")
         if self.batch_size is not None:
-            _positive("data.batch_size", self.batch_size)
-        _non_negative("data.num_workers", self.num_workers)
-        _non_negative("data.shuffle_buffer", self.shuffle_buffer)
-        _non_negative("data.retries", self.retries)
+            check_positive("data.batch_size", self.batch_size)
+        check_non_negative("data.num_workers", self.num_workers)
+        check_non_negative("data.shuffle_buffer", self.shuffle_buffer)
+        check_non_negative("data.retries", self.retries)
         remote = is_remote(self.path)
         if self.source == "local" and remote:
             raise ConfigError(f"data.path: {self.path!r} is a URL; data.source: local reads a directory "
@@ -108,7 +95,7 @@ class ModelConfig:
         for name in ("hidden_size", "num_layers", "num_heads", "cond_dim"):
             if getattr(self, name) is None:
                 raise ConfigError(f"model.{name}: required when model.size is not given")
-            _positive(f"model.{name}", getattr(self, name))
+            check_positive(f"model.{name}", getattr(self, name))
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ConfigError(f"model.hidden_size: {self.hidden_size} does not split into model.num_heads = "
                               f"{self.num_heads} heads of even size (rotary embedding)")
@@ -116,8 +103,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
         if self.seq_len < 3:
             raise ConfigError(f"model.seq_len: {self.seq_len} is too small: a sequence is [BOS] + chunk + [EOS]")
-        _positive("model.vocab_size", self.vocab_size)
-        _positive("model.tensor_parallel", self.tensor_parallel)
+        check_positive("model.vocab_size", self.vocab_size)
+        check_positive("model.tensor_parallel", self.tensor_parallel)
         if self.num_heads % self.tensor_parallel:
             raise ConfigError(f"model.tensor_parallel: {self.tensor_parallel} does not divide model.num_heads = "
                               f"{self.num_heads} (each rank computes whole heads)")
@@ -135,12 +122,12 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 disables clipping
 
     def validate(self) -> None:
-        _positive("optim.lr", self.lr)
+        check_positive("optim.lr", self.lr)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas: {self.betas} must be two numbers in [0, 1)")
-        _non_negative("optim.weight_decay", self.weight_decay)
-        _non_negative("optim.warmup_steps", self.warmup_steps)
-        _non_negative("optim.grad_clip", self.grad_clip)
+        check_non_negative("optim.weight_decay", self.weight_decay)
+        check_non_negative("optim.warmup_steps", self.warmup_steps)
+        check_non_negative("optim.grad_clip", self.grad_clip)
 
 
 @dataclass
@@ -174,9 +161,9 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "sample_every",
                      "sample_count", "checkpoint_every", "max_nonfinite"):
-            _positive(f"train.{name}", getattr(self, name))
-        _non_negative("train.keep_checkpoints", self.keep_checkpoints)
-        _non_negative("train.max_loss_ratio", self.max_loss_ratio)
+            check_positive(f"train.{name}", getattr(self, name))
+        check_non_negative("train.keep_checkpoints", self.keep_checkpoints)
+        check_non_negative("train.max_loss_ratio", self.max_loss_ratio)
         if not self.sample_steps:
             raise ConfigError("train.sample_steps: [] logs no samples; give at least one step count")
         check_sampling_steps("train.sample_steps", self.sample_steps)
@@ -263,16 +250,16 @@ class DistillConfig:
     def validate(self) -> None:
         if self.group_size < 2:
             raise ConfigError(f"distill.group_size: G = {self.group_size}, but group normalisation needs G >= 2")
-        _positive("distill.rollout_rows", self.rollout_rows)
+        check_positive("distill.rollout_rows", self.rollout_rows)
         if self.rollout_rows % self.group_size:
             raise ConfigError(f"distill.rollout_rows: {self.rollout_rows} rows per rank is not a multiple of "
                               f"distill.group_size = {self.group_size} (groups must not straddle ranks)")
         for name in ("tau_a", "tau_b", "jeffreys_beta", "reward_clip", "advantage_clip", "teacher_sample_steps"):
-            _positive(f"distill.{name}", getattr(self, name))
+            check_positive(f"distill.{name}", getattr(self, name))
         for name in ("c1", "c2", "lambda_kl", "lambda_h"):
-            _non_negative(f"distill.{name}", getattr(self, name))
-        _non_negative("distill.unfreeze_blocks", self.unfreeze_blocks)
-        _non_negative("distill.exact_reward_trajectories", self.exact_reward_trajectories)
+            check_non_negative(f"distill.{name}", getattr(self, name))
+        check_non_negative("distill.unfreeze_blocks", self.unfreeze_blocks)
+        check_non_negative("distill.exact_reward_trajectories", self.exact_reward_trajectories)
         _order("distill.rollout_order", self.rollout_order)
         if self.rollout_steps < 2:
             raise ConfigError(f"distill.rollout_steps: {self.rollout_steps}; a rollout has at least 2 steps (the "
@@ -313,6 +300,10 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     discriminator_optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def unread_sections(self) -> tuple[str, ...]:
+        """The sections ``to_dict`` leaves out: pre-training reads none of distillation's."""
+        return DISTILL_ONLY if self.stage == "pretrain" else ()
 
     @staticmethod
     def with_stage_defaults(data: dict) -> dict:
@@ -407,7 +398,7 @@ class EvaluateConfig:
         for name in ("num_samples", "batch_size", "judge_context", "judge_batch_size", "bootstrap_rounds",
                      "control_student_steps", "control_search_samples",
                      "control_search_rounds", "protein_threads"):
-            _positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if self.control_steps is not None:
             check_sampling_steps("control_steps", [self.control_steps])
         if any(not 0.0 < temperature <= 2.0 for temperature in self.exact_control_temperatures):
@@ -426,50 +417,18 @@ class EvaluateConfig:
                               "empty (set control_steps, or entropy_control: false)")
 
 
-@dataclass
-class PrepareConfig:
-    """Inputs of ``python -m data_prep prepare``; saved as ``prepare_config.yaml`` in the output directory."""
+def dit_for(model: ModelConfig, **options):
+    """The DiT of ``model``'s dimensions (``options``: the DiT's other arguments, as each caller needs them): the one
+    place a config's dimensions meet the constructor."""
+    from models.dit import DiT  # torch: loaded only where a model is built
 
-    inputs: list[str] = field(default_factory=list)
-    # files whose every document goes to validation (a split made beforehand, e.g. proteins by identity cluster:
-    # python -m data_prep proteins); inputs are still split by val_fraction (0: all training)
-    val_inputs: list[str] = field(default_factory=list)
-    out: str = ""
-    tokenizer: str = "spm:4000"  # spm:VOCAB | gpt2:RANKS_FILE | protein
-    spm_model_type: Literal["bpe", "unigram", "char"] = "bpe"
-    seq_len: int = 1024
-    val_fraction: float = 0.05
-    min_doc_chars: int = 2000  # text files: blocks between blank lines are merged up to this size
-    jsonl_field: str = "text"
-    parquet_column: str = "text"
-    shard_mb: float = 64.0  # text megabytes per shard (before tokenisation)
-    spm_max_sentences: int = 2_000_000  # sentences sampled for SentencePiece training
-    strict: bool = False  # fail on unreadable files and malformed records instead of skipping them
-    workers: int = 1
+    return DiT(model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim, **options)
 
-    def validate(self) -> None:
-        if not self.inputs:
-            raise ConfigError("inputs: at least one input path is required")
-        if not self.out:
-            raise ConfigError("out: the output directory is required")
-        if self.seq_len < 3:
-            raise ConfigError(f"seq_len: {self.seq_len} is too small: a sequence is [BOS] + chunk + [EOS]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
-        _positive("min_doc_chars", self.min_doc_chars)
-        _positive("shard_mb", self.shard_mb)
-        _positive("workers", self.workers)
-        _positive("spm_max_sentences", self.spm_max_sentences)
-        kind, _, arg = self.tokenizer.partition(":")
-        if kind == "spm":
-            if not arg.isdigit() or int(arg) < 300:
-                raise ConfigError(f"tokenizer: '{self.tokenizer}' needs a vocabulary size >= 300 (256 byte pieces, "
-                                  "specials and the corpus's characters), e.g. spm:4000")
-        elif kind == "gpt2":
-            if not arg or not Path(arg).is_file():
-                raise ConfigError(f"tokenizer: '{self.tokenizer}': no GPT-2 ranks file at '{arg}'")
-        elif not (kind == "protein" and not arg):
-            raise ConfigError(f"tokenizer: '{self.tokenizer}' is not one of spm:VOCAB, gpt2:RANKS_FILE, protein")
+
+def bf16_compute(cfg: Config, device_type: str) -> bool:
+    """Whether the models compute in bf16: ``train.precision`` bf16, or auto on a GPU (master weights, optimizer
+    states and gradient reductions stay fp32 either way)."""
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device_type == "cuda")
 
 
 def check_world(cfg: "Config", world_size: int) -> None:
@@ -511,164 +470,9 @@ def check_sampling_steps(name: str, steps: list[int]) -> None:
                           "slowest teacher takes 1,024)")
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name}: must be positive, got {value}")
-
-
-def _non_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{name}: must be >= 0, got {value}")
-
-
-# ------------------------------------------------------------------------------------------- machinery
-
-
-def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from nested dicts, checking every key and type, then validate it."""
-    if hasattr(cls, "with_stage_defaults") and isinstance(data, dict):
-        try:
-            data = cls.with_stage_defaults(data)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-    obj = _build(cls, data, source, prefix)
-    _validate_tree(obj, source)
-    return obj
-
-
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix or '<top>'}' must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            near = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else f" (known: {', '.join(fields)})"
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
-    kwargs = {name: _coerce(hints[name], data[name], source, prefix + name) for name in fields if name in data}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, source, key)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            choices = ", ".join(map(str, typing.get_args(tp)))
-            raise ConfigError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        (inner,) = typing.get_args(tp)
-        return [_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}")
-    if tp is float and not math.isfinite(value):  # no setting means anything at nan or inf
-        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
-    return value
-
-
-def _validate_tree(obj: Any, source: str) -> None:
-    for f in dataclasses.fields(obj):
-        child = getattr(obj, f.name)
-        if dataclasses.is_dataclass(child):
-            _validate_tree(child, source)
-    if hasattr(obj, "validate"):
-        try:
-            obj.validate()
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-
-
-def apply_overrides(data: dict, overrides: list[str], cls: type) -> dict:
-    """Apply ``a.b=value`` strings (values parsed as YAML) to a raw config dict; keys must exist in ``cls``."""
-    for item in overrides:
-        path, sep, raw = item.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. data.batch_size=16")
-        keys = path.split(".")
-        node, schema = data, cls
-        for i, key in enumerate(keys):
-            names = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-            if key not in names:
-                raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(keys[: i + 1])}'")
-            if i == len(keys) - 1:
-                try:
-                    node[key] = yaml.safe_load(raw)
-                except yaml.YAMLError as err:
-                    problem = str(err).splitlines()[0]
-                    raise ConfigError(f"--set {item!r}: the value of '{path}' is not valid YAML ({problem}); "
-                                      f"quote it, e.g. {path}='\"{raw}\"'") from None
-            else:
-                schema = typing.get_type_hints(schema)[key]
-                node = node.setdefault(key, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"--set {item!r}: '{'.'.join(keys[: i + 1])}' is not a section")
-    return data
-
-
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls: type = Config) -> Any:
-    """Load a YAML file into ``cls``, apply ``--set`` overrides, check keys, types and cross-field rules."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    apply_overrides(data, overrides or [], cls)
-    return from_dict(cls, data, source=str(path))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested sections as one level of ``section.key`` names (values kept as they are)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def to_dict(cfg: Any) -> dict:
-    """The config as plain data, without the sections its stage does not read."""
-    data = dataclasses.asdict(cfg)
-    if data.get("stage") == "pretrain":
-        for key in DISTILL_ONLY:
-            data.pop(key)
-    return data
-
-
-def to_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def save_resolved(cfg: Any, directory: str | os.PathLike, name: str = "config.yaml") -> Path:
-    """Write the resolved config next to a stage's outputs (atomically)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / name
-    atomic_write_bytes(target, to_yaml(cfg).encode())
-    return target
+    """``load_yaml`` with the training ``Config`` as the class unless another is given."""
+    return load_yaml(path, cls, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

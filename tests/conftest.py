@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.config import PrepareConfig
 from data_prep.prepare import prepare
-from pipeline.config import PrepareConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data_prep" / "corpus" / "shakespeare"
@@ -39,8 +39,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _rank_processes_only_when_marked(request, monkeypatch):
-    """Outside the `distributed` tier, starting rank processes (``run_ranks``, ``launch/train.py``, the deepspeed
-    launcher, a sweep) fails the test with the mark it needs, instead of slowing the fast tier down."""
+    """Outside the `distributed` tier, starting rank processes (``run_ranks``, the training command in either form,
+    the deepspeed launcher, a sweep) fails the test with the mark it needs, instead of slowing the fast tier down."""
     if request.node.get_closest_marker("distributed"):
         return
     import torch.multiprocessing
@@ -50,7 +50,8 @@ def _rank_processes_only_when_marked(request, monkeypatch):
 
     def popen(args, *rest, **kwargs):
         words = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
-        if any(w == "deepspeed" or w.endswith(("launch/train.py", "launch/sweep.py")) for w in words):
+        if any(w == "deepspeed" or w.endswith("launch/train.py") for w in words) or any(
+                words[i:i + 2] == ["pipeline", c] for i in range(len(words)) for c in ("train", "sweep")):
             refuse()
         return real_popen(args, *rest, **kwargs)
 
@@ -103,7 +104,7 @@ def write_tiny_gpt2_ranks(path: Path) -> dict[bytes, int]:
 
 
 def train_command(cfg_path: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(cfg_path), *extra]
+    return [sys.executable, "-m", "pipeline", "train", "--config", str(cfg_path), *extra]
 
 
 def run_killed_and_resumed(reference: Path, killed: Path, killed_out: Path) -> None:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.regime_chain import WINDOW, RegimeChain, as_regime_chain, conditional_entropy
-from data_prep.synthetic import ChainError, MarkovChain, load_chain
+from data_prep.regime_chain import WINDOW, RegimeChain, as_regime_chain, conditional_entropy, load_chain
+from data_prep.synthetic import ChainError, MarkovChain
 from data_prep.tokenizers import Tokenizer, TokenizerError
 
 SPEC = "markov:"  # a judge spec naming a synthetic corpus's chain (either family): markov:DIR or markov:DIR/chain.json

@@ -7,7 +7,7 @@ plans one config; ``--paper-table`` plans the paper's sizes as distillation runs
 The parameter count of one tensor-parallel rank comes from real modules built on the meta device (megatron-core's
 shards for the table, ``ShardShapes`` for the planner: the tests pin the two to the same count). What ZeRO keeps
 per rank on top of it (fp32 master weights, as this pipeline trains; bf16 is autocast only), as measured with
-``launch/bench_pretrain.py`` and read in DeepSpeed 0.19's ``stage3.py`` / ``stage_1_and_2.py``:
+``launch/bench/bench_pretrain.py`` and read in DeepSpeed 0.19's ``stage3.py`` / ``stage_1_and_2.py``:
 - stage 0: parameters (4 bytes), gradients (4) and AdamW's two moments (8);
 - stages 1 and 2: the parameters (4 bytes), plus an fp32 partition of the parameters and the moments
   (12 bytes) divided over the D data-parallel ranks; gradients whole under stage 1, divided under stage 2;
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from data_prep.config import ConfigError, from_dict
 from models.didi import entropy, forward_kl, jeffreys
 from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.discriminator import Discriminator
@@ -39,7 +40,7 @@ from models.dit import DiT
 from models.layers import DenseLayers, Role, TokenEmbedding, ZeroLinear
 from models.sizes import SIZES
 from models.tensor_parallel import padded
-from pipeline.config import Config, ConfigError, check_world, from_dict, load_config
+from pipeline.config import Config, bf16_compute, check_world, dit_for, load_config
 
 FP32 = 4  # bytes of an fp32 parameter, gradient or moment
 GiB = 2**30
@@ -328,8 +329,7 @@ def meta_dit(cfg: Config, dropout: float) -> DiT:
     m = cfg.model
     layers = ShardShapes(m.tensor_parallel) if m.tensor_parallel > 1 else None
     with torch.device("meta"):
-        return DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim, dropout=dropout,
-                   causal=m.causal, layers=layers)
+        return dit_for(m, dropout=dropout, causal=m.causal, layers=layers)
 
 
 def count(model: nn.Module, trainable: bool) -> int:
@@ -338,8 +338,7 @@ def count(model: nn.Module, trainable: bool) -> int:
 
 def activation_dtype(cfg: Config, on_gpu: bool) -> torch.dtype:
     """bf16 where the run autocasts (``train.precision`` bf16, or auto on a GPU), else fp32."""
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
-    return torch.bfloat16 if bf16 else torch.float32
+    return torch.bfloat16 if bf16_compute(cfg, "cuda" if on_gpu else "cpu") else torch.float32
 
 
 def trained_memory(name: str, model: nn.Module, zero: int, dp: int, activations: float) -> ModelMemory:
@@ -424,7 +423,7 @@ def render(p: MemoryPlan) -> str:
 
 
 def plan_text(cfg: Config, world_size: int, device_gib: float | None = None) -> str:
-    """``render(plan(...))`` with the device size in GiB (for ``launch/train.py --plan-memory``)."""
+    """``render(plan(...))`` with the device size in GiB (for ``python -m pipeline train --plan-memory``)."""
     return render(plan(cfg, world_size, None if device_gib is None else device_gib * GiB))
 
 

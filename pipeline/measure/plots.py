@@ -24,9 +24,12 @@ PRETRAIN_CURVES = {"nats per token": ("train/loss_nats", "val/nelbo_nats", "val/
 
 def plot_curves(metrics_file: Path, out: Path,
                 panels: dict[str, tuple[str, ...]] | None = None) -> Path:
-    """One panel per entry of ``panels`` (title → metric keys); default: the pre-training losses."""
+    """One panel per entry of ``panels`` (title → metric keys) that has data, default: the pre-training losses; a
+    panel none of whose keys was logged (an exact judge's curve in a run without one) is left out."""
     panels = panels or PRETRAIN_CURVES
     rows = read_metrics(metrics_file)
+    logged = {key for row in rows.values() for key in row}
+    panels = {title: keys for title, keys in panels.items() if logged.intersection(keys)} or panels  # or all, empty
     columns = min(3, len(panels))
     rows_of_panels = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5 * columns, 3.6 * rows_of_panels), squeeze=False)

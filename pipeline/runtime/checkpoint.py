@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -24,11 +24,14 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from pipeline.atomic import atomic_path, atomic_write_bytes
-from pipeline.config import Config, flatten, save_resolved, to_dict
+from data_prep.atomic import atomic_path, atomic_write_bytes
+from data_prep.config import flatten, save_resolved, to_dict
+from pipeline.config import Config
 from pipeline.runtime import integrity
-from pipeline.runtime.data import dataset_tokenizer_dir, read_manifest
+from pipeline.runtime.dataset import dataset_tokenizer_dir, read_dataset_manifest
 from pipeline.runtime.safe_load import weights_only_loads
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -113,7 +116,7 @@ def save(cfg: Config, engines: dict, step: int, rank: int, world_size: int, side
 
     def publish() -> None:
         save_resolved(cfg, directory)
-        manifest = read_manifest(cfg.data.path, cfg.data.retries)
+        manifest = read_dataset_manifest(cfg.data.path, cfg.data.retries)
         meta = {"step": step, "world_size": world_size, "tensor_parallel": cfg.model.tensor_parallel,
                 "engines": sorted(engines), "model": model_signature(cfg), "checksums": integrity.MANIFEST,
                 "tokenizer": manifest["tokenizer"]["fingerprint"], "data": data_identity(manifest)}
@@ -153,7 +156,8 @@ def _all_written(root: Path, directory: Path, step: int, rank: int, failure: str
         shutil.rmtree(directory, ignore_errors=True)
     _barrier()
     kept = f"{previous} stays the latest checkpoint" if previous else "the run has no checkpoint yet"
-    need = sum(size for size, _ in (integrity.read_manifest(root / previous) or {}).values()) if previous else 0
+    held = (integrity.read_checkpoint_manifest(root / previous) or {}) if previous else {}
+    need = sum(size for size, _ in held.values())
     free = shutil.disk_usage(root if root.exists() else root.parent).free
     if any("No space left" in f or "unexpected pos" in f for f in failures) or free < need:
         raise CheckpointError(f"no space left on {root} ({free / 2**20:,.0f} MiB free, a checkpoint of this run takes "
@@ -182,7 +186,7 @@ def data_identity(manifest: dict) -> str:
 
 def check_unchanged(cfg: Config, directory: Path, meta: dict) -> None:
     """Refuse a resume whose data or settings differ from the checkpoint's in a way it would not apply."""
-    manifest = read_manifest(cfg.data.path, cfg.data.retries)
+    manifest = read_dataset_manifest(cfg.data.path, cfg.data.retries)
     if meta.get("tokenizer", manifest["tokenizer"]["fingerprint"]) != manifest["tokenizer"]["fingerprint"]:
         raise CheckpointError(f"{directory} was trained with tokenizer {meta['tokenizer']}, data.path {cfg.data.path} "
                               f"holds tokenizer {manifest['tokenizer']['fingerprint']}: resume on the same data, or "
@@ -208,7 +212,7 @@ def _retain(root: Path, latest: str, keep: int) -> None:
     """Delete complete checkpoints beyond the newest ``keep`` (0: none); never ``latest``'s."""
     if keep == 0:
         return
-    complete = [d for d in integrity.step_dirs(root) if integrity.read_manifest(d) is not None]
+    complete = [d for d in integrity.step_dirs(root) if integrity.read_checkpoint_manifest(d) is not None]
     for directory in complete[keep:]:
         if directory.name != latest:
             shutil.rmtree(directory, ignore_errors=True)
@@ -223,11 +227,11 @@ def _intact(cfg: Config, root: Path, tag: str, rank: int, world_size: int) -> Pa
     pointer_ok = re.fullmatch(r"step_\d{8}", tag) is not None and newest.is_dir()
     if pointer_ok and integrity.predates_checksums(newest):
         if rank == 0:
-            print(f"WARNING: checkpoint {newest.name} predates checksums (no {integrity.MANIFEST}); resuming from it "
-                  "unverified", file=sys.stderr, flush=True)
+            log.warning(f"checkpoint {newest.name} predates checksums (no {integrity.MANIFEST}); resuming from it "
+                        "unverified")
         return newest
     older = [d for d in integrity.step_dirs(root)
-             if (d.name < tag or not pointer_ok) and integrity.read_manifest(d) is not None]
+             if (d.name < tag or not pointer_ok) and integrity.read_checkpoint_manifest(d) is not None]
     candidates = ([newest] if pointer_ok else []) + older
     damaged: list[tuple[Path, str]] = []
     directory = None
@@ -245,15 +249,15 @@ def _intact(cfg: Config, root: Path, tag: str, rank: int, world_size: int) -> Pa
         raise CheckpointError(f"cannot resume: {what}; {instead}")
     if (damaged or pointer) and rank == 0:
         if pointer:
-            print(f"WARNING: {pointer}; resuming from {directory.name}", file=sys.stderr, flush=True)
+            log.warning(f"{pointer}; resuming from {directory.name}")
         for bad, why in damaged:
             aside = bad.with_name(bad.name + ".damaged")
             n = 1
             while aside.exists():
                 aside, n = bad.with_name(f"{bad.name}.damaged{n}"), n + 1
             bad.rename(aside)
-            print(f"WARNING: checkpoint {bad.name} is damaged ({why}); moved to {aside.name}, "
-                  f"resuming from {directory.name}", file=sys.stderr, flush=True)
+            log.warning(f"checkpoint {bad.name} is damaged ({why}); moved to {aside.name}, "
+                        f"resuming from {directory.name}")
         atomic_write_bytes(root / "latest", directory.name.encode())
     _barrier()
     return directory

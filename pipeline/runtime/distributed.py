@@ -92,7 +92,7 @@ def setup(tensor_parallel: int = 1) -> Dist:
 
     quiet_deepspeed()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a plain `python launch/train.py`: a group of one
+        if "RANK" not in os.environ:  # one plain process (python -m pipeline train): a group of one
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(_free_port()))
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from models.dit import DiT
-from pipeline.config import Config, ModelConfig, OptimConfig
+from pipeline.config import Config, ModelConfig, OptimConfig, bf16_compute, dit_for
 from pipeline.runtime.distributed import import_deepspeed, uses_cuda
 
 
@@ -19,22 +19,21 @@ def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None 
     With ``model.tensor_parallel`` > 1 (process groups from ``pipeline.runtime.distributed.setup``): this rank's shards
     of that dense model, so every tensor-parallel size starts from the same weights (DeepSpeed partitions a
     ZeRO-3 model when its engine is built). Otherwise a fresh ZeRO-3 model is partitioned as it is created."""
-    dims = (model.vocab_size, model.hidden_size, model.num_layers, model.num_heads, model.cond_dim)
     options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal,
                    checkpointing=model.activation_checkpointing)
     if model.tensor_parallel > 1:
         from models.tensor_parallel import MegatronLayers, initialize, load_dense
 
-        dense = DiT(*dims, **options).state_dict()  # drawn even when unused: later draws stay the dense run's
+        dense = dit_for(model, **options).state_dict()  # drawn even when unused: later draws stay the dense run's
         with torch.random.fork_rng(devices=[]):
-            sharded = DiT(*dims, **options, layers=MegatronLayers(initialize(model.tensor_parallel)))
+            sharded = dit_for(model, **options, layers=MegatronLayers(initialize(model.tensor_parallel)))
         load_dense(sharded, dense if weights is None else weights)
         return sharded
     context = contextlib.nullcontext()
     if zero_stage == 3 and weights is None:
         context = import_deepspeed().zero.Init(config_dict_or_path=ds_config)
     with context:
-        dit = DiT(*dims, **options)
+        dit = dit_for(model, **options)
     if weights is not None:
         dit.load_state_dict(weights)
     return dit
@@ -95,11 +94,12 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def step_skipped(engine, optimizer: GuardedAdamW) -> bool:
+def step_skipped(engine) -> bool:
     """Whether the engine's last optimizer step left the weights as they were. DeepSpeed's ZeRO-1/2 optimizers
     find overflowing gradients themselves and skip the step without calling the inner optimizer (whose flag
-    then dates from an earlier step); otherwise the inner ``GuardedAdamW`` decided."""
-    return not engine.was_step_applied() or optimizer.last_step_skipped
+    then dates from an earlier step); otherwise the inner ``GuardedAdamW`` decided: the engine's
+    ``basic_optimizer`` (its ``optimizer`` is ZeRO's wrapper around it)."""
+    return not engine.was_step_applied() or engine.basic_optimizer.last_step_skipped
 
 
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
@@ -112,12 +112,6 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     if optim.schedule == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def bf16_compute(cfg: Config, device_type: str) -> bool:
-    """Whether the models compute in bf16: ``train.precision`` bf16, or auto on a GPU (master weights, optimizer
-    states and gradient reductions stay fp32 either way)."""
-    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device_type == "cuda")
 
 
 def ds_config(cfg: Config, grad_clip: float | None = None, zero_stage: int | None = None,
@@ -154,12 +148,13 @@ def optimizer_for(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
 
 
 def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict):
-    """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule; returns (engine, optimizer)."""
+    """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule (the engine keeps the optimizer as
+    ``basic_optimizer``)."""
     deepspeed = import_deepspeed()
     optimizer, scheduler = optimizer_for(model, optim, max_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                            mpu=mpu_for(model))
-    return engine, optimizer
+    return engine
 
 
 def build_frozen_engine(model: torch.nn.Module, config: dict):

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import atomic_write_bytes
+from data_prep.atomic import atomic_write_bytes
 
 MANIFEST = "files.json"
 
@@ -40,7 +40,7 @@ def write_manifest(directory: Path, files: dict[str, list]) -> None:
     atomic_write_bytes(directory / MANIFEST, json.dumps(dict(sorted(files.items())), indent=1).encode())
 
 
-def read_manifest(directory: Path) -> dict[str, list] | None:
+def read_checkpoint_manifest(directory: Path) -> dict[str, list] | None:
     """The checkpoint's manifest, or None if it has none (incomplete, or written before checksums)."""
     try:
         return json.loads((directory / MANIFEST).read_text())
@@ -54,7 +54,7 @@ def predates_checksums(directory: Path) -> bool:
     """A checkpoint written before checkpoints carried checksums: no files.json, and a meta.json without the
     ``checksums`` entry that every later one has. Any other checkpoint without files.json is incomplete or
     damaged."""
-    if read_manifest(directory) is not None:
+    if read_checkpoint_manifest(directory) is not None:
         return False
     try:
         return "checksums" not in json.loads((directory / "meta.json").read_text())
@@ -64,7 +64,7 @@ def predates_checksums(directory: Path) -> bool:
 
 def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
     """What is wrong with this rank's share of the checkpoint's files (every file for one process)."""
-    files = read_manifest(directory)
+    files = read_checkpoint_manifest(directory)
     if files is None:
         return [f"{directory / MANIFEST}: missing (" + ("the checkpoint predates checksums)" if predates_checksums(directory)
                                                         else "the save did not finish, or it was deleted)")]

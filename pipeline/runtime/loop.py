@@ -1,33 +1,32 @@
-"""What every training stage's loop shares: precision, the local metrics log, endless batches, the guard
-against non-finite steps, checkpoints and preemption at step ends, and EMA samples for watching quality move."""
+"""What the training loop (``pipeline.runtime.trainer``) is built from: precision, the local metrics log, the guard
+against non-finite steps, resuming from a checkpoint, and EMA samples (with exact scores) for watching quality
+move."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
-import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
-from tqdm import tqdm
 
+from data_prep.config import ConfigError
 from models.diffusion import subs_log_probs
 from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import RANDOM, UnmaskingOrder
-from pipeline.runtime import checkpoint
-from pipeline.config import Config, ConfigError, save_resolved, to_dict
-from pipeline.runtime.data import TokenLoader
-from pipeline.runtime.distributed import Dist, all_reduce_sum, broadcast_object
-from pipeline.runtime.engine import bf16_compute
-from pipeline.runtime.ema import EMA
+from pipeline.config import Config, bf16_compute
 from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, load_exact_judge
-from pipeline.measure.plots import plot_curves
-from pipeline.runtime.preemption import Preempted, PreemptionWatch
-from pipeline.runtime.randomness import SAMPLE, keyed_generator
 from pipeline.measure.text import render
-from pipeline.runtime.tracking import Tracker, make_tracker
+from pipeline.runtime import checkpoint
+from pipeline.runtime.data import TokenLoader
+from pipeline.runtime.distributed import Dist, all_reduce_sum
+from pipeline.runtime.ema import EMA
+from pipeline.runtime.randomness import SAMPLE, keyed_generator
+from pipeline.runtime.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -57,8 +56,8 @@ class NonFiniteGuard:
         self.skipped[phase] += 1
         self.in_a_row[phase] += 1
         if self.verbose:
-            tqdm.write(f"step {step}: {phase}: non-finite loss or gradients (loss {loss}); step skipped "
-                       f"({self.in_a_row[phase]} in a row, {self.skipped[phase]} in all)", file=sys.stderr)
+            log.warning("step %d: %s: non-finite loss or gradients (loss %s); step skipped (%d in a row, %d in all)",
+                        step, phase, loss, self.in_a_row[phase], self.skipped[phase])
         if self.in_a_row[phase] >= self.limit:
             raise NonFiniteError(f"stopping at step {step}: {self.in_a_row[phase]} consecutive {phase} steps had "
                                  f"non-finite loss or gradients (train.max_nonfinite = {self.limit}); the last "
@@ -108,53 +107,6 @@ def resume(cfg: Config, d: Dist, engines: dict, guard: NonFiniteGuard, ema: EMA,
     return side
 
 
-def side_state(guard: NonFiniteGuard, ema: EMA, loader: TokenLoader, tracker: Tracker, **extra) -> dict:
-    """What ``resume`` needs back, for ``checkpoint.save``."""
-    return {"ema": ema.state_dict(), "loader": loader.state_dict(), "guard": guard.state_dict(),
-            "run_id": tracker.run_id, **extra}
-
-
-def start_tracking(cfg: Config, d: Dist, side: dict | None, about: str) -> Tracker:
-    """The tracker (re-attached to the checkpoint's run on resume), the resolved config saved and logged, and
-    one line on rank 0 saying what starts."""
-    tracker = make_tracker(cfg.tracking, d.is_main, cfg.run.name, broadcast_object(side and side["run_id"]))
-    if d.is_main:
-        saved = save_resolved(cfg, cfg.run.out_dir)
-        step = side["step"] if side else 0
-        if side is None:
-            tracker.log_params(to_dict(cfg))
-            tracker.log_artifact(saved)
-        print(f"{'resuming at step ' + str(step) if side else 'starting'}: {cfg.run.out_dir}, {about}", flush=True)
-        if step >= cfg.train.max_steps:
-            print(f"already trained: step {step} of train.max_steps = {cfg.train.max_steps} (raise it to go on)")
-    return tracker
-
-
-def due(step: int, every: int, cfg: Config) -> bool:
-    """Every ``every`` steps, and at the last step."""
-    return step % every == 0 or step == cfg.train.max_steps
-
-
-def end_of_step(cfg: Config, d: Dist, step: int, engines: dict, guard: NonFiniteGuard, side: Callable[[], dict],
-                tracker: Tracker, preemption: PreemptionWatch) -> None:
-    """Checkpoint when due (unless the loss diverged: ``guard.diverged``); if a rank was signalled to stop, checkpoint now (unless just done) and raise
-    ``Preempted`` on every rank. ``side`` gives ``checkpoint.save``'s side state."""
-    stop = step < cfg.train.max_steps and preemption.agreed()
-    if stop or due(step, cfg.train.checkpoint_every, cfg):
-        guard.diverged(step, d.device)
-        checkpoint.save(cfg, engines, step, d.rank, d.world_size, side())
-    if stop:
-        tracker.close(status="KILLED")
-        raise Preempted(step, preemption.received)
-
-
-def finish(tracker: Tracker, out_dir: Path, d: Dist, panels: dict | None = None) -> None:
-    """Curves from ``metrics.jsonl`` as an artifact, then the tracker closed."""
-    if d.is_main and (out_dir / "metrics.jsonl").exists():
-        tracker.log_artifact(plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", panels))
-    tracker.close()
-
-
 def autocast_for(cfg: Config, d: Dist):
     """bf16 autocast on GPU (or when asked), fp32 on CPU, for what runs outside the engines (inside them,
     ``ds_config``'s ``torch_autocast`` section); master weights stay fp32 either way."""
@@ -173,21 +125,6 @@ def record(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[st
     tracker.log_metrics(metrics, step)
     if d.is_main:
         log_line(out_dir, step, metrics)
-
-
-def record_evaluation(tracker: Tracker, out_dir: Path, d: Dist, step: int, metrics: dict[str, float],
-                      evaluation: dict[str, float], summary: str) -> None:
-    """Validation results into the run's latest ``metrics``, the tracker and ``metrics.jsonl``; ``summary`` on
-    rank 0's console."""
-    metrics.update(evaluation)
-    record(tracker, out_dir, d, step, evaluation)
-    if d.is_main:
-        tqdm.write(summary, file=sys.stderr)
-
-
-def endless(loader: TokenLoader):
-    while True:
-        yield from loader
 
 
 @torch.no_grad()
@@ -247,5 +184,4 @@ def log_samples(tracker, out_dir: Path, d: Dist, results, step: int, judge: Exac
             summary = judge.summarise([judge.score(row) for row in ids], rounds=200, seed=step)
             record(tracker, out_dir, d, step, {f"exact/{key}_{steps}steps": summary[key]
                                                for key, _, _ in EXACT_METRICS if summary[key] is not None})
-        if d.is_main:
-            tqdm.write(f"step {step}: sample ({steps} steps, NFE {stats.nfe:.1f}):\n{texts[0][:400]}", file=sys.stderr)
+        log.info("step %d: sample (%d steps, NFE %.1f):\n%s", step, steps, stats.nfe, texts[0][:400])

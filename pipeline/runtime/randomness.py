@@ -6,11 +6,27 @@ batch W·B.
 """
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 import torch
 
-TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME = 1, 2, 3, 4, 5, 6, 7, 8  # purposes
-EXACT_TRAJECTORY = 9  # the teacher-forced trajectories of distill.reward: exact
+
+class Purpose(IntEnum):
+    """What a draw is for: its value keys the random stream, so a value never changes or is reused."""
+
+    TRAIN = 1
+    EVAL = 2
+    SAMPLE = 3
+    DROPOUT = 4
+    ROLLOUT = 5
+    TAU = 6
+    TEACHER_SAMPLE = 7
+    DISCRIMINATOR_TIME = 8
+    EXACT_TRAJECTORY = 9  # the teacher-forced trajectories of distill.reward: exact
+
+
+TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME, EXACT_TRAJECTORY = Purpose
 
 
 def keyed_seed(*keys: int) -> int:

@@ -23,8 +23,8 @@ import webdataset as wds
 
 from data_prep.shards import MEMBER_SUFFIX, decode_tokens
 from pipeline.config import Config, ModelConfig
-from pipeline.runtime.data import (DataError, batches_per_rank, check_compatible, epoch_order,
-                                   first_out_of_vocabulary, read_manifest)
+from pipeline.runtime.dataset import (DataError, as_is, batches_per_rank, check_compatible, epoch_order,
+                                      first_out_of_vocabulary, read_dataset_manifest)
 from pipeline.runtime.preemption import ignore_in_workers
 from pipeline.runtime.urls import FetchError, fetch, resolve
 
@@ -72,10 +72,6 @@ class _Shards(torch.utils.data.Dataset):
         return self.loader.read_shard(self.shards[j])
 
 
-def _as_is(item):
-    return item
-
-
 class StreamLoader:
     """Per-rank batches ``{"input_ids": (B, L) long, "index": (B,) long}`` streamed from shard URLs (module doc);
     ``index`` is the sequence's position in the split, as for ``TokenLoader``."""
@@ -83,7 +79,7 @@ class StreamLoader:
     def __init__(self, location: str, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, num_workers: int = 0, shuffle: bool = True, model: ModelConfig | None = None,
                  buffer: int = 10000, retries: int = 3):
-        manifest = read_manifest(location, retries)
+        manifest = read_dataset_manifest(location, retries)
         if model is not None:
             check_compatible(manifest, model, resolve(location, "manifest.json"))
         if not 0 <= rank < world_size:
@@ -174,7 +170,7 @@ class StreamLoader:
         batch_ready = read_at[shard_of].max(axis=1)  # batch b can go once the shard read at batch_ready[b] is in
         flat, flat_shard = wanted.reshape(-1), shard_of.reshape(-1)
         loader = torch.utils.data.DataLoader(_Shards(self, needed), batch_size=None, num_workers=self.num_workers,
-                                             collate_fn=_as_is, worker_init_fn=ignore_in_workers)
+                                             collate_fn=as_is, worker_init_fn=ignore_in_workers)
         held: dict[int, np.ndarray] = {}
         b = 0
         for k, tokens in enumerate(loader):

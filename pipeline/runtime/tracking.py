@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import TrackingConfig, flatten
+from data_prep.config import flatten
+from pipeline.config import TrackingConfig
 
 
 def param_strings(tree: dict) -> dict[str, str]:

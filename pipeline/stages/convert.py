@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import json
 import sys
 import tempfile
@@ -25,16 +26,19 @@ from pathlib import Path
 
 import torch
 
+from data_prep.config import ConfigError
 from data_prep.tokenizers import TokenizerError, load_tokenizer
 from models.discriminator import Discriminator
+from models.tensor_parallel import join_shards
 from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
-from pipeline.runtime import integrity
+from pipeline.config import Config, is_remote, load_config
+from pipeline.runtime import integrity, logs
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
 from pipeline.runtime.distributed import import_deepspeed
 from pipeline.runtime.safe_load import load_tensors, weights_only_loads
-from pipeline.config import Config, ConfigError, is_remote, load_config
-from models.tensor_parallel import join_shards
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def engine_state_dict(step_dir: Path, engine: str, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -105,7 +109,7 @@ def checkpoint_tokenizer(step_dir: Path, cfg: Config, given: str | Path | None) 
 
 
 def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, online: bool = False,
-            log=print, tokenizer: str | Path | None = None) -> Path:
+            log=log.info, tokenizer: str | Path | None = None) -> Path:
     """Write the bundle of ``checkpoint`` to ``out``; returns ``out``. ``tokenizer``: the dataset's tokenizer folder,
     for a checkpoint that carries none."""
     step_dir, out = _step_dir(Path(checkpoint), tag), Path(out)
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, help="with --from-mdlm: sequence length (default: its config, or 1024)")
     parser.add_argument("--out", required=True, help="bundle directory to create")
     args = parser.parse_args(argv)
+    logs.setup()
     try:
         if args.from_mdlm:
             from pipeline.stages.mdlm_import import import_mdlm

@@ -16,22 +16,21 @@ head is replicated); the ranks of a tensor-parallel group draw the same rows, an
 vocabulary is reduced over the group (``models.vocab_parallel``).
 Limitations: one rollout per optimizer step (no gradient accumulation); with ``real_side: teacher`` the
 teacher samples with the plain ancestral sampler, which dominates the iteration.
+The loop is ``pipeline.runtime.trainer``'s; ``Distillation`` supplies the engines, the iteration and the metrics.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from tqdm import tqdm
 
-from data_prep.tokenizers import load_tokenizer
 from models.didi import (Rollout, beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
                          group_normalised_advantages, jeffreys, marginal_log_prob, omega, rollout_times, row_rewards,
                          sample_tau, snap_tau, student_loss, student_rollout, teacher_forced_log_prob)
@@ -40,21 +39,18 @@ from models.discriminator import Discriminator
 from models.dit import DiT
 from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
+from pipeline.bundle import verify_bundle
+from pipeline.config import Config, DistillConfig, dit_for
 from pipeline.measure.exact_judge import ExactJudge, SampleScore
 from pipeline.runtime.checkpoint import CheckpointError, model_signature
-from pipeline.config import Config, DistillConfig
-from pipeline.runtime.data import dataset_tokenizer_dir, loader_from_config, read_manifest
+from pipeline.runtime.dataset import read_dataset_manifest
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config, step_skipped
-from pipeline.runtime.loop import (NonFiniteError, NonFiniteGuard, autocast_for, due, end_of_step, endless,
-                                   exact_curves, exact_judge_for, finish, log_samples, record, record_evaluation,
-                                   resume, sample_texts, side_state, start_tracking)
-from pipeline.runtime.preemption import PreemptionWatch
-from pipeline.stages.pretrain import evaluate
+from pipeline.runtime.loop import NonFiniteGuard, autocast_for
 from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, ROLLOUT, TAU, TEACHER_SAMPLE,
                                          keyed_generator, keyed_seed)
-from pipeline.bundle import verify
+from pipeline.runtime.trainer import Stage, Trainer, Update
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
@@ -82,7 +78,7 @@ def check_teacher(cfg: Config) -> Path:
     and tokenizer (before any work starts)."""
     source = Path(cfg.distill.teacher)
     if is_bundle(source):
-        manifest = verify(source)
+        manifest = verify_bundle(source)
         where, model, tokenizer = f"distill.teacher: bundle {source}", manifest["model"], manifest["tokenizer"]["fingerprint"]
     else:
         source = resolve_checkpoint(source)
@@ -95,7 +91,7 @@ def check_teacher(cfg: Config) -> Path:
     diff = [f"{k} {model.get(k)} there, {v} in the config" for k, v in model_signature(cfg).items() if model.get(k) != v]
     if diff:
         raise CheckpointError(f"{where} holds another model than the config's: {'; '.join(diff)}")
-    fingerprint = read_manifest(cfg.data.path)["tokenizer"]["fingerprint"]
+    fingerprint = read_dataset_manifest(cfg.data.path)["tokenizer"]["fingerprint"]
     if tokenizer not in (None, fingerprint):
         raise CheckpointError(f"{where} was trained with tokenizer {tokenizer}, data.path {cfg.data.path} "
                               f"holds tokenizer {fingerprint}")
@@ -108,7 +104,7 @@ def teacher_weights(cfg: Config, source: Path) -> dict[str, torch.Tensor]:
         return load_file(source / "model.safetensors")
     m = cfg.model
     with torch.device("meta"):
-        shapes = DiT(m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.cond_dim)
+        shapes = dit_for(m)
     return ema_state_dict(source, shapes)
 
 
@@ -133,18 +129,65 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - start
 
 
+@dataclass
+class RolloutResult:
+    """The rollout phase: the rows' generators (the coupled corruption draws on from them), τ, the grid times."""
+    generators: list[torch.Generator]
+    tau: torch.Tensor
+    times: torch.Tensor
+    roll: Rollout
+
+
+@dataclass
+class TeacherResult:
+    """The teacher phase: its log-probabilities at each rollout state, and the real side's rows."""
+    targets: list[torch.Tensor]
+    real: torch.Tensor
+
+
+@dataclass
+class DiscriminatorResult:
+    """The discriminator phase: its time t and σ(t), the noised fake rows and the positions it judged, its loss
+    and accuracy."""
+    t: torch.Tensor
+    sigma: torch.Tensor
+    z_fake: torch.Tensor
+    m_fake: torch.Tensor
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+
+
+@dataclass
+class RewardResult:
+    """The reward phase: the updated discriminator's logits on the fake rows, the rows' rewards and advantages,
+    the student loss's weight per row, and the exact scores (with an exact judge)."""
+    d_fake: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    weight: torch.Tensor
+    scores: list[SampleScore] | None
+
+
+@dataclass
+class StudentResult:
+    """The student phase: its loss, and the KL and entropy at each rollout state."""
+    loss: torch.Tensor
+    kls: list[torch.Tensor]
+    hs: list[torch.Tensor]
+
+
 class Distiller:
     """The four models of a distillation run and one iteration of the algorithm box, phase by phase.
 
     ``student`` and ``disc`` are trainable engines (DeepSpeed's, or anything with the same ``backward``,
-    ``step``, ``was_step_applied``, ``module`` and ``get_lr``) whose optimizers report ``last_step_skipped``;
-    ``teacher`` is frozen."""
+    ``step``, ``was_step_applied``, ``module``, ``get_lr`` and a ``basic_optimizer`` that reports
+    ``last_step_skipped``); ``teacher`` is frozen."""
 
-    def __init__(self, cfg: Config, d: Dist, student, student_opt, disc, disc_opt, teacher, teacher_dir=None,
+    def __init__(self, cfg: Config, d: Dist, student, disc, teacher, teacher_dir=None,
                  judge: ExactJudge | None = None):
         self.cfg, self.d, self.mask_id = cfg, d, cfg.model.vocab_size
         self.schedule, self.autocast = LogLinearSchedule(), autocast_for(cfg, d)
-        self.student, self.student_opt, self.disc, self.disc_opt = student, student_opt, disc, disc_opt
+        self.student, self.disc = student, disc
         self.teacher, self.teacher_dir, self.judge = teacher, teacher_dir, judge  # judge: for reward: exact
         self.shard = student.module.vocab_shard  # this rank's vocabulary columns (None: all)
         self.order = UnmaskingOrder.parse(cfg.distill.rollout_order)  # which positions a rollout step reveals
@@ -206,86 +249,126 @@ class Distiller:
                   for k in range(c.exact_reward_trajectories)]
         return marginal_log_prob(torch.stack(forced)).float()
 
-    # ---- one iteration ----
+    # ---- one iteration, phase by phase ----
 
     def iteration(self, step: int, x_data: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
         """Rollout → teacher → discriminator step → reward → student step → EMA; returns this rank's metrics."""
-        c, mask_id, schedule = self.cfg.distill, self.mask_id, self.schedule
         if self.cfg.model.dropout > 0:
             torch.manual_seed(keyed_seed(self.cfg.run.seed, DROPOUT, step, self.d.data_rank))
+        with timer("rollout"):
+            rollout = self.rollout(step)
+        with timer("teacher"), torch.no_grad():
+            teacher = self.teacher_targets(step, rollout, x_data)
+        with timer("discriminator"):
+            disc = self.discriminator_step(step, rollout, teacher)
+        with timer("reward"), torch.no_grad():
+            reward = self.reward(step, rollout, disc)
+        with timer("student"):
+            student = self.student_step(rollout, teacher, reward)
+            self.ema_step()
+        return iteration_metrics(self.cfg.distill, rollout, disc, reward, student)
+
+    def rollout(self, step: int) -> RolloutResult:
+        """The student's rollouts from all-[MASK] at this step's τ (their draws keyed by step and row)."""
+        c = self.cfg.distill
         gens = self.generators(step, ROLLOUT, c.rollout_rows)
         tau = self.taus(step, gens)
         times = rollout_times(tau, c.steps, c.t0)
-        with timer("rollout"):
-            roll = student_rollout(lambda z: self._log_probs(self.student, z), times,
-                                   self.cfg.model.seq_len, mask_id, schedule, gens, self.shard,
-                                   self.order)
-        with timer("teacher"), torch.no_grad():
-            targets = [self._log_probs(self.teacher, z) for z in roll.states]
-            real = x_data if c.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
-        # the time of the discriminator's corruption, of its σ and of ω: the rollout's τ when coupled
-        t = tau if c.coupled_time else sample_tau(self.generators(step, DISCRIMINATOR_TIME, c.rollout_rows),
-                                                  c.tau_a, c.tau_b).to(tau.device)
-        z_fake, z_real = coupled_corruption(roll.x, real.repeat_interleave(c.group_size, 0), t, mask_id,
-                                            schedule, gens)
+        roll = student_rollout(lambda z: self._log_probs(self.student, z), times, self.cfg.model.seq_len,
+                               self.mask_id, self.schedule, gens, self.shard, self.order)
+        return RolloutResult(gens, tau, times, roll)
+
+    def teacher_targets(self, step: int, rollout: RolloutResult, x_data: torch.Tensor) -> TeacherResult:
+        """The teacher's log-probabilities at every rollout state, and the real side's rows (data or teacher
+        samples)."""
+        targets = [self._log_probs(self.teacher, z) for z in rollout.roll.states]
+        real = x_data if self.cfg.distill.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
+        return TeacherResult(targets, real)
+
+    def discriminator_step(self, step: int, rollout: RolloutResult, teacher: TeacherResult) -> DiscriminatorResult:
+        """Fake (rollout) and real rows noised with coupled masks at time t (the rollout's τ when coupled), and
+        one discriminator step on them."""
+        c, mask_id = self.cfg.distill, self.mask_id
+        t = rollout.tau if c.coupled_time else sample_tau(self.generators(step, DISCRIMINATOR_TIME, c.rollout_rows),
+                                                          c.tau_a, c.tau_b).to(rollout.tau.device)
+        z_fake, z_real = coupled_corruption(rollout.roll.x, teacher.real.repeat_interleave(c.group_size, 0), t,
+                                            mask_id, self.schedule, rollout.generators)
         m_fake, m_real = z_fake == mask_id, z_real == mask_id
         if c.discriminator_positions == "all":
             m_fake, m_real = torch.ones_like(m_fake), torch.ones_like(m_real)
-        sigma = schedule.sigma(t)
+        sigma = self.schedule.sigma(t)
+        with self.autocast():
+            d_real, d_fake = self.disc(torch.cat([z_real, z_fake]), torch.cat([sigma, sigma])).float().chunk(2)
+        loss, accuracy = discriminator_loss(d_real, d_fake, m_real, m_fake, c.label_smoothing,
+                                            self._global_count(m_real), self._global_count(m_fake))
+        self.disc.backward(loss)
+        self.disc.step()
+        return DiscriminatorResult(t, sigma, z_fake, m_fake, loss, accuracy)
 
-        with timer("discriminator"):
-            with self.autocast():
-                d_real, d_fake = self.disc(torch.cat([z_real, z_fake]), torch.cat([sigma, sigma])).float().chunk(2)
-            loss_d, accuracy = discriminator_loss(d_real, d_fake, m_real, m_fake, c.label_smoothing,
-                                                  self._global_count(m_real), self._global_count(m_fake))
-            self.disc.backward(loss_d)
-            self.disc.step()
+    def reward(self, step: int, rollout: RolloutResult, disc: DiscriminatorResult) -> RewardResult:
+        """Rewards from the updated discriminator (or, ``reward: exact``, from the exact judge), group-normalised
+        advantages and the student loss's weight per row."""
+        c = self.cfg.distill
+        self.disc.eval()
+        with self.autocast():
+            d_fake = self.disc(disc.z_fake, disc.sigma).float()
+        self.disc.train()
+        # with an exact judge the rows are scored once, for the reward (reward: exact) and the correlation
+        scores = None if self.judge is None else [self.judge.score(row) for row in rollout.roll.x.tolist()]
+        rewards = (row_rewards(d_fake, disc.m_fake, c.reward_clip) if c.reward == "discriminator"
+                   else exact_rewards(scores, self.sample_log_likelihood(step, rollout.roll, rollout.times),
+                                      c.reward_clip))
+        advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
+        weight = omega(disc.t, self.schedule) if c.omega_weight else torch.ones_like(disc.t)
+        if c.importance_weight:
+            weight = weight / beta_density(disc.t, c.tau_a, c.tau_b)
+        return RewardResult(d_fake, rewards, advantages, weight, scores)
 
-        with timer("reward"), torch.no_grad():
-            self.disc.eval()
-            with self.autocast():
-                d_fake = self.disc(z_fake, sigma).float()
-            self.disc.train()
-            # with an exact judge the rows are scored once, for the reward (reward: exact) and the correlation
-            scores = None if self.judge is None else [self.judge.score(row) for row in roll.x.tolist()]
-            rewards = (row_rewards(d_fake, m_fake, c.reward_clip) if c.reward == "discriminator"
-                       else exact_rewards(scores, self.sample_log_likelihood(step, roll, times), c.reward_clip))
-            advantages = group_normalised_advantages(rewards, c.group_size, c.advantage_clip)
-            weight = omega(t, schedule) if c.omega_weight else torch.ones_like(t)
-            if c.importance_weight:
-                weight = weight / beta_density(t, c.tau_a, c.tau_b)
+    def student_step(self, rollout: RolloutResult, teacher: TeacherResult, reward: RewardResult) -> StudentResult:
+        """One student step on the advantage-weighted log-likelihood with the KL to the teacher and the entropy
+        at every rollout state."""
+        c, roll = self.cfg.distill, rollout.roll
+        counts = [self._global_count(m) for m in roll.masked]
+        steps = list(zip(teacher.targets, roll.log_probs, roll.masked, counts))
+        if c.kl == "forward":
+            kls = [forward_kl(target, p, m, n, self.shard) for target, p, m, n in steps]
+        else:
+            kls = [jeffreys(target, p, m, c.jeffreys_beta, n, self.shard) for target, p, m, n in steps]
+        hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
+        lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
+        loss = student_loss(reward.weight, reward.advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas)
+        self.student.backward(loss)
+        self.student.step()
+        return StudentResult(loss, kls, hs)
 
-        with timer("student"):
-            counts = [self._global_count(m) for m in roll.masked]
-            steps = list(zip(targets, roll.log_probs, roll.masked, counts))
-            if c.kl == "forward":
-                kls = [forward_kl(target, p, m, n, self.shard) for target, p, m, n in steps]
-            else:
-                kls = [jeffreys(target, p, m, c.jeffreys_beta, n, self.shard) for target, p, m, n in steps]
-            hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
-            lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
-            loss_s = student_loss(weight, advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas)
-            self.student.backward(loss_s)
-            self.student.step()
-            if not step_skipped(self.student, self.student_opt):
-                self.ema.update()
+    def ema_step(self) -> None:
+        """The EMA student follows the student's step (not a skipped one)."""
+        if not step_skipped(self.student):
+            self.ema.update()
 
-        clipped = ((d_fake.abs() >= c.reward_clip) & m_fake).sum() / m_fake.sum().clamp(min=1)
-        exact = {} if scores is None else {"advantage/exact_correlation": exact_correlation(scores, advantages)}
-        return {
-            **exact,
-            "discriminator/loss": loss_d.item(), "discriminator/accuracy": accuracy.item(),
-            "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
-            "reward/clipped_fraction": clipped.item(),
-            "reward/group_std": rewards.view(-1, c.group_size).std(1).mean().item(),
-            "advantage/abs_max": advantages.abs().max().item(),
-            "advantage/clipped_fraction": (advantages.abs() >= c.advantage_clip).float().mean().item(),
-            "student/loss": loss_s.item(), **{f"student/kl_step{k + 1}": kl.item() for k, kl in enumerate(kls)},
-            "student/kl_last": kls[-1].item(), "student/entropy": (sum(hs) / len(hs)).item(),
-            "student/log_prob": roll.log_prob.mean().item(), "student/omega_mean": weight.mean().item(),
-            "student/tau_mean": tau.mean().item(), "discriminator/t_mean": t.mean().item(),
-            **tau_diagnostics(tau, rewards, advantages),
-        }
+
+def iteration_metrics(c: DistillConfig, rollout: RolloutResult, disc: DiscriminatorResult, reward: RewardResult,
+                      student: StudentResult) -> dict[str, float]:
+    """This rank's metrics of one iteration, from its phases' results."""
+    rewards, advantages, tau = reward.rewards, reward.advantages, rollout.tau
+    clipped = ((reward.d_fake.abs() >= c.reward_clip) & disc.m_fake).sum() / disc.m_fake.sum().clamp(min=1)
+    exact = ({} if reward.scores is None
+             else {"advantage/exact_correlation": exact_correlation(reward.scores, advantages)})
+    kls, hs = student.kls, student.hs
+    return {
+        **exact,
+        "discriminator/loss": disc.loss.item(), "discriminator/accuracy": disc.accuracy.item(),
+        "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+        "reward/clipped_fraction": clipped.item(),
+        "reward/group_std": rewards.view(-1, c.group_size).std(1).mean().item(),
+        "advantage/abs_max": advantages.abs().max().item(),
+        "advantage/clipped_fraction": (advantages.abs() >= c.advantage_clip).float().mean().item(),
+        "student/loss": student.loss.item(), **{f"student/kl_step{k + 1}": kl.item() for k, kl in enumerate(kls)},
+        "student/kl_last": kls[-1].item(), "student/entropy": (sum(hs) / len(hs)).item(),
+        "student/log_prob": rollout.roll.log_prob.mean().item(), "student/omega_mean": reward.weight.mean().item(),
+        "student/tau_mean": tau.mean().item(), "discriminator/t_mean": disc.t.mean().item(),
+        **tau_diagnostics(tau, rewards, advantages),
+    }
 
 
 def exact_rewards(scores: list[SampleScore], log_q: torch.Tensor, break_cost: float) -> torch.Tensor:
@@ -362,88 +445,68 @@ def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | Non
         weights = teacher_weights(cfg, teacher_dir)
     student, disc, teacher = initial_models(cfg, weights)
     steps = cfg.train.max_steps
-    student, student_opt = build_engine(student, cfg.optim, steps, ds_config(cfg))
-    disc, disc_opt = build_engine(disc, cfg.discriminator_optim, steps,
-                                  ds_config(cfg, grad_clip=cfg.discriminator_optim.grad_clip))
+    student = build_engine(student, cfg.optim, steps, ds_config(cfg))
+    disc = build_engine(disc, cfg.discriminator_optim, steps, ds_config(cfg, grad_clip=cfg.discriminator_optim.grad_clip))
     teacher = build_frozen_engine(teacher, ds_config(cfg, zero_stage=3 if cfg.train.zero_stage == 3 else 0,
                                                      offload=cfg.distill.teacher_offload))
-    return Distiller(cfg, d, student, student_opt, disc, disc_opt, teacher, teacher_dir, judge)
+    return Distiller(cfg, d, student, disc, teacher, teacher_dir, judge)
+
+
+class Distillation(Stage):
+    """A ``Distiller``'s iterations in the trainer: every iteration's metrics averaged over the window and the
+    ranks, with the phases' seconds, the mean reward per τ bin and the learning rates."""
+
+    name, curves, baseline_samples = "distill", CURVES, True  # before any update the student is the teacher
+
+    def __init__(self, run: Distiller):
+        self.run, self.d = run, run.d
+        self.model, self.ema, self.guard = run.student, run.ema, run.guard
+        self.engines = {"student": run.student, "discriminator": run.disc}
+        self.window: dict[str, float] = defaultdict(float)
+        self.timer = PhaseTimer(self.d.device)
+        self.rollout_tokens = run.cfg.distill.rollout_rows * run.cfg.model.seq_len * self.d.data_size
+
+    def about(self) -> str:
+        return f"teacher {self.run.teacher_dir}"
+
+    def resumed(self, side: dict) -> None:
+        if side["teacher"] != str(self.run.teacher_dir):
+            raise CheckpointError(f"{self.run.cfg.run.out_dir} was distilled from {side['teacher']}, the config now "
+                                  f"names {self.run.teacher_dir}; use another run.out_dir")
+
+    def side_state(self) -> dict:
+        return {"teacher": str(self.run.teacher_dir)}
+
+    def step(self, step: int, batches) -> list[Update]:
+        values = self.run.iteration(step, next(batches)["input_ids"].to(self.d.device), self.timer)
+        for key, value in values.items():
+            self.window[key] += value
+        return [Update("discriminator", step_skipped(self.run.disc), values["discriminator/loss"]),
+                Update("student", step_skipped(self.run.student), values["student/loss"])]
+
+    def window_metrics(self, iterations: int, elapsed: float) -> dict[str, float]:
+        keys = sorted(self.window) + [f"time/{p}_s" for p in PHASES]
+        sums = all_reduce_sum(*(self.window[k] for k in sorted(self.window)),
+                              *(self.timer.seconds[p] for p in PHASES), device=self.d.device)
+        metrics = bin_means({k: v / (iterations * self.d.world_size) for k, v in zip(keys, sums)})
+        metrics.update(self.guard.metrics())
+        metrics.update({"student/lr": self.run.student.get_lr()[0], "discriminator/lr": self.run.disc.get_lr()[0],
+                        "time/iteration_s": elapsed / iterations,
+                        "train/rollout_tokens_per_s": self.rollout_tokens * iterations / elapsed})
+        self.window, self.timer = defaultdict(float), PhaseTimer(self.d.device)
+        return metrics
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"d_acc": f"{metrics['discriminator/accuracy']:.2f}", "kl": f"{metrics['student/kl_last']:.3f}",
+                "r": f"{metrics['reward/mean']:.2f}"}
+
+    def summary(self, step: int, metrics: dict[str, float], evaluation: dict[str, float]) -> str:
+        return (f"step {step}: discriminator accuracy {metrics.get('discriminator/accuracy', 0):.3f}, "
+                f"reward {metrics.get('reward/mean', 0):+.3f}, KL {metrics.get('student/kl_last', 0):.4f}, "
+                f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token")
 
 
 def distill(cfg: Config, d: Dist) -> dict:
     """Distil (or resume distilling) the teacher into a few-step student; returns the final metrics."""
-    out_dir = Path(cfg.run.out_dir)
-    loader = loader_from_config(cfg, "train", d.data_rank, d.data_size)
-    val = loader_from_config(cfg, "val", d.data_rank, d.data_size, shuffle=False)
-    tok = load_tokenizer(dataset_tokenizer_dir(cfg.data.path, cfg.data.retries))
-    judge = exact_judge_for(cfg, tok)
-    run = build_distiller(cfg, d, judge=judge)
-    engines = {"student": run.student, "discriminator": run.disc}
-
-    side = resume(cfg, d, engines, run.guard, run.ema, loader)
-    if side is not None and side["teacher"] != str(run.teacher_dir):
-        raise CheckpointError(f"{cfg.run.out_dir} was distilled from {side['teacher']}, the config now names "
-                              f"{run.teacher_dir}; use another run.out_dir")
-    step = side["step"] if side else 0
-    tracker = start_tracking(cfg, d, side, f"teacher {run.teacher_dir}")
-
-    stream = endless(loader)
-    metrics: dict[str, float] = {}
-    window: dict[str, float] = defaultdict(float)
-    window_steps, timer, window_start = 0, PhaseTimer(d.device), time.perf_counter()
-    rollout_tokens = cfg.distill.rollout_rows * cfg.model.seq_len * d.data_size
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.is_main, file=sys.stderr,
-               dynamic_ncols=True, desc="distill")
-    if step == 0 and judge is not None:  # the exact curves' baseline: before any update the student is the teacher
-        log_samples(tracker, out_dir, d, sample_texts(run.student, run.ema, cfg, d, 0, run.autocast, tok), 0, judge)
-    run.student.train()
-    run.disc.train()
-    with PreemptionWatch(d.device) as preemption:
-        while step < cfg.train.max_steps:
-            x = next(stream)["input_ids"].to(d.device)
-            values = run.iteration(step, x, timer)
-            step += 1
-            try:
-                run.guard.record("discriminator", step_skipped(run.disc, run.disc_opt), step,
-                                 values["discriminator/loss"])
-                run.guard.record("student", step_skipped(run.student, run.student_opt), step, values["student/loss"])
-            except NonFiniteError:
-                tracker.log_metrics(run.guard.metrics(), step)
-                tracker.close()
-                raise
-            for key, value in values.items():
-                window[key] += value
-            window_steps += 1
-            bar.update(1)
-            if due(step, cfg.train.log_every, cfg):
-                keys = sorted(window) + [f"time/{p}_s" for p in PHASES]
-                sums = all_reduce_sum(*(window[k] for k in sorted(window)), *(timer.seconds[p] for p in PHASES),
-                                      device=d.device)
-                elapsed = time.perf_counter() - window_start
-                metrics = bin_means({k: v / (window_steps * d.world_size) for k, v in zip(keys, sums)})
-                metrics.update(run.guard.metrics())
-                metrics.update({"student/lr": run.student.get_lr()[0], "discriminator/lr": run.disc.get_lr()[0],
-                                "time/iteration_s": elapsed / window_steps,
-                                "train/rollout_tokens_per_s": rollout_tokens * window_steps / elapsed})
-                record(tracker, out_dir, d, step, metrics)
-                bar.set_postfix(d_acc=f"{metrics['discriminator/accuracy']:.2f}",
-                                kl=f"{metrics['student/kl_last']:.3f}",
-                                r=f"{metrics['reward/mean']:.2f}")
-                window, window_steps = defaultdict(float), 0
-                timer, window_start = PhaseTimer(d.device), time.perf_counter()
-            if due(step, cfg.train.eval_every, cfg):
-                evaluation = evaluate(run.student, run.ema, val, cfg, d, run.autocast)
-                record_evaluation(tracker, out_dir, d, step, metrics, evaluation,
-                                  f"step {step}: discriminator accuracy "
-                                  f"{metrics.get('discriminator/accuracy', 0):.3f}, "
-                                  f"reward {metrics.get('reward/mean', 0):+.3f}, "
-                                  f"KL {metrics.get('student/kl_last', 0):.4f}, "
-                                  f"EMA student val NELBO {evaluation['val/nelbo_nats']:.4f} nats/token")
-            if due(step, cfg.train.sample_every, cfg):
-                samples = sample_texts(run.student, run.ema, cfg, d, step, run.autocast, tok)
-                log_samples(tracker, out_dir, d, samples, step, judge)
-            end_of_step(cfg, d, step, engines, run.guard, lambda: side_state(run.guard, run.ema, loader, tracker,
-                                                                 teacher=str(run.teacher_dir)), tracker, preemption)
-    bar.close()
-    finish(tracker, out_dir, d, {**CURVES, **exact_curves(cfg)})
-    return {"step": step, **metrics}
+    trainer = Trainer(cfg, d)
+    return trainer.run(Distillation(build_distiller(cfg, d, judge=trainer.judge)))

@@ -21,26 +21,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from pathlib import Path
 
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import ConfigError, to_dict
 from data_prep.tokenizers import load_tokenizer
-from pipeline.atomic import atomic_write_bytes
+from models.unmasking import UnmaskingOrder
 from pipeline.bundle import BundleError, load_bundle
-from pipeline.config import ConfigError, EvaluateConfig, load_config, to_dict
-from pipeline.runtime.data import TokenShards
-from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
+from pipeline.config import EvaluateConfig, load_config
 from pipeline.measure.exact_denoiser import exact_bundle
+from pipeline.measure.exact_judge import METRICS as EXACT_METRICS
 from pipeline.measure.exact_judge import ExactJudge, ExactJudgeError, is_exact, load_exact_judge
 from pipeline.measure.judge import JudgeError, bootstrap_interval, gen_ppl, in_domain_judge, load_judge, unigram_entropy
 from pipeline.measure.plots import plot_versus_nfe
 from pipeline.measure.protein import METRICS as PROTEIN_METRICS
 from pipeline.measure.protein import ProteinMetrics, mmseqs_missing
-from pipeline.stages.sample import sample
-from models.unmasking import UnmaskingOrder
 from pipeline.measure.text import render
+from pipeline.runtime import logs
+from pipeline.runtime.data import TokenShards
 from pipeline.runtime.tracking import make_tracker
+from pipeline.stages.sample import sample
+
+log = logging.getLogger(__name__)
 
 EXACT_DENOISER = "exact denoiser"  # the model of the rows sampled from the chain's exact posterior
 IN_DOMAIN = "in_domain_"  # key prefix of the in-domain judge's numbers
@@ -53,7 +58,7 @@ def make_judge(cfg: EvaluateConfig, tok):
     if not is_exact(cfg.judge):
         if tok.kind == "protein" and not (Path(cfg.judge) / "manifest.json").is_file():
             raise JudgeError(f"judge {cfg.judge!r}: protein samples need a judge bundle trained on this corpus "
-                             "(model.causal: true; launch/protein.sh trains one), not a text model")
+                             "(model.causal: true; launch/recipes/protein/protein.sh trains one), not a text model")
         return load_judge(cfg.judge, cfg.judge_context, cfg.judge_batch_size)
     try:
         return load_exact_judge(cfg.judge, tok)
@@ -133,8 +138,8 @@ def matching_temperature(bundle, tok, cfg: EvaluateConfig, order: UnmaskingOrder
     return math.sqrt(low * high)
 
 
-def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], order: UnmaskingOrder,
-                 log) -> list[dict]:
+def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict],
+                 order: UnmaskingOrder) -> list[dict]:
     """The entropy-matched teacher next to each student sampler (at ``control_student_steps``), in ``order``."""
     steps = cfg.control_steps or max(cfg.teacher_steps)
     controls = []
@@ -142,15 +147,15 @@ def control_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dic
                     and r["order"] == str(order)]:
         about = f"student {student['sampler']} {student['steps']}"
         temperature = matching_temperature(teacher, tok, cfg, order, student["entropy"])
-        log(f"entropy-matched control for {about} in order {order} (entropy {student['entropy']:.2f}): teacher at "
-            f"T = {temperature:.3f}")
+        log.info(f"entropy-matched control for {about} in order {order} (entropy {student['entropy']:.2f}): "
+                 f"teacher at T = {temperature:.3f}")
         controls.append(sampled_row(judges, cfg, teacher, tok, "teacher", "ancestral", order, steps, temperature,
                                     about))
     return controls
 
 
-def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict], order: UnmaskingOrder,
-                          log) -> list[dict]:
+def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows: list[dict],
+                          order: UnmaskingOrder) -> list[dict]:
     """With an exact judge: the teacher at each of ``student_steps`` (with or without a student: what one must
     beat), at the temperature of ``exact_control_temperatures`` whose samples have the lowest bigram TV (a lower
     temperature trades bigram distance for likelihood, so a student that does not beat this row has only
@@ -166,10 +171,11 @@ def best_temperature_rows(judges: dict, cfg: EvaluateConfig, teacher, tok, rows:
                             "best temperature", "best temperature")
                 for temperature in cfg.exact_control_temperatures]
         best = min(grid, key=lambda r: math.inf if r["bigram_tv"] is None else r["bigram_tv"])
-        log(f"best-temperature control at {steps} steps in order {order}: teacher at T = {best['temperature']:.2f} "
-            "(bigram TV "
-            + ", ".join(f"{r['temperature']:.2f}: {r['bigram_tv']:.3f}" for r in grid if r["bigram_tv"] is not None)
-            + ")")
+        log.info(f"best-temperature control at {steps} steps in order {order}: teacher at "
+                 f"T = {best['temperature']:.2f} (bigram TV "
+                 + ", ".join(f"{r['temperature']:.2f}: {r['bigram_tv']:.3f}" for r in grid
+                             if r["bigram_tv"] is not None)
+                 + ")")
         controls.append(best)
     return controls
 
@@ -232,7 +238,7 @@ def markdown(rows: list[dict], cfg: EvaluateConfig, judges: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_row(r: dict, log) -> dict:
+def log_row(r: dict) -> dict:
     if "gen_ppl" in r:
         in_domain = f", in-domain {gen_ppl_text(r, IN_DOMAIN)}" if f"{IN_DOMAIN}gen_ppl" in r else ""
         judged = f"Gen-PPL {gen_ppl_text(r)}{in_domain}"
@@ -240,32 +246,32 @@ def log_row(r: dict, log) -> dict:
         judged = ", ".join(f"{title} {metric_text(r, key, fmt)}" for key, title, fmt in EXACT_METRICS)
     if f"{PROTEIN}composition_kl" in r:
         judged += ", " + ", ".join(f"{title} {metric_text(r, PROTEIN + key, fmt)}" for key, title, fmt in PROTEIN_METRICS)
-    log(f"{r['model']} {r['sampler']} {r['order']} {r['steps']} steps, T = {r['temperature']:.3f}: {judged}, entropy "
-        f"{r['entropy']:.2f}, NFE {r['nfe']:.1f}, {r['seconds_per_sample']:.3f} s/sample")
+    log.info(f"{r['model']} {r['sampler']} {r['order']} {r['steps']} steps, T = {r['temperature']:.3f}: {judged}, "
+             f"entropy {r['entropy']:.2f}, NFE {r['nfe']:.1f}, {r['seconds_per_sample']:.3f} s/sample")
     return r
 
 
-def order_rows(judges: dict, cfg: EvaluateConfig, teacher, student, tok, order: UnmaskingOrder, log) -> list[dict]:
+def order_rows(judges: dict, cfg: EvaluateConfig, teacher, student, tok, order: UnmaskingOrder) -> list[dict]:
     """Every sampled row of the evaluation in one unmasking order: teacher, student, their controls and the
     exact denoiser."""
     cells = [(teacher, "teacher", "ancestral", s) for s in cfg.teacher_steps]
     if student is not None:
         cells += [(student, "student", sampler, s) for sampler in cfg.student_samplers for s in cfg.student_steps]
-    rows = [log_row(sampled_row(judges, cfg, bundle, tok, model, sampler, order, steps), log)
+    rows = [log_row(sampled_row(judges, cfg, bundle, tok, model, sampler, order, steps))
             for bundle, model, sampler, steps in cells]
     if cfg.entropy_control:
-        rows += [log_row(r, log) for r in control_rows(judges, cfg, teacher, tok, rows, order, log)]
+        rows += [log_row(r) for r in control_rows(judges, cfg, teacher, tok, rows, order)]
     exact = isinstance(judges[""], ExactJudge)
     if exact and cfg.exact_control_temperatures:
-        rows += [log_row(r, log) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, order, log)]
+        rows += [log_row(r) for r in best_temperature_rows(judges, cfg, teacher, tok, rows, order)]
     if exact and cfg.exact_denoiser:
         oracle = exact_bundle(teacher, judges[""])
-        rows += [log_row(sampled_row(judges, cfg, oracle, tok, EXACT_DENOISER, "ancestral", order, steps), log)
+        rows += [log_row(sampled_row(judges, cfg, oracle, tok, EXACT_DENOISER, "ancestral", order, steps))
                  for steps in cfg.teacher_steps]
     return rows
 
 
-def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
+def evaluate(cfg: EvaluateConfig) -> list[dict]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = load_bundle(cfg.teacher)
@@ -285,7 +291,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
         judges[PROTEIN] = ProteinMetrics([render(i, tok)[0] for i in reference], threads=cfg.protein_threads)
     rows = [reference_row(judges, cfg, tok, reference)]
     for order in [UnmaskingOrder.parse(spec).check_length(teacher.seq_len) for spec in cfg.orders]:
-        rows += order_rows(judges, cfg, teacher, student, tok, order, log)
+        rows += order_rows(judges, cfg, teacher, student, tok, order)
     table = markdown(rows, cfg, judges)
     atomic_write_bytes(out / "results.md", table.encode())
     atomic_write_bytes(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1).encode())
@@ -313,7 +319,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> list[dict]:
     for path in (out / "results.md", out / "results.json", *plots):
         tracker.log_artifact(path)
     tracker.close()
-    log("\n" + table)
+    print("\n" + table)  # the command's output
     return rows
 
 
@@ -322,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    logs.setup()
     try:
         evaluate(load_config(args.config, args.overrides, EvaluateConfig))
     except (ConfigError, BundleError, JudgeError, ValueError) as err:

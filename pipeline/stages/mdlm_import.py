@@ -16,6 +16,7 @@ pickles besides tensors (an omegaconf config, a tokenizer) arrives as inert stan
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from data_prep.tokenizers import build_tokenizer
 from pipeline.bundle import FORMAT, BundleError, new_dit, write_bundle
 from pipeline.runtime.checkpoint import CheckpointError
 from pipeline.runtime.safe_load import Opaque, UnsafeFileError, load_tensors
+
+log = logging.getLogger(__name__)
 
 RENAMES = {"vocab_embed.embedding": "vocab_embed.weight"}
 DROPPED = ("rotary_emb.inv_freq",)
@@ -92,7 +95,7 @@ def read_upstream(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def import_mdlm(path: str | Path, tokenizer: str, out: str | Path, heads: int | None = None,
-                seq_len: int | None = None, log=print) -> Path:
+                seq_len: int | None = None, log=log.info) -> Path:
     """Write a teacher bundle from an upstream MDLM model; returns ``out``."""
     path, out = Path(path), Path(out)
     upstream, config = read_upstream(path)

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import torch
 
+from data_prep.atomic import atomic_write_bytes
 from data_prep.tokenizers import Tokenizer, load_tokenizer
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.rgas import RGASSettings, RGASStats, rgas_sample
 from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
-from pipeline.atomic import atomic_write_bytes
 from pipeline.bundle import Bundle, BundleError, load_bundle
 from pipeline.config import MAX_SAMPLING_STEPS
-from pipeline.runtime.randomness import SAMPLE, keyed_generator
 from pipeline.measure.text import render
+from pipeline.runtime.randomness import SAMPLE, keyed_generator
 
 
 def start_state(bundle: Bundle, tok: Tokenizer, rows: int, prefix: str | None, device) -> torch.Tensor:

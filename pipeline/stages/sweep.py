@@ -9,19 +9,32 @@ N counts the non-embedding parameters (all but the token embedding and the outpu
 counts all), from the model built on the meta device; D = steps × tokens per step (global batch × L); the
 planned C is 6·N·D with the rounded step count, and is what the analysis uses.
 
-Every point runs through the commands a user would type (``launch/train.py``, ``python -m pipeline convert``,
-``python -m pipeline evaluate``), one after another; ``OUT/points/NAME/state.json`` records its state (running, done,
-failed), the stages finished with their wall-clock seconds, and the failing stage's return code and log. A
-finished point is skipped, an interrupted one resumes (``launch/train.py`` continues from its checkpoint),
-a failed one is recorded and the sweep goes on. With MLflow, the sweep is one parent run and every training
-run a child tagged with the point's N, D, C and seed.
+Every point runs through the commands a user would type (``python -m pipeline train``, under the ``deepspeed``
+launcher for several ranks, ``convert`` and ``evaluate``), one after another, from the current directory;
+``OUT/points/NAME/state.json`` records its state (running, done, failed), the stages finished with their
+wall-clock seconds, and the failing stage's return code and log. A finished point is skipped, an interrupted
+one resumes (``train`` continues from its checkpoint), a failed one is recorded and the sweep goes on. With
+MLflow, the sweep is one parent run and every training run a child tagged with the point's N, D, C and seed.
+
+``python -m pipeline sweep plan|run|status|analyze --config FILE``:
+
+    plan      list the points (every point's configs validated first); --emit commands prints each point's
+              commands, one line per point; --emit slurm writes OUT/sweep.slurm, a SLURM array with one task
+              per point (submit it from the repository root with your site's sbatch options)
+    run       run the points one after another (finished ones skipped, interrupted ones resumed, failures
+              recorded); --point NAME runs only that point (what each SLURM task does)
+    status    a table of the points and their state
+    analyze   fit the scaling laws; writes OUT/analysis/ and logs it to the sweep's MLflow parent run
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,11 +45,11 @@ from typing import Literal, Optional
 
 import torch
 
-from pipeline.atomic import atomic_write_bytes
-from pipeline.config import (Config, ConfigError, EvaluateConfig, ModelConfig, TrackingConfig, load_config,
-                             save_resolved, to_dict)
+from data_prep.atomic import atomic_write_bytes
+from data_prep.config import ConfigError, save_resolved, to_dict
+from pipeline.config import Config, EvaluateConfig, ModelConfig, TrackingConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -241,9 +254,11 @@ def stage_config(sweep: SweepConfig, point: Point, stage: str, parent: str | Non
 
 
 def train_argv(sweep: SweepConfig, config: Path) -> list[str]:
+    """The training command through the installed package (no path into a checkout)."""
+    train = ["pipeline", "train", "--config", str(config)]
     if sweep.ranks == 1:
-        return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(config)]
-    return ["deepspeed", "--num_gpus", str(sweep.ranks), str(ROOT / "launch" / "train.py"), "--config", str(config)]
+        return [sys.executable, "-m", *train]
+    return ["deepspeed", "--num_gpus", str(sweep.ranks), "--module", *train]
 
 
 def commands(sweep: SweepConfig, point: Point, parent: str | None = None, write: bool = True) -> list[tuple[str, list[str]]]:
@@ -279,7 +294,7 @@ def write_state(sweep: SweepConfig, point: Point, state: dict) -> None:
 
 
 def environment(sweep: SweepConfig) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1" if sweep.ranks > 1 else str(os.cpu_count() or 1))
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -292,7 +307,7 @@ def prepare_data(sweep: SweepConfig, log) -> None:
         return
     log(f"preparing {out_dir(sweep) / 'data'} from {sweep.prepare}")
     subprocess.run([sys.executable, "-m", "data_prep", "prepare", "--config", sweep.prepare,
-                    "--out", str(out_dir(sweep) / "data")], env=environment(sweep), cwd=ROOT, check=True)
+                    "--out", str(out_dir(sweep) / "data")], env=environment(sweep), check=True)
 
 
 def run_point(sweep: SweepConfig, point: Point, parent: str | None, log) -> str:
@@ -311,7 +326,7 @@ def run_point(sweep: SweepConfig, point: Point, parent: str | None, log) -> str:
         write_state(sweep, point, state)
         logfile, start = where / f"{index}-{stage}.log", time.perf_counter()
         with open(logfile, "a") as out:
-            code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=environment(sweep), cwd=ROOT).returncode
+            code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=environment(sweep)).returncode
         if code != 0:
             state.update(state="failed", returncode=code, log=str(logfile))
             write_state(sweep, point, state)
@@ -499,3 +514,92 @@ def log_analysis(sweep: SweepConfig, where: Path, fits: dict) -> None:
                  for key in ("alpha", "c", "beta") if key in fit}
     tracker.log_metrics(exponents, 0)
     tracker.close()
+
+
+# ---- the command ----
+
+def plan_table(points) -> str:
+    lines = ["| point | shape (d x layers, heads) | N | steps | D (tokens) | C (FLOPs) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {p.name} | {p.shape.hidden_size} x {p.shape.num_layers}, {p.shape.num_heads} | {p.n:,} | {p.steps:,} "
+              f"| {p.tokens:,} | {p.flops:.3g} |" for p in points]
+    total = sum(p.flops for p in points)
+    return "\n".join(lines + ["", f"{len(points)} points, {total:.3g} FLOPs in all (6·N·D)"])
+
+
+def slurm_script(sweep: SweepConfig, config: str, points) -> str:
+    names = " ".join(shlex.quote(p.name) for p in points)
+    return f"""#!/bin/bash
+# Sweep {sweep.name}: one array task per point, each running that point's stages through python -m pipeline sweep
+# (finished points are skipped, interrupted ones resume). Submit from the repository root with the resources
+# your site needs, e.g.:  sbatch --gpus-per-node={sweep.ranks} --time=04:00:00 {out_dir(sweep) / 'sweep.slurm'}
+#SBATCH --job-name={sweep.name}
+#SBATCH --array=0-{len(points) - 1}
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --output={sweep.name}-%A_%a.log
+POINTS=({names})
+cd "${{SLURM_SUBMIT_DIR}}"
+python -m pipeline sweep run --config {shlex.quote(config)} --point "${{POINTS[$SLURM_ARRAY_TASK_ID]}}"
+"""
+
+
+def status_table(sweep: SweepConfig, points) -> str:
+    lines = ["| point | N | D | C | state | stage / log | seconds | val NELBO |", "|---|---|---|---|---|---|---|---|"]
+    total = 0.0
+    for p in points:
+        state = read_state(sweep, p)
+        where = state.get("log", "") if state["state"] == "failed" else (state.get("stage") or "")
+        nelbo, seconds = final_metrics(sweep, p).get("val_nelbo"), sum(state["stages"].values())
+        total += seconds
+        lines.append(f"| {p.name} | {short(p.n)} | {short(p.tokens)} | {p.flops:.3g} | {state['state']} | {where} | "
+                     f"{seconds:,.0f} | {'' if nelbo is None else f'{nelbo:.4f}'} |")
+    return "\n".join(lines + ["", f"wall-clock of the finished stages: {total:,.0f} s"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tables and commands are the command's output (stdout); what goes wrong is logged (stderr)."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline sweep", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("command", choices=["plan", "run", "status", "analyze"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--emit", choices=["commands", "slurm"], help="plan: print the commands or write a SLURM array")
+    parser.add_argument("--point", action="append", default=[], help="run: only this point (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_config(args.config, args.overrides, cls=SweepConfig)
+        points = plan(sweep)
+        if args.point:
+            unknown = sorted(set(args.point) - {p.name for p in points})
+            if unknown:
+                raise ConfigError(f"--point: {', '.join(unknown)} not in the sweep "
+                                  "(see: python -m pipeline sweep plan)")
+            points = [p for p in points if p.name in args.point]
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    if args.command == "plan":
+        if args.emit == "commands":
+            for point in points:
+                print(" && ".join(shlex.join(argv) for _, argv in commands(sweep, point, parent_run(sweep))))
+        elif args.emit == "slurm":
+            parent_run(sweep)  # created once here, so that the array's tasks only read it
+            path = out_dir(sweep) / "sweep.slurm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(slurm_script(sweep, args.config, points))
+            log.info("wrote %s: %d array tasks", path, len(points))
+        else:
+            print(plan_table(points))
+        return 0
+    if args.command == "run":
+        states = run(sweep, points)
+        print(status_table(sweep, points))
+        failed = [name for name, state in states.items() if state != "done"]
+        if failed:
+            log.error("%d point(s) failed: %s (their logs are named in the table)", len(failed), ", ".join(failed))
+        return 1 if failed else 0
+    if args.command == "status":
+        print(status_table(sweep, points))
+        return 0
+    print(analyze(sweep, points))
+    return 0

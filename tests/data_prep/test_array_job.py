@@ -10,7 +10,7 @@ import pytest
 
 from data_prep.merge import merge
 from data_prep.prepare import PrepareError, Task, prepare, train_tokenizer
-from data_prep.verify import verify
+from data_prep.verify import verify_dataset
 from tests.conftest import CORPUS, ROOT, tiny_prepare_config
 from tests.data_prep.test_prepare import QUIET, shard_bytes
 
@@ -36,7 +36,7 @@ def test_the_merged_dataset_is_the_single_process_one_byte_for_byte(tiny_data, t
     merge(out)
     assert shard_bytes(out) == shard_bytes(tiny_data)
     assert (out / "manifest.json").read_text() == (tiny_data / "manifest.json").read_text()
-    assert verify(out)[0] == []
+    assert verify_dataset(out)[0] == []
 
 
 def test_merge_names_missing_tasks_damaged_shards_and_stale_records_and_writes_nothing(tiny_data, tmp_path):
@@ -116,4 +116,4 @@ def test_a_killed_task_rerun_alone_finishes_the_dataset(tmp_path):
     assert shard_bytes(tmp_path / "job") == shard_bytes(tmp_path / "ref")
     manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
     assert manifest == json.loads((tmp_path / "ref" / "manifest.json").read_text())
-    assert not list((tmp_path / "job").glob(".*.tmp*")) and verify(tmp_path / "job")[0] == []
+    assert not list((tmp_path / "job").glob(".*.tmp*")) and verify_dataset(tmp_path / "job")[0] == []

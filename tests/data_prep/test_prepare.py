@@ -15,7 +15,7 @@ from data_prep.documents import InputError
 from data_prep.prepare import PrepareError, prepare
 from data_prep.shards import iter_shard
 from data_prep.tokenizers import load_tokenizer
-from data_prep.verify import verify
+from data_prep.verify import verify_dataset
 from tests.conftest import CORPUS, ROOT, tiny_prepare_config, write_tiny_gpt2_ranks
 
 QUIET = dict(log=lambda _: None)
@@ -38,7 +38,7 @@ def test_manifest_describes_the_shards(tiny_data):
         assert split["num_tokens"] == 64 * split["num_samples"]
         # per shard at most one partial chunk is dropped
         assert 0 <= split["document_tokens"] - 62 * split["num_samples"] < 62 * len(split["shards"])
-    assert verify(tiny_data)[0] == []
+    assert verify_dataset(tiny_data)[0] == []
 
 
 def test_sequences_are_framed_corpus_text(tiny_data):
@@ -95,7 +95,7 @@ def test_killed_and_restarted_job_is_byte_identical(tmp_path):
     assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
     assert (out / "manifest.json").read_text().replace(str(out), "") == \
         (tmp_path / "ref" / "manifest.json").read_text().replace(str(tmp_path / "ref"), "")
-    assert not list(out.glob(".*.tmp*")) and verify(out)[0] == []
+    assert not list(out.glob(".*.tmp*")) and verify_dataset(out)[0] == []
 
 
 def test_rerun_redoes_a_damaged_shard(tiny_data, tmp_path):
@@ -120,7 +120,7 @@ def test_verify_names_flipped_byte_truncation_missing_and_stray_shards(tiny_data
     (copy / "train-00001.tar").write_bytes((tiny_data / "train-00001.tar").read_bytes()[:5000])
     (copy / "train-00002.tar").unlink()
     shutil.copy(tiny_data / "val-00000.tar", copy / "train-09999.tar")
-    problems, _ = verify(copy)
+    problems, _ = verify_dataset(copy)
     assert any("train-00000.tar: corrupt (sha256" in p for p in problems)
     assert any("train-00001.tar: corrupt or truncated" in p for p in problems)
     assert any("train-00002.tar: missing" in p for p in problems)
@@ -136,13 +136,13 @@ def test_verify_finds_a_manifest_that_does_not_match(tiny_data, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["splits"]["train"]["shards"][0]["num_samples"] += 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    problems, _ = verify(copy)
+    problems, _ = verify_dataset(copy)
     assert any("shard counts do not add up" in p for p in problems)
     assert any("train-00000.tar: " in p and "manifest says" in p for p in problems)
     (copy / "manifest.json").write_text("{")
-    assert "not valid JSON" in verify(copy)[0][0]
+    assert "not valid JSON" in verify_dataset(copy)[0][0]
     (copy / "manifest.json").unlink()
-    assert "no manifest.json" in verify(copy)[0][0]
+    assert "no manifest.json" in verify_dataset(copy)[0][0]
 
 
 def test_unseen_english_text_directory(tmp_path):
@@ -155,7 +155,7 @@ def test_unseen_english_text_directory(tmp_path):
                               seq_len=32, val_fraction=0.2, min_doc_chars=300)
     manifest = prepare(cfg, **QUIET)
     assert manifest["sources"]["files_read"] == 2 and manifest["splits"]["train"]["num_samples"] > 50
-    assert verify(tmp_path / "out")[0] == []
+    assert verify_dataset(tmp_path / "out")[0] == []
 
 
 def test_gpt2_ranks_file_dataset(tmp_path):
@@ -163,7 +163,7 @@ def test_gpt2_ranks_file_dataset(tmp_path):
     manifest = prepare(tiny_prepare_config(tmp_path / "o", tokenizer=f"gpt2:{tmp_path / 'gpt2.tiktoken'}"), **QUIET)
     eot = len(ranks)
     assert manifest["vocab_size"] == eot + 1 and manifest["bos_id"] == manifest["eos_id"] == eot
-    assert manifest["tokenizer"]["kind"] == "gpt2" and verify(tmp_path / "o")[0] == []
+    assert manifest["tokenizer"]["kind"] == "gpt2" and verify_dataset(tmp_path / "o")[0] == []
     seq = next(iter_shard(tmp_path / "o" / "train-00000.tar"))[1]
     text = load_tokenizer(tmp_path / "o" / "tokenizer").decode(seq[1:-1])
     assert text in (CORPUS / "macbeth.txt").read_text() + (CORPUS / "tempest.txt").read_text()
@@ -230,7 +230,7 @@ def test_protein_fasta_dataset(tmp_path):
     manifest = prepare(tiny_prepare_config(tmp_path / "o", inputs=[str(tmp_path / "prot.fa")], tokenizer="protein",
                                            seq_len=64, val_fraction=0.2), **QUIET)
     assert manifest["vocab_size"] == 28 and manifest["splits"]["train"]["num_documents"] > 30
-    assert verify(tmp_path / "o")[0] == []
+    assert verify_dataset(tmp_path / "o")[0] == []
 
 
 def test_output_directory_holding_another_dataset_is_refused(tiny_data, tmp_path):

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from data_prep.__main__ import main as cli
+from data_prep.config import PrepareConfig
 from data_prep.documents import ReadStats, fasta_documents
 from data_prep.prepare import prepare
-from data_prep.regime_chain import (RegimeChain, as_regime_chain, conditional_entropy, joint_transition,
+from data_prep.regime_chain import (RegimeChain, as_regime_chain, conditional_entropy, joint_transition, load_chain,
                                     make_regime_chain, regime_transition)
-from data_prep.synthetic import (STANDARD_AMINO_ACIDS, ChainError, MarkovChain, load_chain, make_markov_chain,
-                                 sample_records, sample_states, write_synthetic)
+from data_prep.synthetic import (STANDARD_AMINO_ACIDS, ChainError, MarkovChain, make_markov_chain, sample_records,
+                                 sample_states, write_synthetic)
 from data_prep.tokenizers import build_tokenizer
-from pipeline.config import PrepareConfig
 from pipeline.measure.exact_judge import load_exact_judge
 
 K = len(STANDARD_AMINO_ACIDS)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from data_prep.__main__ import main as cli
+from data_prep.config import PrepareConfig
 from data_prep.documents import ReadStats, fasta_documents
 from data_prep.prepare import prepare
-from data_prep.synthetic import (STANDARD_AMINO_ACIDS, ChainError, MarkovChain, load_chain, make_markov_chain,
-                                 sample_records)
+from data_prep.regime_chain import load_chain
+from data_prep.synthetic import STANDARD_AMINO_ACIDS, ChainError, MarkovChain, make_markov_chain, sample_records
 from data_prep.tokenizers import ProteinTokenizer, build_tokenizer
-from pipeline.config import PrepareConfig
 
 K = len(STANDARD_AMINO_ACIDS)
 

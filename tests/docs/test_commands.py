@@ -18,11 +18,14 @@ from pipeline.stages.sweep import SweepConfig
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = sorted((ROOT / "launch").rglob("*.sh")) + sorted((ROOT / "launch").rglob("*.sbatch"))
-CONFIGS = sorted((ROOT / "launch" / "configs").rglob("*.yaml"))
+CONFIGS = sorted((ROOT / "launch" / "configs").rglob("*.yaml")) + sorted((ROOT / "launch" / "recipes").rglob("*.yaml"))
 # programs a page may quote that are not this project's (installers, viewers, the shell itself)
 FOREIGN = {"pip", "mlflow", "cat", "ls", "cd", "export", "git", "sbatch", "srun", "scontrol", "nvidia-smi", "tail",
            "echo", "source", "duplicates", "head", "du", "df"}
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")  # e.g. DIR, STEP, L in a synopsis
+# `python -m pipeline` commands whose --config is checked to load, and as what
+PIPELINE_CONFIGS = {"train": Config, "sweep": SweepConfig, "evaluate": EvaluateConfig, "validate": Config,
+                    "plan-memory": Config}
 
 
 class Parsed(Exception):
@@ -129,10 +132,16 @@ def run_launch_script(argv: list[str], monkeypatch) -> None:
     assert script, "no launch/*.py script in it"
     assert (ROOT / script).is_file(), f"{script}: no such file"
     args = argv[argv.index(script) + 1:]
+    if script == "launch/train.py":  # the thin launcher of `python -m pipeline train`
+        run_pipeline_command(["train", *args], monkeypatch)
+        return
     module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
-    parsed = parse_with(module.main, args, monkeypatch)
-    cls = {"launch/train.py": Config, "launch/sweep.py": SweepConfig}.get(script)
-    check_configs(parsed, cls)
+    parse_with(module.main, args, monkeypatch)
+
+
+def run_pipeline_command(args: list[str], monkeypatch) -> None:
+    parsed = parse_with(importlib.import_module("pipeline.cli").main, args, monkeypatch)
+    check_configs(parsed, PIPELINE_CONFIGS.get(args[0] if args else None))
 
 
 def check(command: str, monkeypatch) -> None:
@@ -141,14 +150,15 @@ def check(command: str, monkeypatch) -> None:
     if program in ("deepspeed", "torchrun") or (program == "python" and argv[1].startswith("launch/")):
         run_launch_script(argv, monkeypatch)
     elif program == "python" and argv[1] == "-m":
-        module = {"pipeline": "pipeline.__main__", "data_prep": "data_prep.__main__"}.get(argv[2], argv[2])
+        if argv[2] == "pipeline":
+            run_pipeline_command(argv[3:], monkeypatch)
+            return
+        module = {"data_prep": "data_prep.__main__"}.get(argv[2], argv[2])
         try:
             main = importlib.import_module(module).main
         except ModuleNotFoundError:
             raise AssertionError(f"python -m {argv[2]}: no module {module}") from None
-        parsed = parse_with(main, argv[3:], monkeypatch)
-        check_configs(parsed, {"evaluate": EvaluateConfig, "validate": Config, "plan-memory": Config}.get(
-            argv[3] if argv[2] == "pipeline" else None))
+        parse_with(main, argv[3:], monkeypatch)
     elif program == "bash":
         script = ROOT / argv[1]
         assert script.is_file(), f"{argv[1]}: no such script"
@@ -182,7 +192,9 @@ def test_a_renamed_flag_is_caught(monkeypatch):
         check("python -m pipeline.convert --checkpoint runs/x --out b", monkeypatch)
     with pytest.raises(AssertionError, match="without parsing"):
         check("python -m pipeline no-such-command --out b", monkeypatch)
-    from pipeline.config import ConfigError
+    from data_prep.config import ConfigError
 
     with pytest.raises(ConfigError, match="batch_sise"):
-        check("python launch/train.py --config launch/configs/pretrain_tiny.yaml --set data.batch_sise=3", monkeypatch)
+        check("python -m pipeline train --config launch/configs/pretrain_tiny.yaml --set data.batch_sise=3", monkeypatch)
+    with pytest.raises(ConfigError, match="batch_sise"):
+        check("deepspeed launch/train.py --config launch/configs/pretrain_tiny.yaml --set data.batch_sise=3", monkeypatch)

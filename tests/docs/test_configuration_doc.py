@@ -8,7 +8,8 @@ import types
 import typing
 from pathlib import Path
 
-from pipeline.config import Config, EvaluateConfig, PrepareConfig
+from data_prep.config import PrepareConfig
+from pipeline.config import Config, EvaluateConfig
 from pipeline.stages.sweep import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[2]

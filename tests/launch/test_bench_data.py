@@ -1,6 +1,6 @@
 import json
 
-from launch.bench_data import main
+from launch.bench.bench_data import main
 from tests.conftest import CORPUS, write_tiny_gpt2_ranks
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launch.soak import deepspeed, environment, free_port, start
-from pipeline.config import Config, from_dict, save_resolved
+from data_prep.config import from_dict, save_resolved
+from launch.bench.soak import deepspeed, environment, free_port, start
+from pipeline.config import Config
 from pipeline.runtime.preemption import EXIT_CODE
 from tests.conftest import ROOT, train_command
 from tests.pipeline.stages.test_pretrain import metrics, settings

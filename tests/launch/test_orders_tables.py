@@ -1,11 +1,11 @@
-"""The unmasking-order tables from the two evaluations launch/orders.sh leaves, and the targets' verdicts."""
+"""The unmasking-order tables from the two evaluations launch/recipes/synthetic/orders.sh leaves, and the targets' verdicts."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from launch.orders_tables import main, tables, verdict
+from launch.recipes.synthetic.orders_tables import main, tables, verdict
 
 KEYS = ("nll_per_letter", "invalid_rate", "bigram_tv", "conditional_entropy", "switches_per_64", "unigram_entropy")
 

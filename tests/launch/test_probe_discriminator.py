@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from launch.probe_discriminator import auc, main, spearman
+from launch.bench.probe_discriminator import auc, main, spearman
 from tests.pipeline.stages.test_exact_evaluation import chain_corpus, markov_teacher  # noqa: F401  (fixtures)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from data_prep.synthetic import make_markov_chain, sample_records
 from data_prep.tokenizers import build_tokenizer
-from launch.probe_teacher import probe
+from launch.bench.probe_teacher import probe
 from pipeline.measure.exact_denoiser import ChainPosterior
 from pipeline.measure.exact_judge import ExactJudge
 

@@ -1,4 +1,4 @@
-"""``bash launch/protein.sh`` end to end on a tiny FASTA of synthetic families (no Debian download): the split
+"""``bash launch/recipes/protein/protein.sh`` end to end on a tiny FASTA of synthetic families (no Debian download): the split
 keeps families apart and counts what it skipped, every stage runs, and the table carries the protein metrics."""
 import json
 import os
@@ -28,7 +28,7 @@ def test_the_recipe_runs_every_stage_on_a_tiny_fasta(tmp_path):
                                               f"{TINY.format(n=3)}",
            "EVALUATE_SET": "num_samples=12 batch_size=12 teacher_steps=[4,16] student_steps=[4,16] control_steps=16 "
                            "bootstrap_rounds=50 control_search_samples=4 control_search_rounds=1 tracking.backend=none"}
-    done = subprocess.run(["bash", str(ROOT / "launch" / "protein.sh")], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run(["bash", str(ROOT / "launch" / "recipes" / "protein" / "protein.sh")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = tmp_path / "results"

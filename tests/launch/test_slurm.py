@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.config import from_dict, save_resolved
 from data_prep.prepare import prepare
-from pipeline.config import Config, from_dict, save_resolved
+from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
 from tests.conftest import ROOT, tiny_prepare_config, train_command
 from tests.data_prep.test_prepare import shard_bytes

@@ -1,11 +1,11 @@
 """The kill soak's short CI case: one pre-training job on 2 ranks killed while it writes a checkpoint (a moment
 every run has, unlike a random one in a short run), rerun to the end, equal bit for bit to the uninterrupted run
-(the full soak: python launch/soak.py)."""
+(the full soak: python launch/bench/soak.py)."""
 import json
 
 import pytest
 
-from launch.soak import main
+from launch.bench.soak import main
 
 pytestmark = pytest.mark.distributed
 

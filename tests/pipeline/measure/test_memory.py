@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from data_prep.config import from_dict
 from models.dit import DiT
 from models.sizes import SIZES
-from pipeline.config import Config, from_dict
+from pipeline.config import Config
 from pipeline.measure.memory import (GiB, NOT_COUNTED, MetaAutocast, SavedTensors, ShardShapes, engine_bytes, main,
                                      plan, pretrain_pass, render, shard_parameters, state_bytes, student_terms)
 
@@ -40,7 +41,7 @@ def test_zero_stages_keep_what_the_engines_hold():
     assert engine_bytes(1000, 0, 3, 4) == (1000, 1000, 2000)  # the fp32 partition is the parameter partition
     assert engine_bytes(1000, 500, 3, 4) == (1500, 1000, 2000)  # frozen parameters: weights only
     assert engine_bytes(1000, 500, 1, 4) == (6000, 4000, 3000)
-    # the measured parameters + AdamW state (launch/bench_pretrain.py)
+    # the measured parameters + AdamW state (launch/bench/bench_pretrain.py)
     assert [state_bytes(1000, stage, 4) for stage in (0, 1, 2, 3)] == [12000, 7000, 7000, 3000]
 
 
@@ -176,7 +177,7 @@ def test_planned_activations_are_what_cuda_autocast_keeps(stage, checkpointing):
 
 
 def test_train_entry_point_plans_without_data(tmp_path, capsys, monkeypatch):
-    from launch.train import main as train_main
+    from pipeline.stages.train import main as train_main
 
     path = tmp_path / "distill.yaml"  # data.path and the teacher do not exist: a plan needs neither
     path.write_text(f"stage: distill\ndata: {{path: nowhere}}\nmodel: {{size: unit, seq_len: {LENGTH}, "

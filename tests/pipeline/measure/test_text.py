@@ -1,6 +1,6 @@
+from data_prep.config import flatten
 from data_prep.tokenizers import ProteinTokenizer
 from pipeline.measure.text import render
-from pipeline.config import flatten
 from pipeline.runtime.tracking import param_strings
 
 

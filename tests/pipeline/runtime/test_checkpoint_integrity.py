@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, from_dict, save_resolved
+from data_prep.config import from_dict, save_resolved
+from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime import integrity
-from launch.soak import deepspeed, environment
+from launch.bench.soak import deepspeed, environment
 from tests.conftest import ROOT, train_command
 from tests.pipeline.stages.test_distill import distill_settings
 from tests.pipeline.stages.test_pretrain import settings
@@ -67,7 +68,7 @@ def check_fallback(tmp_path: Path, config: Path, engine: str, compared: list[str
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (f"WARNING: checkpoint step_00000016 is damaged ({victim}: " in resumed.stderr
             and "moved to step_00000016.damaged, resuming from step_00000012" in resumed.stderr)
-    assert "resuming at step 12" in resumed.stdout
+    assert "resuming at step 12" in resumed.stderr
     assert (run / "checkpoints" / "step_00000016.damaged" / engine / victim.name).exists()  # kept, not deleted
     # retention (keep 3) neither counts nor deletes the damaged one
     assert steps_kept(run) == ["step_00000008", "step_00000012", "step_00000016", "step_00000016.damaged"]
@@ -84,7 +85,7 @@ def test_pretraining_on_two_ranks_resumes_from_the_newest_intact_checkpoint(tiny
                                      train__eval_every=8, train__zero_stage=3, data__batch_size=2))
     check_fallback(tmp_path, save_resolved(cfg, tmp_path, "run.yaml"), "model", ["train/loss_nats", "val/nelbo_nats"],
                    ranks=2, damaged="zero_pp_rank_1_mp_rank_00_optim_states.pt")
-    files = integrity.read_manifest(tmp_path / "run" / "checkpoints" / "step_00000016")
+    files = integrity.read_checkpoint_manifest(tmp_path / "run" / "checkpoints" / "step_00000016")
     assert {"meta.json", "config.yaml", "rank00000.pt", "rank00001.pt"} <= set(files)
     assert files == integrity.describe(tmp_path / "run" / "checkpoints" / "step_00000016", sorted(files))
     # conversion names a damaged checkpoint instead of reading it

@@ -9,7 +9,8 @@ import torch.distributed as dist
 
 from data_prep.shards import iter_shard
 from pipeline.config import Config, DataConfig, ModelConfig, RunConfig
-from pipeline.runtime.data import DataError, TokenLoader, TokenShards, epoch_order, loader_from_config
+from pipeline.runtime.data import TokenLoader, TokenShards, loader_from_config
+from pipeline.runtime.dataset import DataError, epoch_order
 from pipeline.runtime.distributed import run_ranks
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import Config, from_dict
+from data_prep.config import from_dict
+from pipeline.config import Config
 from pipeline.runtime import engine as engine_module
 from pipeline.runtime.distributed import run_ranks
 from pipeline.runtime.engine import ds_config
@@ -42,7 +43,7 @@ def _engine_rank(rank: int, world_size: int, precision: str, zero_stage: int, ti
     if timer:  # DeepSpeed's default
         del ds["timers"]
     torch.manual_seed(0)
-    engine, _ = build_engine(build_model(cfg.model, zero_stage, ds), cfg.optim, 10, ds)
+    engine = build_engine(build_model(cfg.model, zero_stage, ds), cfg.optim, 10, ds)
     accelerator, syncs = get_accelerator(), []
     plain_sync = accelerator.synchronize
     accelerator.synchronize = lambda *a, **k: (syncs.append(1), plain_sync(*a, **k))[1]

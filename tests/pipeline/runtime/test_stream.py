@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from data_prep.config import ConfigError, from_dict, save_resolved
 from data_prep.prepare import prepare
 from data_prep.tokenizers import load_tokenizer
-from pipeline.config import Config, ConfigError, DataConfig, ModelConfig, from_dict, save_resolved
+from pipeline.config import Config, DataConfig, ModelConfig
 from pipeline.measure.plots import read_metrics
 from pipeline.runtime import urls
-from pipeline.runtime.data import DataError, TokenLoader, TokenShards, loader_from_config
+from pipeline.runtime.data import TokenLoader, TokenShards, loader_from_config
+from pipeline.runtime.dataset import DataError
 from pipeline.runtime.stream import StreamLoader, assign, buffer_order
 from pipeline.stages.convert import convert
-from launch.bench_data import http_server
+from launch.bench.bench_data import http_server
 from tests.conftest import run_killed_and_resumed, tiny_prepare_config
 from tests.pipeline.runtime.test_data import all_batches
 from tests.pipeline.stages.test_pretrain import settings

@@ -6,11 +6,12 @@ import shutil
 import pytest
 import torch
 
+from data_prep.config import from_dict
 from pipeline.bundle import BundleError, load_bundle
+from pipeline.config import Config
 from pipeline.runtime.checkpoint import CheckpointError
-from pipeline.config import Config, from_dict
-from pipeline.stages.convert import convert, main
 from pipeline.runtime.distributed import run_ranks
+from pipeline.stages.convert import convert, main
 from tests.pipeline.stages.test_distill import distill_settings
 
 PROBE_ROWS = 3
@@ -27,9 +28,9 @@ def _probe(cfg: Config):
 def _train_and_probe(rank, world_size, cfg_dict):
     """Distil, reload the checkpoint into fresh engines, and return their logits on the probe."""
     from pipeline.runtime.data import loader_from_config
-    from pipeline.stages.distill import build_distiller, distill
     from pipeline.runtime.distributed import setup
     from pipeline.runtime.loop import resume
+    from pipeline.stages.distill import build_distiller, distill
 
     cfg, d = from_dict(Config, cfg_dict), setup()
     distill(cfg, d)

@@ -7,11 +7,12 @@ from collections import defaultdict
 import pytest
 import torch
 
-from launch.train import main as train_main
-from pipeline.config import Config, from_dict, save_resolved
-from pipeline.runtime.distributed import run_ranks
+from data_prep.config import from_dict, save_resolved
+from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
+from pipeline.runtime.distributed import run_ranks
 from pipeline.runtime.weights import resolve_checkpoint
+from pipeline.stages.train import main as train_main
 from tests.conftest import one_process, run_killed_and_resumed
 from tests.pipeline.stages.test_pretrain import settings
 
@@ -144,8 +145,8 @@ def test_zero3_on_two_ranks_keeps_the_invariants_and_matches_one_process(tiny_da
 
 
 def _run_distill(rank, world_size, cfg_dict):
-    from pipeline.stages.distill import distill
     from pipeline.runtime.distributed import setup
+    from pipeline.stages.distill import distill
 
     try:
         cfg = from_dict(Config, cfg_dict)
@@ -244,9 +245,9 @@ def test_tau_per_group_gives_each_group_one_tau(tiny_data, teacher, tmp_path):
 
 
 def _check_taus(rank, world_size, cfg_dict):
-    from pipeline.stages.distill import build_distiller
     from pipeline.runtime.distributed import setup
     from pipeline.runtime.randomness import ROLLOUT
+    from pipeline.stages.distill import build_distiller
 
     cfg = from_dict(Config, cfg_dict)
     run = build_distiller(cfg, setup())

@@ -9,14 +9,16 @@ import json
 
 import pytest
 
+from data_prep.config import ConfigError, from_dict
 from data_prep.prepare import prepare
-from data_prep.synthetic import load_chain, make_markov_chain, sample_records, write_synthetic
+from data_prep.regime_chain import load_chain
+from data_prep.synthetic import make_markov_chain, sample_records, write_synthetic
 from data_prep.tokenizers import build_tokenizer
-from pipeline.config import Config, ConfigError, EvaluateConfig, from_dict
+from pipeline.config import Config, EvaluateConfig
 from pipeline.measure.judge import JudgeError
 from pipeline.measure.plots import read_metrics
-from pipeline.runtime.loop import exact_judge_for
 from pipeline.runtime.distributed import run_ranks
+from pipeline.runtime.loop import exact_judge_for
 from pipeline.stages.convert import convert
 from pipeline.stages.evaluate import main, make_judge
 from tests.conftest import tiny_prepare_config

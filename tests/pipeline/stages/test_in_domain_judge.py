@@ -5,16 +5,17 @@ import random
 import pytest
 import torch
 
+from data_prep.config import from_dict
 from data_prep.tokenizers import load_tokenizer
 from pipeline.bundle import load_bundle
-from pipeline.runtime.checkpoint import CheckpointError
-from pipeline.config import Config, from_dict
-from pipeline.stages.convert import convert
-from pipeline.runtime.data import TokenShards
-from pipeline.runtime.distributed import run_ranks
+from pipeline.config import Config
 from pipeline.measure.judge import JudgeError, gen_ppl, in_domain_judge, load_judge
 from pipeline.measure.plots import read_metrics
 from pipeline.measure.text import render
+from pipeline.runtime.checkpoint import CheckpointError
+from pipeline.runtime.data import TokenShards
+from pipeline.runtime.distributed import run_ranks
+from pipeline.stages.convert import convert
 from tests.pipeline.stages.test_pretrain import _run_pretrain, settings
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.train import main as train_main
-from pipeline.config import Config, from_dict, save_resolved
+from data_prep.config import from_dict, save_resolved
+from pipeline.config import Config
 from pipeline.measure.plots import read_metrics
-from tests.conftest import one_process, run_killed_and_resumed, train_command
 from pipeline.runtime.distributed import run_ranks
 from pipeline.runtime.engine import build_model
 from pipeline.runtime.weights import ema_state_dict, resolve_checkpoint
+from pipeline.stages.train import main as train_main
+from tests.conftest import one_process, run_killed_and_resumed, train_command
 
 
 def settings(tiny_data, out, **changes) -> dict:

@@ -1,4 +1,4 @@
-"""Scaling-law sweeps (pipeline/stages/sweep.py, launch/sweep.py): planning, bad input, running, resuming, failures,
+"""Scaling-law sweeps (pipeline/stages/sweep.py, python -m pipeline sweep): planning, bad input, running, resuming, failures,
 tracking."""
 import json
 import math
@@ -11,8 +11,9 @@ import time
 import pytest
 import yaml
 
-from launch.sweep import main as sweep_main
-from pipeline.config import Config, from_dict, load_config, save_resolved
+from data_prep.config import from_dict, save_resolved
+from pipeline.config import Config, load_config
+from pipeline.stages.sweep import main as sweep_main
 from pipeline.stages.sweep import SweepConfig, count_parameters, plan, read_state, run
 from tests.pipeline.stages.test_pretrain import settings
 
@@ -130,7 +131,7 @@ def test_an_interrupted_sweep_continues_where_it_stopped(tiny_data, tmp_path):
     sweep = load_config(path, cls=SweepConfig)
     first = plan(sweep)[0]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "launch/sweep.py", "run", "--config", path], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", "run", "--config", path], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = tmp_path / "sweep" / "points" / first.name / "pretrain" / "checkpoints" / "latest"
     deadline = time.time() + 120
@@ -149,7 +150,7 @@ def test_emitted_commands_and_slurm_array_run_the_points(tiny_data, tmp_path, ca
     path = explicit_sweep(tiny_data, tmp_path, [3, 5])
     assert sweep_main(["plan", "--config", path, "--emit", "commands"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all("launch/train.py --config" in line and "pretrain.yaml" in line for line in lines)
+    assert len(lines) == 4 and all("-m pipeline train --config" in line and "pretrain.yaml" in line for line in lines)
     assert sweep_main(["plan", "--config", path, "--emit", "slurm"]) == 0
     script = (tmp_path / "sweep" / "sweep.slurm").read_text()
     assert "#SBATCH --array=0-3" in script and 'cd "${SLURM_SUBMIT_DIR}"' in script

@@ -4,11 +4,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import Config, from_dict
-from pipeline.stages.convert import convert
+from data_prep.config import from_dict
+from pipeline.config import Config
 from pipeline.runtime.distributed import run_ranks
 from pipeline.runtime.engine import build_model
 from pipeline.runtime.weights import ema_state_dict, resolve_checkpoint
+from pipeline.stages.convert import convert
 from tests.pipeline.stages.test_pretrain import _run_pretrain, metrics, settings
 
 CLIP = {"optim__grad_clip": 0.05}  # small enough to clip every step
