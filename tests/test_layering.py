@@ -83,3 +83,10 @@ def test_packages_import_downwards_only():
 
 def test_the_check_sees_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_launch_scripts_import_only_installed_packages():
+    """``launch/`` is not installed: its scripts run as files (``python launch/...``), so none may import another."""
+    inward = sorted((m, t) for m, targets in import_graph().items() for t in targets
+                    if m.startswith("launch") and t.startswith("launch"))
+    assert inward == []

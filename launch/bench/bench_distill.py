@@ -50,9 +50,9 @@ import torch
 import torch.distributed as dist
 
 from data_prep.config import from_dict
-from launch.bench.bench_pretrain import (average_gradients, device_sync, peak_memory_mb, process_group_rank,
-                                         run_label, state_mb, time_ratios)
 from pipeline.config import Config
+from pipeline.runtime.benchmark import (average_gradients, device_sync, peak_memory_mb, process_group_rank, run_label,
+                                        state_mb, time_ratios)
 from pipeline.runtime.distributed import Dist, run_ranks
 from pipeline.runtime.engine import optimizer_for
 

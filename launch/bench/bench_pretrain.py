@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -35,12 +34,12 @@ import torch.distributed as dist
 from data_prep.config import from_dict
 from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
 from pipeline.config import Config
-from pipeline.runtime.distributed import Dist, run_ranks, uses_cuda
+from pipeline.runtime.benchmark import (average_gradients, device_sync, peak_memory_mb, process_group_rank,
+                                        run_label, state_mb, time_ratios)
+from pipeline.runtime.distributed import Dist, run_ranks
 from pipeline.runtime.objective import corrupt
 
 VOCAB = 4000
-REFERENCES = ("plain", "torch_distributed")  # the rows that every time is also a ratio to
-
 
 def bench_config(size: str, seq_len: int, per_rank_batch: int, zero_stage: int, tensor_parallel: int = 1) -> Config:
     return from_dict(Config, {
@@ -59,34 +58,6 @@ def batches(cfg: Config, d: Dist, count: int) -> list[torch.Tensor]:
             for _ in range(count)]
 
 
-def peak_memory_mb() -> float:
-    """Peak CUDA allocation, or this process's peak resident set (VmHWM: unlike ``ru_maxrss``, not inherited
-    from the parent of a spawned rank)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    status = Path("/proc/self/status")
-    if status.exists():
-        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def state_mb(params, optimizer: torch.optim.Optimizer) -> float:
-    """Bytes this rank holds for the model's parameters (its partitions under ZeRO-3), the optimizer's
-    parameters (ZeRO's fp32 partitions; the same tensors in a plain loop) and the optimizer's state."""
-    tensors = {id(t): t for t in (p.ds_tensor if hasattr(p, "ds_tensor") else p for p in params)}
-    for group in optimizer.param_groups:
-        tensors.update({id(p): p for p in group["params"]})
-    for state in optimizer.state.values():
-        tensors.update({id(v): v for v in state.values() if torch.is_tensor(v) and v.dim() > 0})
-    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
-
-
-def device_sync(d: Dist):
-    """Waits for the device's queued work (a GPU's kernels run asynchronously), for honest timings."""
-    return torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
-
-
 def time_steps(step, data: list[torch.Tensor], steps: int, repeats: int, sync) -> list[float]:
     """Seconds per optimizer step for each repeat, after two warm-up steps."""
     for i in range(2):
@@ -100,26 +71,6 @@ def time_steps(step, data: list[torch.Tensor], steps: int, repeats: int, sync) -
         sync()
         times.append((time.perf_counter() - start) / steps)
     return times
-
-
-def process_group_rank() -> Dist:
-    """This ``run_ranks`` rank without DeepSpeed: on its own GPU where ``run_ranks`` gave it one, else the CPU."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", rank) if uses_cuda() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return Dist(rank, world, rank, device)
-
-
-def average_gradients(module: torch.nn.Module) -> None:
-    """DDP's gradient all-reduce, once after the backward pass: the gradients summed over the ranks in one flat
-    buffer and divided by their number (what DeepSpeed's engines do before clipping)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for g, averaged in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(averaged.view_as(g))
 
 
 def plain_loop(cfg: Config, d: Dist):
@@ -200,17 +151,6 @@ def _deepspeed_rank(rank: int, world_size: int, size: str, seq_len: int, batch: 
             "state_mb": state_mb(engine.module.parameters(), engine.basic_optimizer)}
 
 
-def run_label(name: str, ranks: int, per_rank: bool = False) -> str:
-    """``plain``, ``torch_distributed`` or ``tp{T}_zero{S}`` as a table's row label."""
-    if name == "plain":
-        return "plain PyTorch, 1 process"
-    if name == "torch_distributed":
-        return "plain torch.distributed, per rank" if per_rank else f"plain torch.distributed, {ranks} ranks"
-    tp, stage = (int(v) for v in name[2:].split("_zero"))
-    layout = f" = TP {tp} x DP {ranks // tp}" if tp > 1 else ""
-    return f"ZeRO-{stage}{layout}, per rank" if per_rank else f"DeepSpeed ZeRO-{stage}, {ranks} ranks{layout}"
-
-
 def summarise(times: list[float], tokens_per_step: int) -> dict:
     median = statistics.median(times)
     return {"step_s": median, "tokens_per_s": tokens_per_step / median, "spread": (min(times), max(times))}
@@ -221,12 +161,6 @@ def summarise_ranks(ranks: list[dict], tokens_per_step: int) -> dict:
     per_step = [max(r["step_s"][i] for r in ranks) for i in range(len(ranks[0]["step_s"]))]
     return {**summarise(per_step, tokens_per_step), "peak_mb": [r["peak_mb"] for r in ranks],
             "state_mb": [r["state_mb"] for r in ranks]}
-
-
-def time_ratios(results: dict, key: str) -> dict:
-    """Every row with ``time_vs``: its ``key`` (a time) as a ratio to each of the ``REFERENCES``."""
-    return {name: {**r, "time_vs": {ref: r[key] / results[ref][key] for ref in REFERENCES}}
-            for name, r in results.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

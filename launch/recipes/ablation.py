@@ -24,8 +24,8 @@ import yaml
 
 from pipeline.measure.exact_judge import METRICS
 from pipeline.measure.machine import describe
-from pipeline.measure.plots import read_metrics
-from pipeline.stages.evaluate import IN_DOMAIN, gen_ppl_text, metric_text
+from pipeline.measure.plots import last_value, read_metrics
+from pipeline.stages.evaluate import IN_DOMAIN, find_row, gen_ppl_text, metric_text, read_rows
 
 RECIPES = Path("launch/recipes")
 MAIN = "main"
@@ -82,19 +82,6 @@ def run(recipe: str, arm: str, out: Path, results: Path, ranks: int) -> None:
     tables(spec_path(recipe), out, results)
 
 
-def rows_of(where: Path) -> list[dict]:
-    return json.loads((where / "evaluate" / "results.json").read_text())["rows"]
-
-
-def cell(rows: list[dict], model: str, sampler: str, steps: int, control_for: str | None = None) -> dict | None:
-    return next((r for r in rows if (r["model"], r["sampler"], r["steps"], r["control_for"]) ==
-                 (model, sampler, steps, control_for)), None)
-
-
-def last(metrics: dict[int, dict], key: str) -> float:
-    return max((step, row[key]) for step, row in metrics.items() if key in row)[1]
-
-
 def finished(out: Path, rows: list[dict]) -> list[tuple[dict, Path]]:
     """The table's rows (arm, label, sampler) whose arm has an evaluation, with its run directory."""
     return [({"sampler": "ancestral", **row}, run_dir(out, row["arm"])) for row in rows
@@ -106,11 +93,11 @@ def gen_ppl_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], l
     its distillation state, and the main run's held-out data and teacher for reference."""
     table = []
     for row, where in finished(out, rows):
-        cells, metrics = rows_of(where), read_metrics(where / "distill" / "metrics.jsonl")
+        cells, metrics = read_rows(where / "evaluate"), read_metrics(where / "distill" / "metrics.jsonl")
         table.append({"arm": row["label"], "sampler": row["sampler"],
-                      **{f"nfe{n}": cell(cells, "student", row["sampler"], n) for n in (8, 32)},
-                      "discriminator_accuracy": last(metrics, "discriminator/accuracy"),
-                      "student_entropy": last(metrics, "student/entropy"), "kl": last(metrics, "student/kl_last")})
+                      **{f"nfe{n}": find_row(cells, "student", row["sampler"], n) for n in (8, 32)},
+                      "discriminator_accuracy": last_value(metrics, "discriminator/accuracy"),
+                      "student_entropy": last_value(metrics, "student/entropy"), "kl": last_value(metrics, "student/kl_last")})
     in_domain = all(f"{IN_DOMAIN}gen_ppl" in r["nfe8"] for r in table)
     judged = ("", IN_DOMAIN) if in_domain else ("",)
     lines = [*intro.rstrip("\n").split("\n"), "",
@@ -122,9 +109,9 @@ def gen_ppl_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], l
         lines.append(f"| {r['arm']} | " + " | ".join(f"{gen_ppl_text(a, p)} | {gen_ppl_text(b, p)}" for p in judged)
                      + f" | {a['entropy']:.2f} / {b['entropy']:.2f} | {r['discriminator_accuracy']:.3f} | "
                      f"{r['student_entropy']:.3f} | {r['kl']:.4f} |")
-    main_rows = rows_of(out)
+    main_rows = read_rows(out / "evaluate")
     reference = next(r for r in main_rows if r["model"] == "held-out text")
-    teacher = {n: cell(main_rows, "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
+    teacher = {n: find_row(main_rows, "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
     lines += ["", "For reference: held-out text " + gen_ppl_text(reference) + "; teacher "
               + ", ".join(f"{n} steps {gen_ppl_text(r)}" for n, r in teacher.items() if r) + "."]
     return lines, table
@@ -135,7 +122,7 @@ def exact_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], dic
     their intervals, and the teacher's at the same steps (from the main run's evaluation)."""
     arms, teacher = [], {}
     for row, where in finished(out, rows):
-        for r in rows_of(where):
+        for r in read_rows(where / "evaluate"):
             if r["model"] == "teacher" and r["temperature"] == 1.0 and not r["control"]:
                 teacher.setdefault(r["steps"], r)
             if r["model"] == "student" and r["sampler"] == row["sampler"] and r["steps"] in (8, 32):

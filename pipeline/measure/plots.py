@@ -19,6 +19,11 @@ def read_metrics(path: Path) -> dict[int, dict]:
     return dict(sorted(rows.items()))
 
 
+def last_value(metrics: dict[int, dict], key: str) -> float:
+    """``key``'s value at the last step that logged it, from ``read_metrics``."""
+    return max((step, row[key]) for step, row in metrics.items() if key in row)[1]
+
+
 PRETRAIN_CURVES = {"nats per token": ("train/loss_nats", "val/nelbo_nats", "val/nll_nats")}
 
 

@@ -323,6 +323,17 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     return rows
 
 
+def read_rows(out: Path) -> list[dict]:
+    """The rows an evaluation wrote to ``out/results.json`` (for the recipes' table builders)."""
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+def find_row(rows: list[dict], model: str, sampler: str, steps: int, control_for: str | None = None) -> dict | None:
+    """The row of ``model`` sampled with ``sampler`` at ``steps`` (a control row: ``control_for`` names its row)."""
+    return next((r for r in rows if (r["model"], r["sampler"], r["steps"], r["control_for"]) ==
+                 (model, sampler, steps, control_for)), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)

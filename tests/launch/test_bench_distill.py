@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from launch.bench.bench_distill import PHASES, VOCAB, bench_config, main, plain_distiller
-from launch.bench.bench_pretrain import process_group_rank
+from pipeline.runtime.benchmark import process_group_rank
 from pipeline.runtime.distributed import Dist, run_ranks
 
 

@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
-from launch.bench.bench_pretrain import VOCAB, bench_config, main, plain_loop, process_group_rank
-from pipeline.runtime.distributed import Dist, run_ranks
+from launch.bench.bench_pretrain import VOCAB, bench_config, main, plain_loop
 from pipeline.measure.memory import shard_parameters, state_bytes
+from pipeline.runtime.benchmark import process_group_rank
+from pipeline.runtime.distributed import Dist, run_ranks
 
 
 @pytest.mark.distributed

@@ -12,10 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from launch.recipes.ablation import cell, last, rows_of
 from pipeline.measure.machine import describe
-from pipeline.measure.plots import read_metrics
-from pipeline.stages.evaluate import IN_DOMAIN, gen_ppl_text
+from pipeline.measure.plots import last_value, read_metrics
+from pipeline.stages.evaluate import IN_DOMAIN, find_row, gen_ppl_text, read_rows
 
 RESULTS = Path("launch/results/reproduce")
 ORDERS = Path("launch/results/orders/text")
@@ -23,10 +22,10 @@ ORDERS = Path("launch/results/orders/text")
 
 def targets(rows: list[dict]) -> list[str]:
     """The issue's targets for the 16-NFE student against the 256-step teacher, each marked met or missed."""
-    teacher = cell(rows, "teacher", "ancestral", 256)
+    teacher = find_row(rows, "teacher", "ancestral", 256)
     lines = []
     for sampler in ("ancestral", "rgas"):
-        student = cell(rows, "student", sampler, 16)
+        student = find_row(rows, "student", sampler, 16)
         control = next((r for r in rows if r["control_for"] == f"student {sampler} 16"), None)
         if student is None or teacher is None:
             continue
@@ -55,7 +54,7 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main_table(out: Path) -> str:
-    rows = rows_of(out)
+    rows = read_rows(out / "evaluate")
     timings = dict(line.split("\t") for line in (out / "timings.tsv").read_text().splitlines())
     teacher, judge, student = (read_metrics(out / name / "metrics.jsonl") for name in ("pretrain", "judge", "distill"))
     lines = [
@@ -65,12 +64,12 @@ def main_table(out: Path) -> str:
         "",
         "Wall-clock of this invocation per stage (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())
         + f" (total {sum(int(v) for v in timings.values()) / 60:.0f} min).",
-        f"Teacher: {max(teacher)} steps, validation NELBO {last(teacher, 'val/nelbo_nats'):.3f} nats/token. "
-        f"In-domain judge: {max(judge)} steps, validation NLL {last(judge, 'val/nll_nats'):.3f} nats/token. "
+        f"Teacher: {max(teacher)} steps, validation NELBO {last_value(teacher, 'val/nelbo_nats'):.3f} nats/token. "
+        f"In-domain judge: {max(judge)} steps, validation NLL {last_value(judge, 'val/nll_nats'):.3f} nats/token. "
         f"Student: {max(student)} iterations; last logged window: discriminator accuracy "
-        f"{last(student, 'discriminator/accuracy'):.3f}, student entropy {last(student, 'student/entropy'):.3f} nats, "
-        f"KL(teacher ‖ student) {last(student, 'student/kl_last'):.4f} nats, EMA student validation NELBO "
-        f"{last(student, 'val/nelbo_nats'):.3f}.",
+        f"{last_value(student, 'discriminator/accuracy'):.3f}, student entropy {last_value(student, 'student/entropy'):.3f} nats, "
+        f"KL(teacher ‖ student) {last_value(student, 'student/kl_last'):.4f} nats, EMA student validation NELBO "
+        f"{last_value(student, 'val/nelbo_nats'):.3f}.",
         "", "Targets (the issue's, for the 16-NFE student):", *targets(rows), "",
         (out / "evaluate" / "results.md").read_text(),
     ]
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = main_table(out)
     (RESULTS / "main.json").write_text(json.dumps({"timings": (out / "timings.tsv").read_text(),
-                                                   "rows": rows_of(out)}, indent=1))
+                                                   "rows": read_rows(out / "evaluate")}, indent=1))
     for plot in ("genppl_vs_nfe.png", "in_domain_genppl_vs_nfe.png", "seconds_vs_nfe.png"):
         shutil.copyfile(out / "evaluate" / plot, RESULTS / plot)
     (RESULTS / "main.md").write_text(text)
