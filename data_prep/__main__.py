@@ -3,10 +3,10 @@ is in ``prepare``, ``merge``, ``verify``, ``synthetic`` and ``proteins``)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from data_prep import logs
 from data_prep.config import ConfigError, PrepareConfig, apply_overrides, from_dict, to_yaml
 from data_prep.documents import InputError
 from data_prep.merge import merge
@@ -113,31 +113,9 @@ def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
     return from_dict(PrepareConfig, data, source=source)
 
 
-class _PlainFormatter(logging.Formatter):
-    """The message alone; ``WARNING: `` / ``ERROR: `` before it at those levels."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
-        return level + super().format(record)
-
-
-def _log_to_stderr() -> None:
-    """Progress lines on stderr: ``python -m data_prep`` imports nothing of ``pipeline`` (whose ``runtime.logs``
-    sets up the training commands), so it has this small set-up of its own; a process that already routes the
-    ``data_prep`` loggers (a test, a pipeline command) keeps its own."""
-    logger = logging.getLogger("data_prep")
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PlainFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _log_to_stderr()
+    logs.setup()
     if args.command == "synthetic":
         return _synthetic(args)
     if args.command == "proteins":

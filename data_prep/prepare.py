@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tqdm import tqdm
 
+from data_prep import logs
 from data_prep.atomic import atomic_write_bytes
 from data_prep.config import PrepareConfig, load_yaml, save_resolved, to_dict
 from data_prep.documents import ReadStats, content_split, iter_documents, list_input_files
@@ -89,7 +89,7 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = log.info, task: Tas
     results, names = [], []
     units = _units(_documents(files, stats, cfg), cfg)
     sequences = 0
-    with tqdm(desc="shards", unit="shard", file=sys.stderr, disable=None) as bar:
+    with logs.progress(None, desc="shards") as bar:
         for part in _run_units(_owned(units, task, names), out, cfg.seq_len, cfg.workers):
             results.append(part)
             sequences += part["num_samples"]

@@ -9,7 +9,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from pipeline.runtime import logs
+from data_prep import logs
 
 # command -> (module whose main(argv) runs it, what it does); modules are imported only when their command runs
 COMMANDS = {

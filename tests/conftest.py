@@ -24,7 +24,7 @@ RANK_FIXTURES = {"teacher", "bundles", "judge_bundle"}
 
 
 def pytest_configure(config):
-    from pipeline.runtime import logs
+    from data_prep import logs
 
     logs.setup(rank=0)  # library code logs as under an entry point: rank 0's lines on stderr
 

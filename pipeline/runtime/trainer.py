@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from data_prep import logs
 from data_prep.config import save_resolved, to_dict
 from data_prep.tokenizers import load_tokenizer
 from pipeline.config import Config
 from pipeline.measure.plots import plot_curves
-from pipeline.runtime import checkpoint, logs
+from pipeline.runtime import checkpoint
 from pipeline.runtime.data import TokenLoader, loader_from_config
 from pipeline.runtime.dataset import dataset_tokenizer_dir
 from pipeline.runtime.distributed import Dist, broadcast_object

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
+from data_prep import logs
 from data_prep.config import ConfigError
 from data_prep.tokenizers import TokenizerError, load_tokenizer
 from models.discriminator import Discriminator
 from models.tensor_parallel import join_shards
 from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
 from pipeline.config import Config, is_remote, load_config
-from pipeline.runtime import integrity, logs
+from pipeline.runtime import integrity
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
 from pipeline.runtime.distributed import import_deepspeed
 from pipeline.runtime.safe_load import load_tensors, weights_only_loads

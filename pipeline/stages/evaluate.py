@@ -26,6 +26,7 @@ import math
 import sys
 from pathlib import Path
 
+from data_prep import logs
 from data_prep.atomic import atomic_write_bytes
 from data_prep.config import ConfigError, to_dict
 from data_prep.tokenizers import load_tokenizer
@@ -40,7 +41,6 @@ from pipeline.measure.plots import plot_versus_nfe
 from pipeline.measure.protein import METRICS as PROTEIN_METRICS
 from pipeline.measure.protein import ProteinMetrics, mmseqs_missing
 from pipeline.measure.text import render
-from pipeline.runtime import logs
 from pipeline.runtime.data import TokenShards
 from pipeline.runtime.tracking import make_tracker
 from pipeline.stages.sample import sample

@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 
+from data_prep import logs
 from data_prep.config import ConfigError, to_yaml
 from pipeline.config import Config, bf16_compute, check_world, load_config
-from pipeline.runtime import logs
 from pipeline.runtime.checkpoint import CheckpointError, checkpoint_root, latest_tag
 from pipeline.runtime.dataset import DataError, check_compatible, check_data_ranks, read_dataset_manifest
 from pipeline.runtime.preemption import EXIT_CODE, Preempted

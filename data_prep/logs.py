@@ -62,31 +62,42 @@ def setup(all_ranks: bool = False, rank: int | None = None, level: int = logging
 
 
 class PlainProgress:
-    """What a bar shows, as a log line every ``every_s`` seconds and at the end: for logs that are files."""
+    """What a bar shows, as a log line every ``every_s`` seconds and at the end: for logs that are files.
+    ``total`` None: a count with no end known (the line at the end comes from ``close``)."""
 
-    def __init__(self, total: int, initial: int, desc: str, every_s: float = PLAIN_EVERY_S):
+    def __init__(self, total: int | None, initial: int, desc: str, every_s: float = PLAIN_EVERY_S):
         self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
         self.postfix, self.start, self.first, self.last = "", time.monotonic(), initial, time.monotonic()
 
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.every_s or self.n >= self.total:
-            self.last = now
-            rate = (self.n - self.first) / max(now - self.start, 1e-9)
-            log.info("%s: %d/%d (%.2f/s)%s", self.desc, self.n, self.total, rate,
-                     f" {self.postfix}" if self.postfix else "")
+        if now - self.last >= self.every_s or (self.total is not None and self.n >= self.total):
+            self.report(now)
+
+    def report(self, now: float) -> None:
+        self.last = now
+        rate = (self.n - self.first) / max(now - self.start, 1e-9)
+        count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        log.info("%s: %s (%.2f/s)%s", self.desc, count, rate, f" {self.postfix}" if self.postfix else "")
 
     def set_postfix(self, **values) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
-        pass
+        if self.total is None and self.n > self.first:
+            self.report(time.monotonic())
 
 
-def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True):
+def progress(total: int | None, initial: int = 0, desc: str = "", enabled: bool = True):
     """A tqdm bar on a terminal, ``PlainProgress`` lines otherwise, nothing where ``enabled`` is false (ranks
-    other than 0). All three have ``update``, ``set_postfix`` and ``close``."""
+    other than 0). All three have ``update``, ``set_postfix`` and ``close``, and are context managers."""
     if enabled and sys.stderr.isatty():
         return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, dynamic_ncols=True)
     if enabled:

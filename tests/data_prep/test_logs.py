@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from pipeline.runtime import logs
+from data_prep import logs
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,11 @@ def test_progress_on_other_ranks_is_silent(capsys):
     bar.update(2)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_progress_of_unknown_length_reports_its_count_when_closed(capsys):
+    with logs.progress(None, desc="shards") as bar:
+        bar.every_s = 3600.0
+        bar.update()
+        bar.update()
+    assert capsys.readouterr().err.startswith("shards: 2 (")
