@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from data_prep import logs
 from data_prep.config import ConfigError
 from data_prep.tokenizers import TokenizerError, load_tokenizer
 from models.discriminator import Discriminator
@@ -177,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, help="with --from-mdlm: sequence length (default: its config, or 1024)")
     parser.add_argument("--out", required=True, help="bundle directory to create")
     args = parser.parse_args(argv)
-    logs.setup()
     try:
         if args.from_mdlm:
             from pipeline.stages.mdlm_import import import_mdlm

@@ -26,7 +26,6 @@ import math
 import sys
 from pathlib import Path
 
-from data_prep import logs
 from data_prep.atomic import atomic_write_bytes
 from data_prep.config import ConfigError, to_dict
 from data_prep.tokenizers import load_tokenizer
@@ -339,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    logs.setup()
     try:
         evaluate(load_config(args.config, args.overrides, EvaluateConfig))
     except (ConfigError, BundleError, JudgeError, ValueError) as err:
