@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models.diffusion import LogLinearSchedule, mask_tokens
-from models.sampler import draw_uniform, sample_where
+from models.sampler import Latent, draw_uniform, sample_where
 from models.unmasking import RANDOM, UnmaskingOrder, reveal
 from models.vocab_parallel import VocabShard, take, vocab_sum
 
@@ -87,23 +87,33 @@ def revealed(order: UnmaskingOrder, z: torch.Tensor, log_p: torch.Tensor, alpha_
                   lambda shape: draw_uniform(shape, generators, z.device), shard)
 
 
-def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torch.Tensor, seq_len: int,
+def conditioned(student: Callable[..., torch.Tensor], latent: Latent | None) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """(k, z) -> the student's log-probabilities at step k: ``student(z)``, or ``student(z, ξ_k)`` for a
+    latent-conditioned student (our extension, spec §11)."""
+    if latent is None:
+        return lambda k, z: student(z)
+    return lambda k, z: student(z, latent(k))
+
+
+def student_rollout(student: Callable[..., torch.Tensor], times: torch.Tensor, seq_len: int,
                     mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
-                    shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM) -> Rollout:
+                    shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM,
+                    latent: Latent | None = None) -> Rollout:
     """Ancestral steps through each row's ``times`` (B', N + 1) (``rollout_times``) with one student forward per
     step, revealing positions in ``order``; samples come from the detached probabilities.
 
-    ``student(z)`` returns SUBS log-probabilities with grad. log P sums, per row, the log-probabilities of the
+    ``student(z)`` (``student(z, ξ)`` with a ``latent``) returns SUBS log-probabilities with grad. log P sums, per row, the log-probabilities of the
     newly unmasked positions only (a position that stays masked has a ν-independent probability). Under a
     confidence order which positions are revealed depends on ν too; log P ignores that dependence (the revealed
-    set is treated as given), so the policy gradient is biased there.
+    set is treated as given), so the policy gradient is biased there. With a latent, log P is log P(x | ξ, order).
     """
     rows, device = times.shape[0], times.device
+    forward = conditioned(student, latent)
     alphas = [schedule.alpha(times[:, k]) for k in range(times.shape[1])]
     z = torch.full((rows, seq_len), mask_id, dtype=torch.long, device=device)
     states, log_probs, masked, log_prob = [], [], [], torch.zeros(rows, device=device)
     for k, (alpha_t, alpha_s) in enumerate(zip(alphas, alphas[1:])):
-        log_p = student(z)
+        log_p = forward(k, z)
         unmask = revealed(order, z, log_p, alpha_t, alpha_s, k == len(alphas) - 2, mask_id, generators, shard)
         z_next = torch.where(unmask, sample_where(log_p, unmask, generators, mask_id, shard, torch.exp), z)
         log_prob = log_prob + (take(log_p, z_next, shard) * unmask).sum(1)
@@ -115,24 +125,37 @@ def student_rollout(student: Callable[[torch.Tensor], torch.Tensor], times: torc
 
 
 @torch.no_grad()
-def teacher_forced_log_prob(student: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, times: torch.Tensor,
+def teacher_forced_log_prob(student: Callable[..., torch.Tensor], x: torch.Tensor, times: torch.Tensor,
                             mask_id: int, schedule: LogLinearSchedule, generators: list[torch.Generator],
-                            shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM) -> torch.Tensor:
+                            shard: VocabShard | None = None, order: UnmaskingOrder = RANDOM,
+                            latent: Latent | None = None) -> torch.Tensor:
     """log P_ν(x | τ) (B',) along a fresh unmasking trajectory τ of the rollout's ``times`` and ``order`` whose
-    revealed tokens are x's own (teacher forcing: no token is drawn). A position x leaves masked is never
+    revealed tokens are x's own (teacher forcing: no token is drawn); with a ``latent``, log P_ν(x | τ, ξ) for a
+    fresh ξ, so that ``marginal_log_prob`` averages over ξ too. A position x leaves masked is never
     revealed (in the random order its staying masked has a ν-independent probability), and every other one is
     revealed by the last step (the random order's rare leftovers, about t0/τ of them, are revealed there)."""
     z = torch.full_like(x, mask_id)
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     alphas = [schedule.alpha(times[:, k]) for k in range(times.shape[1])]
+    forward = conditioned(student, latent)
     for k, (alpha_t, alpha_s) in enumerate(zip(alphas, alphas[1:])):
-        log_p = student(z)
+        log_p = forward(k, z)
         last = k == len(alphas) - 2
         unmask = revealed(order, z, log_p, alpha_t, alpha_s, last, mask_id, generators, shard)
         unmask = (unmask | (last & (z == mask_id))) & (x != mask_id)
         total += (take(log_p, x, shard).double() * unmask).sum(1)
         z = torch.where(unmask, x, z)
     return total
+
+
+def group_mixture(log_p: torch.Tensor, group_size: int) -> torch.Tensor:
+    """log of the mean over each group's G rows of their probabilities, for every row of the group: at the
+    all-[MASK] state, where every row's input is the same and only its ξ differs, the latent student's ξ-averaged
+    prediction log (1/G) Σ_j q(· | z_1, ξ_j) (our extension, spec §11)."""
+    rows = log_p.shape[0]
+    grouped = log_p.view(rows // group_size, group_size, *log_p.shape[1:])
+    mixture = torch.logsumexp(grouped, 1, keepdim=True) - math.log(group_size)
+    return mixture.expand_as(grouped).reshape(log_p.shape)
 
 
 def marginal_log_prob(trajectory_log_probs: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from models.diffusion import LogLinearSchedule
-from models.sampler import Denoiser, Generators, SamplerStats, ancestral_sample, ancestral_step, sample_categorical
+from models.sampler import (Denoiser, Generators, Latent, SamplerStats, ancestral_sample, ancestral_step,
+                            sample_categorical)
 from models.unmasking import RANDOM, UnmaskingOrder
 
 
@@ -65,9 +66,10 @@ def rerank(discriminator, candidates: torch.Tensor, sigma: torch.Tensor, generat
 def rgas_sample(denoise: Denoiser, discriminator, z: torch.Tensor, steps: int, mask_id: int,
                 schedule: LogLinearSchedule = LogLinearSchedule(), generator: Generators = None,
                 settings: RGASSettings = RGASSettings(), stats: RGASStats | None = None,
-                order: UnmaskingOrder = RANDOM) -> torch.Tensor:
+                order: UnmaskingOrder = RANDOM, latent: Latent | None = None) -> torch.Tensor:
     """RGAS from z to t = 1e-5, then noise removal with ``denoise`` (the EMA student); every step, tilted or
-    re-ranked, reveals its positions in ``order``."""
+    re-ranked, reveals its positions in ``order``; a latent-conditioned student gets its ξ (``latent``), the
+    discriminator never does."""
     stats = stats if stats is not None else RGASStats()
     strengths = tilt_strengths(steps, settings)
 
@@ -90,4 +92,5 @@ def rgas_sample(denoise: Denoiser, discriminator, z: torch.Tensor, steps: int, m
         stats.discriminator_forward += 1
         return rerank(discriminator, candidates, sigma(s), generator)
 
-    return ancestral_sample(denoise, z, steps, mask_id, schedule, generator, stats=stats, transition=transition)
+    return ancestral_sample(denoise, z, steps, mask_id, schedule, generator, stats=stats, transition=transition,
+                            latent=latent)

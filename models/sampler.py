@@ -18,7 +18,8 @@ from models.diffusion import NEG_INF, LogLinearSchedule
 from models.unmasking import RANDOM, UnmaskingOrder, reveal
 from models.vocab_parallel import VocabShard, add_to_column, race_local, race_winners
 
-Denoiser = Callable[[torch.Tensor], torch.Tensor]  # z (B, L) -> SUBS log-probabilities (B, L, V + 1)
+Denoiser = Callable[..., torch.Tensor]  # z (B, L) [, ξ (B, d)] -> SUBS log-probabilities (B, L, V + 1)
+Latent = Callable[[int], torch.Tensor]  # step i -> each row's ξ (B, d) at that step (``models.latent``)
 
 
 @dataclass
@@ -68,12 +69,14 @@ def sample_where(probs: torch.Tensor, where: torch.Tensor, generator: Generators
     return out
 
 
-def draw_uniform(shape: tuple[int, ...], generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
-    """U(0, 1) draws of ``shape`` (B, ...); with a list of generators, row b comes from generator b."""
+def draw_uniform(shape: tuple[int, ...], generator: Generators, device, dtype=torch.float32,
+                 draw: Callable[..., torch.Tensor] = torch.rand) -> torch.Tensor:
+    """U(0, 1) draws (``draw=torch.randn``: N(0, 1)) of ``shape`` (B, ...); with a list of generators, row b
+    comes from generator b."""
     if isinstance(generator, list):
-        return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
+        return torch.stack([draw(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
     where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where, dtype=dtype).to(device)
+    return draw(shape, generator=generator, device=where, dtype=dtype).to(device)
 
 
 def ancestral_step(z: torch.Tensor, x0_probs: torch.Tensor, t: float, s: float, mask_id: int,
@@ -104,10 +107,11 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                      cache: bool = True, stats: SamplerStats | None = None,
                      on_step: Callable[[int, float, torch.Tensor], None] | None = None,
                      transition: Transition | None = None, shard: VocabShard | None = None,
-                     order: UnmaskingOrder = RANDOM) -> torch.Tensor:
+                     order: UnmaskingOrder = RANDOM, latent: Latent | None = None) -> torch.Tensor:
     """Run ``steps`` ancestral steps from z (all [MASK], or a prefix kept unmasked) to t = 1e-5, then remove noise.
 
-    ``order``: which masked positions each step reveals (``models.unmasking``). ``transition`` replaces the plain
+    ``order``: which masked positions each step reveals (``models.unmasking``). ``latent``: a latent-conditioned
+    denoiser's ξ per step, passed as ``denoise(z, ξ)`` (the noise removal uses the last step's). ``transition`` replaces the plain
     step (RGAS tilts or re-ranks it); the loop, the per-row caching of x_θ, the NFE count and the noise removal
     stay here. ``cache=False`` evaluates every row at every step (under
     ZeRO-3 every rank must make the same calls); ``shard``: ``denoise`` returns this rank's vocabulary slice."""
@@ -116,12 +120,21 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
     grid = time_grid(steps)
     stale = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
     log_probs = probs = None
+
+    def evaluate(i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x_θ of all rows, or of ``rows`` only, at step i."""
+        z_rows = z if rows is None else z[rows]
+        if latent is None:
+            return denoise(z_rows)
+        xi = latent(i)
+        return denoise(z_rows, xi if rows is None else xi[rows])
+
     for i in range(steps):
         if bool(stale.all()):
-            log_probs = denoise(z).contiguous()
+            log_probs = evaluate(i).contiguous()
             probs = log_probs.exp() if transition is None else None
         elif bool(stale.any()):
-            fresh = denoise(z[stale])
+            fresh = evaluate(i, stale)
             log_probs[stale] = fresh
             if probs is not None:
                 probs[stale] = fresh.exp()
@@ -137,7 +150,7 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
             on_step(i, grid[i + 1], z)
     still_masked = z == mask_id
     if still_masked.any():
-        probs = add_to_column(denoise(z), mask_id, NEG_INF, shard).exp()
+        probs = add_to_column(evaluate(steps - 1), mask_id, NEG_INF, shard).exp()
         stats.noise_removal_calls += 1
         z = torch.where(still_masked, sample_where(probs, still_masked, generator, mask_id + 1, shard), z)
     return z

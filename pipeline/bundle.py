@@ -2,9 +2,10 @@
 
 A bundle is a directory::
 
-    manifest.json              format, kind (teacher | student | judge), source checkpoint and step, model dimensions,
-                               discriminator settings, the default unmasking order (students: the order their
-                               rollouts used), tokenizer fingerprint, sha256 of every other file
+    manifest.json              format, kind (teacher | student | judge), source checkpoint and step, model dimensions
+                               (a latent-conditioned student's ``latent_dim`` too), discriminator settings, the
+                               default unmasking order (students: the order their rollouts used) and ξ's redraw,
+                               tokenizer fingerprint, sha256 of every other file
     model.safetensors          the EMA weights (the teacher's, or the distilled EMA student's)
     online.safetensors         optional: the online student
     discriminator.safetensors  distilled bundles: the discriminator (RGAS needs it)
@@ -116,7 +117,12 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def new_dit(model: dict, dropout: float = 0.0) -> DiT:
     return DiT(model["vocab_size"], model["hidden_size"], model["num_layers"], model["num_heads"], model["cond_dim"],
-               dropout=dropout, causal=model.get("causal", False))
+               dropout=dropout, causal=model.get("causal", False), latent_dim=model.get("latent_dim", 0))
+
+
+def new_discriminator(model: dict, settings: dict) -> Discriminator:
+    """A student bundle's discriminator: the teacher's DiT (it never sees the student's latent) with its head."""
+    return Discriminator(new_dit({**model, "latent_dim": 0}), settings["unfreeze_blocks"], settings["sigma_to"])
 
 
 def _load_weights(module: torch.nn.Module, path: Path) -> None:
@@ -160,6 +166,16 @@ class Bundle:
         except ValueError as err:
             raise BundleError(f"{self.path / 'manifest.json'}: sampling.order: {err}") from None
 
+    @property
+    def latent_dim(self) -> int:
+        """ξ's dimension for a latent-conditioned student (our extension, spec §11); 0 for every other model."""
+        return self.manifest["model"].get("latent_dim", 0)
+
+    @property
+    def latent_redraw(self) -> str:
+        """A latent-conditioned student's ξ: drawn once per sequence or at every step (as it was distilled)."""
+        return self.manifest.get("sampling", {}).get("latent_redraw", "sequence")
+
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle: the EMA model, and the discriminator and online student if present."""
@@ -175,8 +191,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     _load_weights(model, path / "model.safetensors")
     discriminator = online = None
     if "discriminator.safetensors" in manifest["files"]:
-        settings = manifest["discriminator"]
-        discriminator = Discriminator(new_dit(manifest["model"]), settings["unfreeze_blocks"], settings["sigma_to"])
+        discriminator = new_discriminator(manifest["model"], manifest["discriminator"])
         _load_weights(discriminator, path / "discriminator.safetensors")
         discriminator = discriminator.to(device).eval()
     if "online.safetensors" in manifest["files"]:

@@ -241,6 +241,14 @@ class DistillConfig:
     # (K student forwards per rollout step, no grad); 0: log P(x | the rollout's own trajectory), which also
     # penalises the information the trajectory holds about x (spec §11)
     exact_reward_trajectories: int = 8
+    # the latent-conditioned student (our extension, spec §11): ξ ~ N(0, I) of this many dimensions per rollout row
+    # enters the student through a zero-initialised projection (0: off, the factorised student); drawn once per
+    # sequence or afresh at every step; the KL at the all-[MASK] state on each ξ's prediction (conditional) or on
+    # the group's ξ-averaged one (marginal: ξ's posterior there is its prior), conditional at the later states
+    latent: int = 0
+    latent_redraw: Literal["sequence", "step"] = "sequence"
+    latent_kl: Literal["conditional", "marginal"] = "conditional"
+    latent_lr_scale: float = 1.0  # the projection's learning rate as a multiple of optim.lr (a fresh layer)
 
     @property
     def steps(self) -> int:
@@ -260,6 +268,12 @@ class DistillConfig:
             check_non_negative(f"distill.{name}", getattr(self, name))
         check_non_negative("distill.unfreeze_blocks", self.unfreeze_blocks)
         check_non_negative("distill.exact_reward_trajectories", self.exact_reward_trajectories)
+        check_non_negative("distill.latent", self.latent)
+        check_positive("distill.latent_lr_scale", self.latent_lr_scale)
+        for name, default in (("latent_kl", "conditional"), ("latent_redraw", "sequence"), ("latent_lr_scale", 1.0)):
+            if not self.latent and getattr(self, name) != default:
+                raise ConfigError(f"distill.{name}: {getattr(self, name)} sets how the student's latent ξ is used, "
+                                  "but distill.latent is 0 (no latent); set distill.latent to its dimension, e.g. 16")
         _order("distill.rollout_order", self.rollout_order)
         if self.rollout_steps < 2:
             raise ConfigError(f"distill.rollout_steps: {self.rollout_steps}; a rollout has at least 2 steps (the "

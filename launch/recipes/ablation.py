@@ -49,6 +49,13 @@ def run_dir(out: Path, arm: str) -> Path:
     return out if arm == MAIN else out / "ablation" / arm
 
 
+def outputs(spec: dict, out: Path, arm: str) -> tuple[Path, Path]:
+    """An arm's distillation and evaluation folders; the main run's may be named by the spec's ``main``."""
+    names = spec.get("main", {}) if arm == MAIN else {}
+    where = run_dir(out, arm)
+    return where / names.get("distill", "distill"), where / names.get("evaluate", "evaluate")
+
+
 def commands(spec: dict, arm: str, out: Path, ranks: int) -> list[list[str]]:
     """The arm's distillation, conversion and evaluation, as the recipe's main run does them."""
     where = run_dir(out, arm)
@@ -82,18 +89,19 @@ def run(recipe: str, arm: str, out: Path, results: Path, ranks: int) -> None:
     tables(spec_path(recipe), out, results)
 
 
-def finished(out: Path, rows: list[dict]) -> list[tuple[dict, Path]]:
-    """The table's rows (arm, label, sampler) whose arm has an evaluation, with its run directory."""
-    return [({"sampler": "ancestral", **row}, run_dir(out, row["arm"])) for row in rows
-            if (run_dir(out, row["arm"]) / "evaluate" / "results.json").is_file()]
+def finished(spec: dict, out: Path, rows: list[dict]) -> list[tuple[dict, Path, Path]]:
+    """The table's rows (arm, label, sampler) whose arm has an evaluation, with its distillation and evaluation
+    folders."""
+    found = [({"sampler": "ancestral", **row}, *outputs(spec, out, row["arm"])) for row in rows]
+    return [found_row for found_row in found if (found_row[2] / "results.json").is_file()]
 
 
-def gen_ppl_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], list[dict]]:
+def gen_ppl_table(spec: dict, out: Path, intro: str, rows: list[dict]) -> tuple[list[str], list[dict]]:
     """Text and proteins: each arm's Gen-PPL (and the in-domain judge's, where there is one) at 8 and 32 NFE with
     its distillation state, and the main run's held-out data and teacher for reference."""
     table = []
-    for row, where in finished(out, rows):
-        cells, metrics = read_rows(where / "evaluate"), read_metrics(where / "distill" / "metrics.jsonl")
+    for row, distilled, evaluated in finished(spec, out, rows):
+        cells, metrics = read_rows(evaluated), read_metrics(distilled / "metrics.jsonl")
         table.append({"arm": row["label"], "sampler": row["sampler"],
                       **{f"nfe{n}": find_row(cells, "student", row["sampler"], n) for n in (8, 32)},
                       "discriminator_accuracy": last_value(metrics, "discriminator/accuracy"),
@@ -109,7 +117,7 @@ def gen_ppl_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], l
         lines.append(f"| {r['arm']} | " + " | ".join(f"{gen_ppl_text(a, p)} | {gen_ppl_text(b, p)}" for p in judged)
                      + f" | {a['entropy']:.2f} / {b['entropy']:.2f} | {r['discriminator_accuracy']:.3f} | "
                      f"{r['student_entropy']:.3f} | {r['kl']:.4f} |")
-    main_rows = read_rows(out / "evaluate")
+    main_rows = read_rows(outputs(spec, out, MAIN)[1])
     reference = next(r for r in main_rows if r["model"] == "held-out text")
     teacher = {n: find_row(main_rows, "teacher", "ancestral", n) for n in (8, 32, 256, 1024)}
     lines += ["", "For reference: held-out text " + gen_ppl_text(reference) + "; teacher "
@@ -117,20 +125,24 @@ def gen_ppl_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], l
     return lines, table
 
 
-def exact_table(out: Path, intro: str, rows: list[dict]) -> tuple[list[str], dict]:
-    """The synthetic benchmark: one row per finished arm and step count (8, 32), the student's exact metrics with
-    their intervals, and the teacher's at the same steps (from the main run's evaluation)."""
+def exact_table(spec: dict, out: Path, intro: str, rows: list[dict]) -> tuple[list[str], dict]:
+    """The synthetic benchmark: one row per finished arm and step count (the spec's ``steps``, default 8 and 32)
+    in the spec's ``order`` (default random), the student's exact metrics with their intervals, and the
+    teacher's at the same steps (from the evaluations, the main run's included)."""
+    steps_shown, order = spec.get("steps", [8, 32]), spec.get("order", "random")
     arms, teacher = [], {}
-    for row, where in finished(out, rows):
-        for r in read_rows(where / "evaluate"):
+    for row, _, evaluated in finished(spec, out, rows):
+        for r in read_rows(evaluated):
+            if r.get("order", "random") != order:
+                continue
             if r["model"] == "teacher" and r["temperature"] == 1.0 and not r["control"]:
                 teacher.setdefault(r["steps"], r)
-            if r["model"] == "student" and r["sampler"] == row["sampler"] and r["steps"] in (8, 32):
+            if r["model"] == "student" and r["sampler"] == row["sampler"] and r["steps"] in steps_shown:
                 arms.append({"arm": row["arm"], "label": row["label"], **r})
     lines = [*intro.rstrip("\n").split("\n"), "",
              "| arm | steps | " + " | ".join(title for _, title, _ in METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
-    for steps in (8, 32):
+    for steps in steps_shown:
         if steps in teacher:
             lines.append(f"| teacher | {steps} | " + " | ".join(metric_text(teacher[steps], k, f) for k, _, f in METRICS)
                          + " |")
@@ -149,7 +161,7 @@ def tables(spec_file: Path, out: Path, results: Path) -> dict[str, str]:
     results.mkdir(parents=True, exist_ok=True)
     for name, table in spec["tables"].items():
         intro = table["intro"].format(out=out, command=command, machine=describe())
-        lines, data = LAYOUTS[spec["layout"]](out, intro, table["rows"])
+        lines, data = LAYOUTS[spec["layout"]](spec, out, intro, table["rows"])
         written[name] = "\n".join(lines) + "\n"
         (results / f"{name}.md").write_text(written[name])
         (results / f"{name}.json").write_text(json.dumps(data, indent=1))

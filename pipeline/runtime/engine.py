@@ -13,14 +13,15 @@ from pipeline.runtime.distributed import import_deepspeed, uses_cuda
 
 
 def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None,
-                weights: dict[str, torch.Tensor] | None = None, dropout: float | None = None) -> DiT:
-    """The DiT of the config, from dense ``weights`` or freshly initialised; ``dropout`` overrides the config's.
+                weights: dict[str, torch.Tensor] | None = None, dropout: float | None = None, latent_dim: int = 0) -> DiT:
+    """The DiT of the config, from dense ``weights`` or freshly initialised; ``dropout`` overrides the config's;
+    ``latent_dim``: a latent-conditioned student's (``models.dit``).
 
     With ``model.tensor_parallel`` > 1 (process groups from ``pipeline.runtime.distributed.setup``): this rank's shards
     of that dense model, so every tensor-parallel size starts from the same weights (DeepSpeed partitions a
     ZeRO-3 model when its engine is built). Otherwise a fresh ZeRO-3 model is partitioned as it is created."""
     options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal,
-                   checkpointing=model.activation_checkpointing)
+                   checkpointing=model.activation_checkpointing, latent_dim=latent_dim)
     if model.tensor_parallel > 1:
         from models.tensor_parallel import MegatronLayers, initialize, load_dense
 
@@ -139,19 +140,24 @@ def ds_config(cfg: Config, grad_clip: float | None = None, zero_stage: int | Non
     return config
 
 
-def optimizer_for(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
+def optimizer_for(model: torch.nn.Module, optim: OptimConfig, max_steps: int, lr_scales: dict[str, float] | None = None):
     """GuardedAdamW over the parameters that require grad, and its LR schedule: the engines' and the
-    benchmarks' plain references', so both do the same work."""
-    optimizer = GuardedAdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr,
-                             betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    benchmarks' plain references', so both do the same work. ``lr_scales``: parameters whose name starts with a
+    key get that multiple of the learning rate (a fresh layer among trained ones), in a group of their own."""
+    scales = lr_scales or {}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [{"params": [p for n, p in named if not n.startswith(tuple(scales))]}]
+    params += [{"params": [p for n, p in named if n.startswith(k)], "lr": optim.lr * scale} for k, scale in scales.items()]
+    optimizer = GuardedAdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
 
 
-def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict):
+def build_engine(model: torch.nn.Module, optim: OptimConfig, max_steps: int, config: dict,
+                 lr_scales: dict[str, float] | None = None):
     """A DeepSpeed engine with ``optimizer_for``'s optimizer and schedule (the engine keeps the optimizer as
     ``basic_optimizer``)."""
     deepspeed = import_deepspeed()
-    optimizer, scheduler = optimizer_for(model, optim, max_steps)
+    optimizer, scheduler = optimizer_for(model, optim, max_steps, lr_scales)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
                                            mpu=mpu_for(model))
     return engine

@@ -13,6 +13,7 @@ import torch
 
 from data_prep.config import ConfigError
 from models.diffusion import subs_log_probs
+from models.latent import LatentDraws
 from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import RANDOM, UnmaskingOrder
 from pipeline.config import Config, bf16_compute
@@ -23,7 +24,7 @@ from pipeline.runtime import checkpoint
 from pipeline.runtime.data import TokenLoader
 from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
-from pipeline.runtime.randomness import SAMPLE, keyed_generator
+from pipeline.runtime.randomness import LATENT, SAMPLE, keyed_generator
 from pipeline.runtime.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,13 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
     every rank runs the sampler (ZeRO-3 gathers need all), rank 0 keeps the text."""
     mask_id, shard = cfg.model.vocab_size, engine.module.vocab_shard
     order = UnmaskingOrder.parse(cfg.distill.rollout_order) if cfg.stage == "distill" else RANDOM
+
+    latent_dim = cfg.distill.latent if cfg.stage == "distill" else 0  # a latent-conditioned student's ξ
     engine.eval()
 
-    def denoise(z):
+    def denoise(z, *latent):
         with autocast():
-            logits = engine(z, torch.zeros(z.shape[0], device=z.device))
+            logits = engine(z, torch.zeros(z.shape[0], device=z.device), *latent)
         return subs_log_probs(logits, z, mask_id, shard)
 
     results = []
@@ -146,9 +149,12 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
         for steps in cfg.train.sample_steps:
             stats = SamplerStats()
             z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
+            latent = None if not latent_dim else LatentDraws(z.shape[0], latent_dim, keyed_generator(
+                cfg.run.seed, LATENT, step), d.device, cfg.distill.latent_redraw)
             # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
             out = ancestral_sample(denoise, z, steps, mask_id, generator=keyed_generator(cfg.run.seed, SAMPLE, step),
-                                   cache=cfg.train.zero_stage != 3, stats=stats, shard=shard, order=order)
+                                   cache=cfg.train.zero_stage != 3, stats=stats, shard=shard, order=order,
+                                   latent=latent)
             ids = out.cpu().tolist()
             results.append((steps, [render(row, tok)[0] for row in ids], stats, ids))
     engine.train()

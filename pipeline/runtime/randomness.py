@@ -24,9 +24,10 @@ class Purpose(IntEnum):
     TEACHER_SAMPLE = 7
     DISCRIMINATOR_TIME = 8
     EXACT_TRAJECTORY = 9  # the teacher-forced trajectories of distill.reward: exact
+    LATENT = 10  # the latent-conditioned student's ξ, apart from the trajectory's draws
 
 
-TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME, EXACT_TRAJECTORY = Purpose
+TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME, EXACT_TRAJECTORY, LATENT = Purpose
 
 
 def keyed_seed(*keys: int) -> int:

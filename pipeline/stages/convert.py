@@ -28,9 +28,8 @@ import torch
 
 from data_prep.config import ConfigError
 from data_prep.tokenizers import TokenizerError, load_tokenizer
-from models.discriminator import Discriminator
 from models.tensor_parallel import join_shards
-from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_dit, write_bundle
+from pipeline.bundle import FORMAT, MODEL_KEYS, BundleError, new_discriminator, new_dit, write_bundle
 from pipeline.config import Config, is_remote, load_config
 from pipeline.runtime import integrity
 from pipeline.runtime.checkpoint import CheckpointError, tag_for
@@ -138,22 +137,27 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
         raise CheckpointError(f"{tokenizer} (fingerprint {tok.fingerprint}, V = {tok.vocab_size}) is not the tokenizer "
                               f"the checkpoint was trained with ({meta.get('tokenizer')}, V = {cfg.model.vocab_size})")
     model = {k: getattr(cfg.model, k) for k in MODEL_KEYS}
+    if kind == "student" and cfg.distill.latent:
+        model["latent_dim"] = cfg.distill.latent  # the latent-conditioned student (our extension, spec §11)
     with torch.device("meta"):
         shapes = new_dit(model)
     weights = {"model.safetensors": ema_state_dict(step_dir, shapes)}
     manifest = {"format": FORMAT, "kind": kind, "source": str(step_dir.resolve()), "step": meta["step"],
                 "model": model, "tokenizer": json.loads((tokenizer / "tokenizer.json").read_text())}
     if kind == "student":
+        settings = {"unfreeze_blocks": cfg.distill.unfreeze_blocks, "sigma_to": cfg.distill.sigma_to}
         with torch.device("meta"):
-            disc = Discriminator(new_dit(model), cfg.distill.unfreeze_blocks, cfg.distill.sigma_to)
+            disc = new_discriminator(model, settings)
         state = engine_state_dict(step_dir, "discriminator", cfg.train.zero_stage)
         expected = set(disc.state_dict())
         if set(state) != expected:
             raise CheckpointError(f"{step_dir / 'discriminator'}: tensors {sorted(set(state) ^ expected)[:4]} do not fit "
                                   "the configured discriminator")
         weights["discriminator.safetensors"] = state
-        manifest["discriminator"] = {"unfreeze_blocks": cfg.distill.unfreeze_blocks, "sigma_to": cfg.distill.sigma_to}
+        manifest["discriminator"] = settings
         manifest["sampling"] = {"order": cfg.distill.rollout_order}  # the order it was distilled for
+        if cfg.distill.latent:
+            manifest["sampling"]["latent_redraw"] = cfg.distill.latent_redraw
     if online:
         weights["online.safetensors"] = engine_state_dict(step_dir, "student" if kind == "student" else "model",
                                                           cfg.train.zero_stage)

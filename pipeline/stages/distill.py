@@ -32,11 +32,12 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from models.didi import (Rollout, beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
-                         group_normalised_advantages, jeffreys, marginal_log_prob, omega, rollout_times, row_rewards,
-                         sample_tau, snap_tau, student_loss, student_rollout, teacher_forced_log_prob)
+                         group_mixture, group_normalised_advantages, jeffreys, marginal_log_prob, omega, rollout_times,
+                         row_rewards, sample_tau, snap_tau, student_loss, student_rollout, teacher_forced_log_prob)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
+from models.latent import LatentDraws
 from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
 from pipeline.bundle import verify_bundle
@@ -48,8 +49,8 @@ from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config, step_skipped
 from pipeline.runtime.loop import NonFiniteGuard, autocast_for
-from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, ROLLOUT, TAU, TEACHER_SAMPLE,
-                                         keyed_generator, keyed_seed)
+from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, LATENT, ROLLOUT, TAU,
+                                         TEACHER_SAMPLE, keyed_generator, keyed_seed)
 from pipeline.runtime.trainer import Stage, Trainer, Update
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
@@ -88,6 +89,9 @@ def check_teacher(cfg: Config) -> Path:
             raise CheckpointError(f"{where} holds engines {meta['engines']}, not a pre-training checkpoint")
     if model.get("causal"):
         raise CheckpointError(f"{where} is an autoregressive model (an in-domain judge), not a diffusion teacher")
+    if model.get("latent_dim"):
+        raise CheckpointError(f"{where} is a latent-conditioned student (latent_dim {model['latent_dim']}); a teacher "
+                              "takes no latent input: distil from its teacher")
     diff = [f"{k} {model.get(k)} there, {v} in the config" for k, v in model_signature(cfg).items() if model.get(k) != v]
     if diff:
         raise CheckpointError(f"{where} holds another model than the config's: {'; '.join(diff)}")
@@ -110,6 +114,14 @@ def teacher_weights(cfg: Config, source: Path) -> dict[str, torch.Tensor]:
 
 def teacher_copy(cfg: Config, weights: dict[str, torch.Tensor], dropout: float) -> DiT:
     return build_model(cfg.model, weights=weights, dropout=dropout)
+
+
+def student_weights(cfg: Config, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The teacher's weights, with a latent-conditioned student's projection W_ξ = 0 (``distill.latent``): the
+    student starts as the teacher exactly."""
+    if not cfg.distill.latent:
+        return weights
+    return {**weights, "latent_map.weight": torch.zeros(cfg.model.cond_dim, cfg.distill.latent)}
 
 
 class PhaseTimer:
@@ -197,16 +209,20 @@ class Distiller:
 
     # ---- the models as the maths sees them: SUBS log-probabilities at σ = 0 ----
 
-    def _log_probs(self, engine, z: torch.Tensor) -> torch.Tensor:
+    def _log_probs(self, engine, z: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
         """All-[MASK] rows are identical and the models are deterministic without dropout, so one row is
         computed and shared: an exact identity that makes the first rollout step (and the teacher's target
-        for it) one row's work."""
-        shared = self.cfg.model.dropout == 0 or not engine.module.training
+        for it) one row's work. A latent-conditioned student's rows differ by their ξ, so they are not shared."""
+        shared = (self.cfg.model.dropout == 0 or not engine.module.training) and latent is None
         if shared and z.shape[0] > 1 and bool((z == self.mask_id).all()):
             return self._log_probs(engine, z[:1]).expand(z.shape[0], -1, -1)
+        sigma = torch.zeros(z.shape[0], device=z.device)
         with self.autocast():
-            logits = engine(z, torch.zeros(z.shape[0], device=z.device))
+            logits = engine(z, sigma) if latent is None else engine(z, sigma, latent)
         return subs_log_probs(logits, z, self.mask_id, self.shard)
+
+    def _student(self, z: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
+        return self._log_probs(self.student, z, latent)
 
     def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
         """Masked positions over all ranks, divided by the number of ranks (see ``masked_mean``); the ranks of a
@@ -220,6 +236,13 @@ class Distiller:
         first = self.d.data_rank * rows
         return [keyed_generator(self.cfg.run.seed, purpose, step, first + i, *keys, device=self.d.device)
                 for i in range(rows)]
+
+    def latent_draws(self, step: int, rows: int, *keys: int) -> LatentDraws | None:
+        """The student's ξ for ``rows`` rollout rows, keyed apart from their trajectories (None: no latent)."""
+        c = self.cfg.distill
+        if not c.latent:
+            return None
+        return LatentDraws(rows, c.latent, self.generators(step, LATENT, rows, *keys), self.d.device, c.latent_redraw)
 
     def taus(self, step: int, row_generators: list[torch.Generator]) -> torch.Tensor:
         c = self.cfg.distill
@@ -243,9 +266,9 @@ class Distiller:
         c = self.cfg.distill
         if c.exact_reward_trajectories == 0:
             return roll.log_prob.detach()
-        forced = [teacher_forced_log_prob(lambda z: self._log_probs(self.student, z), roll.x, times, self.mask_id,
-                                          self.schedule, self.generators(step, EXACT_TRAJECTORY, c.rollout_rows, k),
-                                          self.shard, self.order)
+        forced = [teacher_forced_log_prob(self._student, roll.x, times, self.mask_id, self.schedule,
+                                          self.generators(step, EXACT_TRAJECTORY, c.rollout_rows, k), self.shard,
+                                          self.order, self.latent_draws(step, c.rollout_rows, EXACT_TRAJECTORY, k))
                   for k in range(c.exact_reward_trajectories)]
         return marginal_log_prob(torch.stack(forced)).float()
 
@@ -274,8 +297,8 @@ class Distiller:
         gens = self.generators(step, ROLLOUT, c.rollout_rows)
         tau = self.taus(step, gens)
         times = rollout_times(tau, c.steps, c.t0)
-        roll = student_rollout(lambda z: self._log_probs(self.student, z), times, self.cfg.model.seq_len,
-                               self.mask_id, self.schedule, gens, self.shard, self.order)
+        roll = student_rollout(self._student, times, self.cfg.model.seq_len, self.mask_id, self.schedule, gens,
+                               self.shard, self.order, self.latent_draws(step, c.rollout_rows))
         return RolloutResult(gens, tau, times, roll)
 
     def teacher_targets(self, step: int, rollout: RolloutResult, x_data: torch.Tensor) -> TeacherResult:
@@ -329,7 +352,10 @@ class Distiller:
         at every rollout state."""
         c, roll = self.cfg.distill, rollout.roll
         counts = [self._global_count(m) for m in roll.masked]
-        steps = list(zip(teacher.targets, roll.log_probs, roll.masked, counts))
+        log_probs = list(roll.log_probs)
+        if c.latent_kl == "marginal":  # the first state is all [MASK]: regularise the group's ξ-averaged prediction
+            log_probs[0] = group_mixture(log_probs[0], c.group_size)
+        steps = list(zip(teacher.targets, log_probs, roll.masked, counts))
         if c.kl == "forward":
             kls = [forward_kl(target, p, m, n, self.shard) for target, p, m, n in steps]
         else:
@@ -429,7 +455,8 @@ def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, 
     """Student, discriminator and teacher, all from the teacher's weights (the discriminator's head is new,
     drawn from ``run.seed``, the same on every rank)."""
     torch.manual_seed(cfg.run.seed)
-    student = teacher_copy(cfg, weights, cfg.model.dropout)
+    student = build_model(cfg.model, weights=student_weights(cfg, weights), dropout=cfg.model.dropout,
+                          latent_dim=cfg.distill.latent)
     disc = Discriminator(teacher_copy(cfg, weights, cfg.model.dropout), cfg.distill.unfreeze_blocks,
                          cfg.distill.sigma_to)
     return student, disc, teacher_copy(cfg, weights, 0.0)
@@ -445,7 +472,8 @@ def build_distiller(cfg: Config, d: Dist, weights: dict[str, torch.Tensor] | Non
         weights = teacher_weights(cfg, teacher_dir)
     student, disc, teacher = initial_models(cfg, weights)
     steps = cfg.train.max_steps
-    student = build_engine(student, cfg.optim, steps, ds_config(cfg))
+    latent = {"latent_map.": cfg.distill.latent_lr_scale} if cfg.distill.latent else None
+    student = build_engine(student, cfg.optim, steps, ds_config(cfg), latent)
     disc = build_engine(disc, cfg.discriminator_optim, steps, ds_config(cfg, grad_clip=cfg.discriminator_optim.grad_clip))
     teacher = build_frozen_engine(teacher, ds_config(cfg, zero_stage=3 if cfg.train.zero_stage == 3 else 0,
                                                      offload=cfg.distill.teacher_offload))

@@ -1,8 +1,8 @@
 """Sampling from an inference bundle with the plain ancestral sampler or RGAS.
 
 ``python -m pipeline sample --bundle BUNDLE --steps N --sampler ancestral|rgas --num-samples K --batch-size B
---seed S [--order ORDER] [--prefix TEXT] [--temperature T] [--rho R --h-start H --h-end H --candidates M]
---out samples.jsonl``
+--seed S [--latent-seed S] [--order ORDER] [--prefix TEXT] [--temperature T] [--rho R --h-start H --h-end H
+--candidates M] --out samples.jsonl``
 
 Each line of the output holds one sample (text, token ids, [MASK]s left) with its batch's NFE, noise-removal
 calls, discriminator forward/backward calls and wall-clock seconds. Draws are keyed by (seed, sample index),
@@ -10,7 +10,10 @@ so a sample does not depend on the batch size. Noise removal uses the EMA studen
 A temperature T < 1 sharpens x_θ (its logits divided by T before SUBS): lower Gen-PPL and lower entropy together,
 the control that a distilled student must beat (spec §7). ``--order`` chooses which masked positions each step
 reveals (``models/unmasking.py``: random, dispersed:D, confidence, margin, entropy); by default the bundle's
-(a student's distillation order, else random). The output is written whole or not at all.
+(a student's distillation order, else random). A latent-conditioned student (our extension, spec §11) draws
+its ξ from ``--latent-seed`` (default: the seed), apart from the trajectory's draws: the same --seed with
+another --latent-seed replays the trajectory's randomness with another ξ. The output is written whole or not
+at all.
 """
 from __future__ import annotations
 
@@ -25,13 +28,14 @@ import torch
 from data_prep.atomic import atomic_write_bytes
 from data_prep.tokenizers import Tokenizer, load_tokenizer
 from models.diffusion import LogLinearSchedule, subs_log_probs
+from models.latent import LatentDraws
 from models.rgas import RGASSettings, RGASStats, rgas_sample
 from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
 from pipeline.bundle import Bundle, BundleError, load_bundle
 from pipeline.config import MAX_SAMPLING_STEPS
 from pipeline.measure.text import render
-from pipeline.runtime.randomness import SAMPLE, keyed_generator
+from pipeline.runtime.randomness import LATENT, SAMPLE, keyed_generator
 
 
 def start_state(bundle: Bundle, tok: Tokenizer, rows: int, prefix: str | None, device) -> torch.Tensor:
@@ -48,8 +52,9 @@ def start_state(bundle: Bundle, tok: Tokenizer, rows: int, prefix: str | None, d
 
 def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples: int, batch_size: int, seed: int,
            prefix: str | None = None, settings: RGASSettings = RGASSettings(), temperature: float = 1.0,
-           order: UnmaskingOrder | None = None) -> list[dict]:
-    """Samples with their batch's statistics (see the module docstring); ``order`` None: the bundle's."""
+           order: UnmaskingOrder | None = None, latent_seed: int | None = None) -> list[dict]:
+    """Samples with their batch's statistics (see the module docstring); ``order`` None: the bundle's;
+    ``latent_seed`` None: ``seed``."""
     if not 1 <= steps <= MAX_SAMPLING_STEPS:
         raise ValueError(f"--steps: {steps}; from 1 to {MAX_SAMPLING_STEPS:,} (the paper's slowest teacher takes 1,024)")
     if not temperature > 0:
@@ -60,23 +65,29 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
     order = (order or bundle.order).check_length(bundle.seq_len)
     device = bundle.device
     mask_id = bundle.mask_id
+    latent_seed = seed if latent_seed is None else latent_seed
 
-    def denoise(z):
-        return subs_log_probs(bundle.model(z, torch.zeros(z.shape[0], device=z.device)) / temperature, z, mask_id)
+    def denoise(z, *latent):
+        return subs_log_probs(bundle.model(z, torch.zeros(z.shape[0], device=z.device), *latent) / temperature, z,
+                              mask_id)
 
     rows = []
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)
         generators = [keyed_generator(seed, SAMPLE, first + i, device=device) for i in range(count)]
         z = start_state(bundle, tok, count, prefix, device)
+        latent = None
+        if bundle.latent_dim:
+            latent_generators = [keyed_generator(latent_seed, LATENT, first + i, device=device) for i in range(count)]
+            latent = LatentDraws(count, bundle.latent_dim, latent_generators, device, bundle.latent_redraw)
         stats = RGASStats()
         start = time.perf_counter()
         if sampler == "rgas":
             out = rgas_sample(denoise, bundle.discriminator, z, steps, mask_id, LogLinearSchedule(), generators,
-                              settings, stats, order)
+                              settings, stats, order, latent)
         else:
             out = ancestral_sample(denoise, z, steps, mask_id, LogLinearSchedule(), generators, stats=stats,
-                                   order=order)
+                                   order=order, latent=latent)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -84,6 +95,7 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
             text, masks = render(ids, tok)
             rows.append({"sample": first + i, "batch": first // batch_size, "text": text, "token_ids": ids,
                          "masks_left": masks, "steps": steps, "sampler": sampler, "order": str(order),
+                         "latent_seed": latent_seed if latent is not None else None,
                          "temperature": temperature,
                          "nfe": int(stats.row_nfe[i]),
                          "noise_removal_calls": stats.noise_removal_calls,
@@ -108,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-seed", type=int, help="a latent-conditioned student's ξ draws (default: --seed)")
     parser.add_argument("--order", type=order_argument, metavar="ORDER",
                         help="which masked positions a step reveals: random, dispersed[:D] (D: exclusion distance, "
                              "default 3), confidence, margin or entropy; default: the bundle's")
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         tok = load_tokenizer(bundle.tokenizer_dir)
         rows = sample(bundle, tok, args.steps, args.sampler, args.num_samples, args.batch_size, args.seed,
                       args.prefix, RGASSettings(args.rho, args.h_start, args.h_end, args.candidates), args.temperature,
-                      args.order)
+                      args.order, args.latent_seed)
     except (BundleError, ValueError, OSError) as err:  # OSError: an --out folder that cannot be made
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,34 @@
+"""The latent-conditioned student's shared randomness ξ (our extension, spec §11).
+
+A factorised sampler fills the positions of one step with independent draws, so it can make them agree only by
+sharpening. Each row gets ξ ~ N(0, I_d), drawn from its own generator (apart from the trajectory's draws, so one
+trajectory seed can be replayed with another ξ), either once for the whole sequence (``sequence``) or afresh at
+every step (``step``, as Di4C does). Given (z_t, ξ) the tokens stay independent; the sampler's distribution is the
+mixture E_ξ[q(x | ξ)].
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from models.sampler import Generators, draw_uniform
+
+Redraw = Literal["sequence", "step"]
+REDRAWS: tuple[str, ...] = ("sequence", "step")
+
+
+class LatentDraws:
+    """``draws(i)``: each row's ξ (B, d) at step i, drawn on first use of a step and kept for repeated calls."""
+
+    def __init__(self, rows: int, dim: int, generator: Generators, device, redraw: Redraw = "sequence"):
+        if redraw not in REDRAWS:
+            raise ValueError(f"latent redraw {redraw!r}: one of {', '.join(REDRAWS)}")
+        self.rows, self.dim, self.generator, self.device, self.redraw = rows, dim, generator, device, redraw
+        self.step, self.xi = None, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        if self.xi is None or (self.redraw == "step" and step != self.step):
+            self.xi = draw_uniform((self.rows, self.dim), self.generator, self.device, draw=torch.randn)
+            self.step = step
+        return self.xi
