@@ -14,12 +14,17 @@ KEYS = ("discriminator/loss", "discriminator/accuracy", "student/loss", "student
         "student/entropy", "reward/mean")
 
 
+LATENT = {"distill__latent": 8, "distill__latent_lr_scale": 10.0, "distill__latent_kl": "marginal"}
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("data, zero", [(1, 1), (2, 3)])
-def test_tensor_parallel_distillation_matches_one_dense_process(tiny_data, teacher, tmp_path, data, zero):
-    dense = distill_settings(tiny_data, teacher, tmp_path / "dense", distill__rollout_rows=16, **CLIP)
+@pytest.mark.parametrize("data, zero, latent", [(1, 1, {}), (2, 3, {}), (1, 1, LATENT)],
+                         ids=["tp2-zero1", "tp2-dp2-zero3", "tp2-zero1-latent"])
+def test_tensor_parallel_distillation_matches_one_dense_process(tiny_data, teacher, tmp_path, data, zero, latent):
+    """The latent-conditioned student (our extension) too: its ξ projection is replicated like the σ embedding."""
+    dense = distill_settings(tiny_data, teacher, tmp_path / "dense", distill__rollout_rows=16, **CLIP, **latent)
     split = distill_settings(tiny_data, teacher, tmp_path / "split", distill__rollout_rows=16 // data,
-                             train__zero_stage=zero, model__tensor_parallel=2, **CLIP)
+                             train__zero_stage=zero, model__tensor_parallel=2, **CLIP, **latent)
     reference = run_ranks(_run_distill, 1, dense)[0]
     results = run_ranks(_run_distill, 2 * data, split)
     assert "error" not in reference and all("error" not in r for r in results), results

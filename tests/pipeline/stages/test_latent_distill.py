@@ -1,0 +1,104 @@
+"""The latent-conditioned student (our extension, spec §11) in the distillation stage, its bundle and the sample
+stage: it starts as the teacher, ξ's projection learns at its own rate, ZeRO-3 on two ranks matches one
+process, and sampling is determined by the trajectory seed and the latent seed apart."""
+import json
+
+import pytest
+
+from data_prep.config import from_dict
+from pipeline.config import Config
+from pipeline.runtime.distributed import run_ranks
+from tests.pipeline.stages.test_distill import _full, _run_distill, distill_settings
+
+ITERATIONS = 3
+LATENT = {"distill__latent": 8, "distill__latent_lr_scale": 100.0, "model__dropout": 0.0}
+
+
+def _iterate_latent(rank, world_size, cfg_dict):
+    import pipeline.stages.distill as stage
+    from pipeline.runtime.data import loader_from_config
+    from pipeline.runtime.distributed import setup
+
+    cfg, d = from_dict(Config, cfg_dict), setup()
+    run = stage.build_distiller(cfg, d)
+    initial = _full(run.student.module)
+    stream = iter(loader_from_config(cfg, "train", d.rank, d.world_size))
+    steps = [run.iteration(step, next(stream)["input_ids"], stage.PhaseTimer(d.device)) for step in range(ITERATIONS)]
+    after = _full(run.student.module)
+    moved = {name: (after[name] - initial[name]).abs().max().item() for name in after}
+    return {"steps": steps, "initial_projection": initial["latent_map.weight"].abs().max().item(),
+            "projection_moved": moved.pop("latent_map.weight"), "others_moved": max(moved.values()),
+            "lrs": run.student.get_lr()}
+
+
+@pytest.mark.distributed
+def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches_one_process(tiny_data, teacher,
+                                                                                             tmp_path):
+    changes = {**LATENT, "distill__latent_kl": "marginal"}
+    one = run_ranks(_iterate_latent, 1, distill_settings(tiny_data, teacher, tmp_path / "one", distill__rollout_rows=16,
+                                                         **changes))[0]
+    two = run_ranks(_iterate_latent, 2, distill_settings(tiny_data, teacher, tmp_path / "two", train__zero_stage=3,
+                                                         **changes))
+    for result in (one, *two):
+        assert result["initial_projection"] == 0.0  # W_ξ = 0: the student is the teacher
+        # before its first step the student predicts what the teacher does at every rollout state, for every ξ
+        first = result["steps"][0]
+        assert all(abs(first[f"student/kl_step{k}"]) < 1e-6 for k in (1, 2)), first
+        assert result["steps"][-1]["student/kl_step2"] > 1e-6  # and then it moves away
+        # the projection learns at 100x the learning rate (Adam's steps are about the learning rate in size)
+        assert result["projection_moved"] > 20 * result["others_moved"] > 0
+        assert result["lrs"][1] == pytest.approx(100 * result["lrs"][0])
+    for step in range(ITERATIONS):
+        for key in ("discriminator/loss", "student/loss", "student/kl_step1", "student/kl_step2", "student/entropy",
+                    "reward/mean", "student/log_prob"):
+            mean_of_ranks = (two[0]["steps"][step][key] + two[1]["steps"][step][key]) / 2
+            assert mean_of_ranks == pytest.approx(one["steps"][step][key], rel=1e-4, abs=1e-6), (step, key)
+
+
+@pytest.mark.distributed
+def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tiny_data, teacher, tmp_path):
+    from pipeline.bundle import load_bundle
+    from pipeline.runtime.checkpoint import CheckpointError
+    from pipeline.stages.convert import convert
+    from pipeline.stages.distill import check_teacher
+    from pipeline.stages.sample import main as sample_main
+
+    cfg = distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=3, distill__latent_redraw="step",
+                           **LATENT)
+    assert "error" not in run_ranks(_run_distill, 1, cfg)[0]
+    bundle = convert(tmp_path / "run", tmp_path / "bundle", online=True, log=lambda _: None)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["latent_dim"] == 8 and manifest["sampling"]["latent_redraw"] == "step"
+    loaded = load_bundle(bundle)
+    assert loaded.model.latent_map.weight.abs().max() > 0 and loaded.online.latent_dim == 8
+    assert loaded.discriminator is not None and loaded.latent_redraw == "step"
+
+    def draw(name, *extra):
+        out = tmp_path / f"{name}.jsonl"
+        assert sample_main(["--bundle", str(bundle), "--steps", "4", "--num-samples", "6", "--batch-size", "4",
+                            "--seed", "3", "--out", str(out), *extra]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    base, again, other = draw("base"), draw("again", "--latent-seed", "3"), draw("other", "--latent-seed", "4")
+    assert [r["token_ids"] for r in base] == [r["token_ids"] for r in again]  # --latent-seed defaults to --seed
+    assert base[0]["latent_seed"] == 3 and other[0]["latent_seed"] == 4
+    assert [r["token_ids"] for r in base] != [r["token_ids"] for r in other]  # another ξ, the same trajectory seed
+    rgas = draw("rgas", "--sampler", "rgas", "--latent-seed", "4")
+    assert len(rgas) == 6 and all(r["masks_left"] == 0 for r in rgas)
+    # a latent student is no teacher: distilling from it is refused by name
+    with pytest.raises(CheckpointError, match="latent-conditioned student"):
+        check_teacher(from_dict(Config, distill_settings(tiny_data, bundle, tmp_path / "again")))
+
+
+def test_latent_settings_without_a_latent_are_refused_by_name():
+    from data_prep.config import ConfigError
+    from pipeline.config import DistillConfig
+
+    for key, value in (("latent_kl", "marginal"), ("latent_redraw", "step"), ("latent_lr_scale", 10.0)):
+        with pytest.raises(ConfigError, match=f"distill.{key}: .* distill.latent is 0"):
+            from_dict(DistillConfig, {"teacher": "t", key: value})
+    with pytest.raises(ConfigError, match="distill.latent: must be >= 0"):
+        from_dict(DistillConfig, {"teacher": "t", "latent": -1})
+    with pytest.raises(ConfigError, match="latent_redraw"):
+        from_dict(DistillConfig, {"teacher": "t", "latent": 4, "latent_redraw": "token"})
+    assert from_dict(DistillConfig, {"teacher": "t", "latent": 16, "latent_kl": "marginal"}).latent_kl == "marginal"
