@@ -23,8 +23,8 @@ the peak is restarted after the build).
 [--steps 2] [--repeats 3] [--json PATH] [--markdown PATH]``
 
 compares, on ZeRO-3 without tensor parallelism, the baseline iteration with the frozen teacher offloaded to host
-memory (``distill.teacher_offload``) and with per-block activation checkpointing
-(``model.activation_checkpointing``), each as a ratio to the baseline of the same run. Every variant runs in its
+memory (``distill.teacher_offload``), with per-block activation checkpointing (``model.activation_checkpointing``)
+and with the latent-conditioned student (``distill.latent: 16``), each as a ratio to the baseline of the same run. Every variant runs in its
 own rank processes (a peak resident set is per process), in interleaved rounds (baseline, offload, checkpointing,
 baseline, ...) so that a change in the machine's load falls on all of them alike; a round is one repeat and the
 table gives medians (the one-process reference runs once, before the rounds). On a CPU, offloading moves the
@@ -58,7 +58,8 @@ from pipeline.runtime.engine import optimizer_for
 
 VOCAB = 4000
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
-VARIANTS = {"baseline": {}, "offload": {"offload": True}, "checkpointing": {"checkpointing": True}}  # bench_config
+VARIANTS = {"baseline": {}, "offload": {"offload": True}, "checkpointing": {"checkpointing": True},
+            "latent": {"latent": 16}}  # bench_config's options
 OFFLOAD_NOTE = ("On a CPU, offloading moves the teacher from one region of host memory to another: the saving a GPU "
                 "would see shows only as the teacher's device-resident tensor bytes (its ZeRO-3 partitions: the "
                 "parameters DeepSpeed keeps persistent stay whole on the compute device either way), not "
@@ -66,7 +67,8 @@ OFFLOAD_NOTE = ("On a CPU, offloading moves the teacher from one region of host 
 
 
 def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_stage: int,
-                 tensor_parallel: int = 1, offload: bool = False, checkpointing: bool = False) -> Config:
+                 tensor_parallel: int = 1, offload: bool = False, checkpointing: bool = False,
+                 latent: int = 0) -> Config:
     from models.sizes import SIZES
 
     return from_dict(Config, {
@@ -77,7 +79,8 @@ def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_s
         "optim": {"lr": 1e-5, "warmup_steps": 0},
         "discriminator_optim": {"warmup_steps": 0},
         "distill": {"teacher": "synthetic", "rollout_rows": rows_per_rank, "group_size": group,
-                    "unfreeze_blocks": min(4, SIZES[size].num_layers), "teacher_offload": offload},
+                    "unfreeze_blocks": min(4, SIZES[size].num_layers), "teacher_offload": offload,
+                    "latent": latent},
         "train": {"zero_stage": zero_stage, "max_steps": 10**6},
         "tracking": {"backend": "none"},
     })
@@ -313,7 +316,8 @@ def per_rank_mb(values: list[float], factors: list[float]) -> str:
 def variant_table(results: dict, ranks: int) -> list[str]:
     """``--compare``'s time table and per-rank memory table, each figure beside its ratio to the baseline."""
     labels = {"plain": run_label("plain", ranks), "baseline": f"ZeRO-3, {ranks} ranks",
-              "offload": "+ teacher offload", "checkpointing": "+ activation checkpointing"}
+              "offload": "+ teacher offload", "checkpointing": "+ activation checkpointing",
+              "latent": "+ latent-conditioned student (ξ ∈ R^16, our extension)"}
     lines = ["| run | iteration (min–max) | vs baseline | vs plain | " + " | ".join(PHASES) + " |",
              "|---|---|---|---|" + "---|" * len(PHASES)]
     for name, r in results.items():

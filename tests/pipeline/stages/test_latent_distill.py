@@ -85,9 +85,27 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     assert [r["token_ids"] for r in base] != [r["token_ids"] for r in other]  # another ξ, the same trajectory seed
     rgas = draw("rgas", "--sampler", "rgas", "--latent-seed", "4")
     assert len(rgas) == 6 and all(r["masks_left"] == 0 for r in rgas)
+    # the diagnostics: ξ's information about the sample, the sampler's time per NFE, two ξ from one trajectory seed
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("diagnose", "launch/recipes/latent/diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    assert diagnose.main(["--bundle", f"latent={bundle}", "--bundle", f"teacher={teacher_bundle(teacher, tmp_path)}",
+                          "--steps", "4", "--samples", "8", "--trajectories", "2", "--pairs", "2",
+                          "--timing-rounds", "1", "--out", str(tmp_path / "diagnostics")]) == 0
+    found = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert found["teacher"]["information"] == 0.0 and found["latent"]["information"] != 0.0
+    assert len(found["latent"]["pairs"]) == 2 and "pairs" not in found["teacher"]
+    assert "| latent |" in (tmp_path / "diagnostics.md").read_text()
     # a latent student is no teacher: distilling from it is refused by name
     with pytest.raises(CheckpointError, match="latent-conditioned student"):
         check_teacher(from_dict(Config, distill_settings(tiny_data, bundle, tmp_path / "again")))
+
+
+def teacher_bundle(teacher, tmp_path):
+    from pipeline.stages.convert import convert
+
+    return convert(teacher, tmp_path / "teacher_bundle", log=lambda _: None)
 
 
 def test_latent_settings_without_a_latent_are_refused_by_name():
