@@ -249,6 +249,9 @@ class DistillConfig:
     latent_redraw: Literal["sequence", "step"] = "sequence"
     latent_kl: Literal["conditional", "marginal"] = "conditional"
     latent_lr_scale: float = 1.0  # the projection's learning rate as a multiple of optim.lr (a fresh layer)
+    # the projection's initial entries ~ N(0, latent_init²); 0: zero, the student starts as the teacher exactly, but
+    # then the policy gradient's expectation is 0 in the projection (ξ does not yet change x), so only noise moves it
+    latent_init: float = 0.0
 
     @property
     def steps(self) -> int:
@@ -270,7 +273,9 @@ class DistillConfig:
         check_non_negative("distill.exact_reward_trajectories", self.exact_reward_trajectories)
         check_non_negative("distill.latent", self.latent)
         check_positive("distill.latent_lr_scale", self.latent_lr_scale)
-        for name, default in (("latent_kl", "conditional"), ("latent_redraw", "sequence"), ("latent_lr_scale", 1.0)):
+        check_non_negative("distill.latent_init", self.latent_init)
+        for name, default in (("latent_kl", "conditional"), ("latent_redraw", "sequence"), ("latent_lr_scale", 1.0),
+                              ("latent_init", 0.0)):
             if not self.latent and getattr(self, name) != default:
                 raise ConfigError(f"distill.{name}: {getattr(self, name)} sets how the student's latent ξ is used, "
                                   "but distill.latent is 0 (no latent); set distill.latent to its dimension, e.g. 16")

@@ -25,9 +25,11 @@ class Purpose(IntEnum):
     DISCRIMINATOR_TIME = 8
     EXACT_TRAJECTORY = 9  # the teacher-forced trajectories of distill.reward: exact
     LATENT = 10  # the latent-conditioned student's ξ, apart from the trajectory's draws
+    LATENT_INIT = 11  # the initial projection of ξ, with distill.latent_init > 0
 
 
-TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME, EXACT_TRAJECTORY, LATENT = Purpose
+(TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME, EXACT_TRAJECTORY, LATENT,
+ LATENT_INIT) = Purpose
 
 
 def keyed_seed(*keys: int) -> int:

@@ -49,8 +49,8 @@ from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config, step_skipped
 from pipeline.runtime.loop import NonFiniteGuard, autocast_for
-from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, LATENT, ROLLOUT, TAU,
-                                         TEACHER_SAMPLE, keyed_generator, keyed_seed)
+from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, LATENT, LATENT_INIT, ROLLOUT,
+                                         TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed)
 from pipeline.runtime.trainer import Stage, Trainer, Update
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
@@ -117,11 +117,13 @@ def teacher_copy(cfg: Config, weights: dict[str, torch.Tensor], dropout: float) 
 
 
 def student_weights(cfg: Config, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The teacher's weights, with a latent-conditioned student's projection W_ξ = 0 (``distill.latent``): the
-    student starts as the teacher exactly."""
-    if not cfg.distill.latent:
+    """The teacher's weights, with a latent-conditioned student's projection W_ξ (``distill.latent``): 0, so that the
+    student starts as the teacher exactly, or N(0, latent_init²) entries drawn from the run's seed."""
+    c = cfg.distill
+    if not c.latent:
         return weights
-    return {**weights, "latent_map.weight": torch.zeros(cfg.model.cond_dim, cfg.distill.latent)}
+    projection = torch.randn(cfg.model.cond_dim, c.latent, generator=keyed_generator(cfg.run.seed, LATENT_INIT))
+    return {**weights, "latent_map.weight": projection * c.latent_init}
 
 
 class PhaseTimer:

@@ -112,7 +112,8 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
     from data_prep.config import ConfigError
     from pipeline.config import DistillConfig
 
-    for key, value in (("latent_kl", "marginal"), ("latent_redraw", "step"), ("latent_lr_scale", 10.0)):
+    for key, value in (("latent_kl", "marginal"), ("latent_redraw", "step"), ("latent_lr_scale", 10.0),
+                       ("latent_init", 0.1)):
         with pytest.raises(ConfigError, match=f"distill.{key}: .* distill.latent is 0"):
             from_dict(DistillConfig, {"teacher": "t", key: value})
     with pytest.raises(ConfigError, match="distill.latent: must be >= 0"):
@@ -120,3 +121,22 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
     with pytest.raises(ConfigError, match="latent_redraw"):
         from_dict(DistillConfig, {"teacher": "t", "latent": 4, "latent_redraw": "token"})
     assert from_dict(DistillConfig, {"teacher": "t", "latent": 16, "latent_kl": "marginal"}).latent_kl == "marginal"
+
+
+def test_the_projection_starts_at_zero_or_drawn_from_the_seed_at_the_given_scale():
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.config import DistillConfig
+    from pipeline.stages.distill import student_weights
+
+    def projection(seed, **distill):
+        cfg = SimpleNamespace(run=SimpleNamespace(seed=seed), model=SimpleNamespace(cond_dim=64),
+                              distill=from_dict(DistillConfig, {"teacher": "t", "latent": 16, **distill}))
+        return student_weights(cfg, {"w": torch.ones(1)})["latent_map.weight"]
+
+    assert projection(0).shape == (64, 16) and not projection(0).any()
+    drawn = projection(0, latent_init=0.1)
+    assert torch.equal(drawn, projection(0, latent_init=0.1)) and not torch.equal(drawn, projection(1, latent_init=0.1))
+    assert abs(drawn.std().item() - 0.1) < 0.01
