@@ -4,8 +4,10 @@ I(ξ; x) = E[log q(x | ξ) − log q(x)] over the student's own samples, both te
 (``models.didi.teacher_forced_log_prob``): log q̂(x | ξ) over K unmasking trajectories with the ξ that drew x,
 log q̂(x) over the same K trajectories (common random numbers), each with a fresh ξ. A student that ignores ξ
 gets exactly 0; one whose ξ picks one of R equally likely modes gets log R. Both terms are log-mean-exp
-estimates, biased low by Jensen, the marginal's more (its terms vary more): at small K the estimate runs high,
-so it is reported with its K.
+estimates, biased low by Jensen, and consistent as K grows. Where one trajectory's log-likelihood varies by
+several nats (on the regime chain, measured: launch/results/latent/regime/diagnostics.md) a log-mean-exp over few
+terms follows their maximum, so the marginal's, whose terms vary more, can come out higher than the
+conditional's: a negative estimate says K is too small, not that ξ carries negative information.
 """
 from __future__ import annotations
 
