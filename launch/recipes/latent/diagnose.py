@@ -71,14 +71,22 @@ def seconds_per_nfe(bundles: dict, args) -> dict[str, float]:
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def one_char(token: int, tok) -> str:
+    """A token as one character (a synthetic corpus's letters are one each): [BOS], [EOS] and longer pieces as ·."""
+    text = tok.decode([token]) if token not in (tok.bos_id, tok.eos_id) else ""
+    return text if len(text) == 1 and text.isprintable() else "·"
+
+
 def marked_pairs(bundle, tok, args) -> list[tuple[str, str, str]]:
-    """Samples with one trajectory seed (``--seed``) and latent seeds 0 and 1, and where they differ."""
+    """Samples with one trajectory seed (``--seed``) and latent seeds 0 and 1, one character per position, and the
+    positions where their tokens differ."""
     draws = [sample(bundle, tok, args.steps, "ancestral", args.pairs, args.pairs, args.seed, order=args.order,
                     latent_seed=latent_seed) for latent_seed in (0, 1)]
     pairs = []
     for a, b in zip(*draws):
-        ta, tb = a["text"].strip(), b["text"].strip()
-        pairs.append((ta, tb, "".join("^" if i >= len(tb) or c != tb[i] else " " for i, c in enumerate(ta)).rstrip()))
+        ids_a, ids_b = a["token_ids"], b["token_ids"]
+        pairs.append(("".join(one_char(t, tok) for t in ids_a), "".join(one_char(t, tok) for t in ids_b),
+                      "".join("^" if x != y else " " for x, y in zip(ids_a, ids_b)).rstrip()))
     return pairs
 
 
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if bundle.latent_dim:
             results[name]["pairs"] = marked_pairs(bundle, tok, args)
             examples += ["", f"**{name}**: one trajectory seed ({args.seed}), latent seeds 0 and 1 (^: the letters "
-                         "differ):", "", "```"]
+                         "differ; · is [BOS] or [EOS]):", "", "```"]
             for a, b, marks in results[name]["pairs"]:
                 examples += [a, b, marks, ""]
             examples[-1] = "```"

@@ -191,8 +191,8 @@ def _first_iterations(rank, world_size, cfg_dict):
         cfg = from_dict(Config, arm)
         run, calls = stage.build_distiller(cfg, d), []
         log_probs = run._log_probs
-        run._log_probs = lambda engine, z: (calls.append(z.shape[0]) if engine is run.student else None,
-                                            log_probs(engine, z))[1]
+        run._log_probs = lambda engine, z, latent=None: (calls.append(z.shape[0]) if engine is run.student else None,
+                                                         log_probs(engine, z, latent))[1]
         x = next(iter(loader_from_config(cfg, "train", d.rank, d.world_size)))["input_ids"]
         results[name] = {**run.iteration(0, x, stage.PhaseTimer(d.device)),
                          "student_calls": calls.count(cfg.distill.rollout_rows)}
