@@ -36,7 +36,9 @@ def latent_information(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Ten
     schedule = LogLinearSchedule()
 
     def generators(purpose: int, k: int) -> list[torch.Generator]:
-        return [keyed_generator(seed, purpose, k, i, device=device) for i in range(rows)]
+        # the last key is never 0: keys that differ only by trailing zeros share a stream (numpy pads them), and
+        # the sample stage keys each sample's ξ by (seed, LATENT, sample)
+        return [keyed_generator(seed, purpose, k, i + 1, device=device) for i in range(rows)]
 
     def trajectory(k: int, latent) -> torch.Tensor:
         return teacher_forced_log_prob(denoise, x, times, mask_id, schedule, generators(EXACT_TRAJECTORY, k),

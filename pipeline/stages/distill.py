@@ -218,9 +218,8 @@ class Distiller:
         shared = (self.cfg.model.dropout == 0 or not engine.module.training) and latent is None
         if shared and z.shape[0] > 1 and bool((z == self.mask_id).all()):
             return self._log_probs(engine, z[:1]).expand(z.shape[0], -1, -1)
-        sigma = torch.zeros(z.shape[0], device=z.device)
         with self.autocast():
-            logits = engine(z, sigma) if latent is None else engine(z, sigma, latent)
+            logits = engine(z, torch.zeros(z.shape[0], device=z.device), latent)
         return subs_log_probs(logits, z, self.mask_id, self.shard)
 
     def _student(self, z: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:

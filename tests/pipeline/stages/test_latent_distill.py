@@ -55,6 +55,35 @@ def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches
             assert mean_of_ranks == pytest.approx(one["steps"][step][key], rel=1e-4, abs=1e-6), (step, key)
 
 
+def _first_iteration_per_kl(rank, world_size, cfg_dicts):
+    """The first iteration's metrics of each config, each from a freshly built distiller."""
+    import pipeline.stages.distill as stage
+    from pipeline.runtime.data import loader_from_config
+    from pipeline.runtime.distributed import setup
+
+    d, out = setup(), []
+    for cfg_dict in cfg_dicts:
+        cfg = from_dict(Config, cfg_dict)
+        run = stage.build_distiller(cfg, d)
+        x = next(iter(loader_from_config(cfg, "train", d.rank, d.world_size)))["input_ids"]
+        out.append(run.iteration(0, x, stage.PhaseTimer(d.device)))
+    return out
+
+
+@pytest.mark.distributed
+def test_the_marginal_kl_regularises_the_groups_mixture_at_the_first_state_only(tiny_data, teacher, tmp_path):
+    """From the same student and rollout (W_ξ drawn N(0, 0.3²), so each ξ predicts differently): at the all-[MASK]
+    state KL(T ‖ mixture) is below the mean of KL(T ‖ q(· | ξ)) (convexity) and the mixture's entropy above the
+    mean entropy (concavity); every later state is the same in both."""
+    configs = [distill_settings(tiny_data, teacher, tmp_path / kl, distill__latent_kl=kl, distill__latent_init=0.3,
+                                **LATENT) for kl in ("conditional", "marginal")]
+    conditional, marginal = run_ranks(_first_iteration_per_kl, 1, configs)[0]
+    assert marginal["student/kl_step1"] < conditional["student/kl_step1"] - 1e-4
+    assert marginal["student/kl_step2"] == conditional["student/kl_step2"]
+    assert marginal["student/log_prob"] == conditional["student/log_prob"]  # the same rollout
+    assert marginal["student/entropy"] > conditional["student/entropy"]
+
+
 @pytest.mark.distributed
 def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tiny_data, teacher, tmp_path):
     from pipeline.bundle import load_bundle
