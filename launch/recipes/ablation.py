@@ -128,15 +128,19 @@ def gen_ppl_table(spec: dict, out: Path, intro: str, rows: list[dict]) -> tuple[
 def exact_table(spec: dict, out: Path, intro: str, rows: list[dict]) -> tuple[list[str], dict]:
     """The synthetic benchmark: one row per finished arm and step count (the spec's ``steps``, default 8 and 32)
     in the spec's ``order`` (default random), the student's exact metrics with their intervals, and the
-    teacher's at the same steps (from the evaluations, the main run's included)."""
+    teacher's at the same steps (from the evaluations, the main run's included); with the spec's
+    ``best_temperature``, also the teacher at its best temperature where an evaluation has it (the row a student
+    that only sharpens does not beat)."""
     steps_shown, order = spec.get("steps", [8, 32]), spec.get("order", "random")
-    arms, teacher = [], {}
+    arms, teacher, best = [], {}, {}
     for row, _, evaluated in finished(spec, out, rows):
         for r in read_rows(evaluated):
             if r.get("order", "random") != order:
                 continue
             if r["model"] == "teacher" and r["temperature"] == 1.0 and not r["control"]:
                 teacher.setdefault(r["steps"], r)
+            if r["model"] == "teacher" and r["control"] == "best temperature" and spec.get("best_temperature"):
+                best.setdefault(r["steps"], r)
             if r["model"] == "student" and r["sampler"] == row["sampler"] and r["steps"] in steps_shown:
                 arms.append({"arm": row["arm"], "label": row["label"], **r})
     lines = [*intro.rstrip("\n").split("\n"), "",
@@ -146,9 +150,12 @@ def exact_table(spec: dict, out: Path, intro: str, rows: list[dict]) -> tuple[li
         if steps in teacher:
             lines.append(f"| teacher | {steps} | " + " | ".join(metric_text(teacher[steps], k, f) for k, _, f in METRICS)
                          + " |")
+        if steps in best:
+            lines.append(f"| teacher at its best temperature (T = {best[steps]['temperature']:.2f}) | {steps} | "
+                         + " | ".join(metric_text(best[steps], k, f) for k, _, f in METRICS) + " |")
         for r in (r for r in arms if r["steps"] == steps):
             lines.append(f"| {r['label']} | {steps} | " + " | ".join(metric_text(r, k, f) for k, _, f in METRICS) + " |")
-    return lines, {"teacher": teacher, "arms": arms}
+    return lines, {"teacher": teacher, "best_temperature": best, "arms": arms}
 
 
 LAYOUTS = {"gen_ppl": gen_ppl_table, "exact": exact_table}

@@ -92,3 +92,30 @@ def test_an_arms_commands_load_with_the_recipes_configs(recipe, tmp_path):
     evaluated = asdict(loaded(evaluate, EvaluateConfig))
     assert (evaluated["student"], evaluated["out"]) == (str(arm / "bundles" / "student"), str(arm / "evaluate"))
     assert str(tmp_path) in evaluated["teacher"] and Path(evaluated["data"]) == tmp_path / "data"
+
+
+def test_a_spec_may_show_the_best_temperature_teacher_and_name_its_main_runs_folders(tmp_path):
+    out = tmp_path / "orders"
+    write(out / "evaluate_random", [row("teacher", 8, 1.7), row("teacher", 8, 1.6, "best temperature"),
+                                    row("student", 8, 1.5), row("student", 16, 1.3)])
+    write(out / "ablation" / "init01" / "evaluate", [row("student", 8, 1.45)])
+    written = tables(spec_path("latent"), out, tmp_path / "results")["latent"]
+    spec = load_spec(spec_path("latent"))
+    assert "| teacher at its best temperature (T = 1.00) | 8 | 1.600 (1.590–1.610) |" in written
+    assert f"| {label(spec, 'main', 'latent')} | 8 | 1.500" in written and f"| {label(spec, 'init01', 'latent')} | 8 | 1.450" in written
+    assert f"| {label(spec, 'main', 'latent')} | 16 | 1.300" in written  # the spec's steps: 8, 16, 32
+
+
+def test_every_latent_arm_is_a_valid_config_and_its_commands_load(tmp_path):
+    from launch.recipes.ablation import commands
+
+    spec = load_spec(spec_path("latent"))
+    for arm in spec["arms"]:
+        cfg = load_config(spec["distill"]["config"], [s.removeprefix("--set=") for s in switches(spec, arm)])
+        assert cfg.distill.latent == 16 and cfg.distill.rollout_order == "random", arm
+    distill, _, evaluate = commands(spec, "init01", tmp_path, ranks=2)
+    overrides = [a.removeprefix("--set=") for a in distill if a.startswith("--set=")]
+    assert load_config(spec["distill"]["config"], overrides).distill.latent_init == 0.1
+    evaluated = load_config(spec["evaluate"]["config"], [a.removeprefix("--set=") for a in evaluate
+                                                         if a.startswith("--set=")], EvaluateConfig)
+    assert evaluated.student == str(tmp_path / "ablation" / "init01" / "bundles" / "student")
