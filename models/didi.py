@@ -158,6 +158,40 @@ def group_mixture(log_p: torch.Tensor, group_size: int) -> torch.Tensor:
     return mixture.expand_as(grouped).reshape(log_p.shape)
 
 
+def teacher_joint_sample(teacher: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, where: torch.Tensor,
+                         substeps: int, mask_id: int, generators: list[torch.Generator],
+                         shard: VocabShard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A joint draw y of the positions ``where`` marks (B, L) from ``z``, filled by the teacher in ``substeps``
+    steps (each position's sub-step uniform, the teacher re-run after each), and log T(y) (B,): the teacher's
+    many-step answer to the one step a few-step student takes there. ``substeps`` is fixed, so every rank makes
+    the same teacher calls. Returns (z with the positions filled, log T)."""
+    chunk = (draw_uniform(z.shape, generators, z.device) * substeps).long().clamp(max=substeps - 1)
+    log_t = torch.zeros(z.shape[0], device=z.device)
+    for m in range(substeps):
+        log_p = teacher(z)
+        now = where & (chunk == m)
+        z = torch.where(now, sample_where(log_p, now, generators, mask_id, shard, torch.exp), z)
+        log_t = log_t + torch.where(now, take(log_p, z, shard), 0.0).sum(1)
+    return z, log_t
+
+
+def group_mixture_log_likelihood(log_p: torch.Tensor, y: torch.Tensor, where: torch.Tensor,
+                                 group_size: int, shard: VocabShard | None = None) -> torch.Tensor:
+    """log (1/G) Σ_{j ∈ group(r)} Π_{i ∈ where_r} q(y_{r,i} | z_1, ξ_j) (B',) for every row r: the likelihood of
+    row r's tokens under the group's ξ-mixture at the all-[MASK] state, whose rows differ only by ξ (our
+    extension, spec §11). An importance-weighted bound of log E_ξ q(y | ξ) that tightens as G grows; unlike a
+    per-position KL it rewards ξ for making the tokens of one step agree. Without ξ (the rows alike) it is the
+    product likelihood Π_i q(y_{r,i} | z_1)."""
+    rows, length = y.shape
+    n = rows // group_size
+    targets, inside = y.view(n, group_size, length), where.view(n, group_size, length)
+    # terms[g, r, j] = Σ_i log q(y_{r,i} | ξ_j) in group g: row j's prediction at each row r's tokens (slices, not
+    # views: a factorised student's all-[MASK] rows are one row expanded, and then this is the product likelihood)
+    terms = torch.stack([(take(log_p[j::group_size, None].expand(n, group_size, length, -1), targets, shard)
+                          * inside).sum(-1) for j in range(group_size)], -1)
+    return (torch.logsumexp(terms, -1) - math.log(group_size)).reshape(rows)
+
+
 def marginal_log_prob(trajectory_log_probs: torch.Tensor) -> torch.Tensor:
     """log q̂_ν(x) = log (1/K) Σ_k P_ν(x | τ_k) from (K, B') teacher-forced trajectory log-probabilities: the
     student's marginal likelihood of its own sample, which ``log P(x | the trajectory that drew it)`` is not

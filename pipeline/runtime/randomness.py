@@ -26,10 +26,11 @@ class Purpose(IntEnum):
     EXACT_TRAJECTORY = 9  # the teacher-forced trajectories of distill.reward: exact
     LATENT = 10  # the latent-conditioned student's ξ, apart from the trajectory's draws
     LATENT_INIT = 11  # the initial projection of ξ, with distill.latent_init > 0
+    LATENT_MATCH = 12  # the teacher's joint fill of the first step's positions, with distill.latent_match > 0
 
 
 (TRAIN, EVAL, SAMPLE, DROPOUT, ROLLOUT, TAU, TEACHER_SAMPLE, DISCRIMINATOR_TIME, EXACT_TRAJECTORY, LATENT,
- LATENT_INIT) = Purpose
+ LATENT_INIT, LATENT_MATCH) = Purpose
 
 
 def keyed_seed(*keys: int) -> int:

@@ -32,8 +32,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from models.didi import (Rollout, beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
-                         group_mixture, group_normalised_advantages, jeffreys, marginal_log_prob, omega, rollout_times,
-                         row_rewards, sample_tau, snap_tau, student_loss, student_rollout, teacher_forced_log_prob)
+                         group_mixture, group_mixture_log_likelihood, group_normalised_advantages, jeffreys,
+                         marginal_log_prob, omega, rollout_times, row_rewards, sample_tau, snap_tau, student_loss,
+                         student_rollout, teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
@@ -49,8 +50,8 @@ from pipeline.runtime.distributed import Dist, all_reduce_sum
 from pipeline.runtime.ema import EMA
 from pipeline.runtime.engine import build_engine, build_frozen_engine, build_model, ds_config, step_skipped
 from pipeline.runtime.loop import NonFiniteGuard, autocast_for
-from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, LATENT, LATENT_INIT, ROLLOUT,
-                                         TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed)
+from pipeline.runtime.randomness import (DISCRIMINATOR_TIME, DROPOUT, EXACT_TRAJECTORY, LATENT, LATENT_INIT,
+                                         LATENT_MATCH, ROLLOUT, TAU, TEACHER_SAMPLE, keyed_generator, keyed_seed)
 from pipeline.runtime.trainer import Stage, Trainer, Update
 from pipeline.runtime.weights import ema_state_dict, read_meta, resolve_checkpoint
 
@@ -63,7 +64,7 @@ CURVES = {
     "reward by the row's τ": TAU_BIN_NAMES,
     "corr(advantage, τ)": ("advantage/tau_correlation",),
     "corr(advantage, exact quality)": ("advantage/exact_correlation",),
-    "KL(teacher ‖ student), nats": ("student/kl_step1", "student/kl_last"),
+    "KL(teacher ‖ student), nats": ("student/kl_step1", "student/kl_last", "student/match_kl"),
     "student entropy, nats": ("student/entropy",),
     "EMA student val NELBO (nats/token)": ("val/nelbo_nats",),
     "seconds per iteration": tuple(f"time/{p}_s" for p in PHASES),
@@ -153,10 +154,21 @@ class RolloutResult:
 
 
 @dataclass
+class JointFill:
+    """``distill.latent_match``: the positions each row's first step revealed, the teacher's joint fill y of them
+    (the rest [MASK]) and log T(y)."""
+    where: torch.Tensor
+    y: torch.Tensor
+    log_t: torch.Tensor
+
+
+@dataclass
 class TeacherResult:
-    """The teacher phase: its log-probabilities at each rollout state, and the real side's rows."""
+    """The teacher phase: its log-probabilities at each rollout state, the real side's rows, and its joint fill
+    of the first step (with ``distill.latent_match``)."""
     targets: list[torch.Tensor]
     real: torch.Tensor
+    fill: JointFill | None
 
 
 @dataclass
@@ -184,10 +196,12 @@ class RewardResult:
 
 @dataclass
 class StudentResult:
-    """The student phase: its loss, and the KL and entropy at each rollout state."""
+    """The student phase: its loss, the KL and entropy at each rollout state, and (``distill.latent_match``) the
+    first step's joint KL from the teacher's fill to the group's ξ-mixture, per revealed position."""
     loss: torch.Tensor
     kls: list[torch.Tensor]
     hs: list[torch.Tensor]
+    match_kl: torch.Tensor | None
 
 
 class Distiller:
@@ -307,7 +321,17 @@ class Distiller:
         samples)."""
         targets = [self._log_probs(self.teacher, z) for z in rollout.roll.states]
         real = x_data if self.cfg.distill.real_side == "data" else self.teacher_samples(step, x_data.shape[0])
-        return TeacherResult(targets, real)
+        return TeacherResult(targets, real, self.joint_fill(step, rollout.roll) if self.cfg.distill.latent_match else None)
+
+    def joint_fill(self, step: int, roll: Rollout) -> JointFill:
+        """The teacher's joint fill of the positions each row's first rollout step revealed, from all [MASK]."""
+        c = self.cfg.distill
+        first = roll.states[1] if len(roll.states) > 1 else roll.x
+        where = first != self.mask_id
+        y, log_t = teacher_joint_sample(lambda z: self._log_probs(self.teacher, z), roll.states[0], where,
+                                        c.latent_match_substeps, self.mask_id,
+                                        self.generators(step, LATENT_MATCH, c.rollout_rows), self.shard)
+        return JointFill(where, y, log_t)
 
     def discriminator_step(self, step: int, rollout: RolloutResult, teacher: TeacherResult) -> DiscriminatorResult:
         """Fake (rollout) and real rows noised with coupled masks at time t (the rollout's τ when coupled), and
@@ -364,9 +388,15 @@ class Distiller:
         hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
         lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
         loss = student_loss(reward.weight, reward.advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas)
+        match_kl = None
+        if teacher.fill is not None:  # the first step's ξ-mixture fitted to the teacher's joint fill
+            fill = teacher.fill
+            log_q = group_mixture_log_likelihood(roll.log_probs[0], fill.y, fill.where, c.group_size, self.shard)
+            loss = loss - c.latent_match * log_q.mean()
+            match_kl = (fill.log_t - log_q.detach()).sum() / self._global_count(fill.where).clamp(min=1)
         self.student.backward(loss)
         self.student.step()
-        return StudentResult(loss, kls, hs)
+        return StudentResult(loss, kls, hs, match_kl)
 
     def ema_step(self) -> None:
         """The EMA student follows the student's step (not a skipped one)."""
@@ -381,9 +411,10 @@ def iteration_metrics(c: DistillConfig, rollout: RolloutResult, disc: Discrimina
     clipped = ((reward.d_fake.abs() >= c.reward_clip) & disc.m_fake).sum() / disc.m_fake.sum().clamp(min=1)
     exact = ({} if reward.scores is None
              else {"advantage/exact_correlation": exact_correlation(reward.scores, advantages)})
+    match = {} if student.match_kl is None else {"student/match_kl": student.match_kl.item()}
     kls, hs = student.kls, student.hs
     return {
-        **exact,
+        **exact, **match,
         "discriminator/loss": disc.loss.item(), "discriminator/accuracy": disc.accuracy.item(),
         "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
         "reward/clipped_fraction": clipped.item(),

@@ -1,11 +1,13 @@
 """The latent-conditioned student (our extension, spec §11): ξ's projection starts at zero, ξ is drawn per row
-and reaches every step of the sampler and the rollout, and the group's ξ-averaged prediction is a mixture."""
+and reaches every step of the sampler and the rollout, the group's ξ-averaged prediction is a mixture, and the
+mixture match fits the group's ξ-mixture to the teacher's joint fill of a step (brute-force references)."""
 import math
 
 import pytest
 import torch
 
-from models.didi import group_mixture, rollout_times, student_rollout, teacher_forced_log_prob
+from models.didi import (group_mixture, group_mixture_log_likelihood, rollout_times, student_rollout,
+                         teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.latent import LatentDraws
 from models.sampler import ancestral_sample
@@ -115,3 +117,79 @@ def test_the_group_mixture_is_the_log_of_the_groups_mean_probability():
     same = torch.log_softmax(torch.randn(1, 5, 3), -1).expand(4, -1, -1)
     assert torch.allclose(group_mixture(same, 4), same, atol=1e-6)  # rows that agree are their own mixture
     assert math.isclose(group_mixture(log_p, 4).exp()[0, 0].sum().item(), 1.0, rel_tol=1e-6)
+
+
+def test_the_mixture_likelihood_is_the_log_mean_over_the_groups_xi_of_each_rows_product_likelihood():
+    torch.manual_seed(0)
+    group, rows, length, vocab = 3, 6, 4, 5
+    log_p = torch.randn(rows, length, vocab).log_softmax(-1)
+    y, where = torch.randint(0, vocab, (rows, length)), torch.rand(rows, length) < 0.6
+    found = group_mixture_log_likelihood(log_p, y, where, group)
+    for r in range(rows):  # brute force: row r's revealed tokens under each ξ_j of its group
+        first = r // group * group
+        products = [math.exp(sum(log_p[j, i, y[r, i]].item() for i in range(length) if where[r, i]))
+                    for j in range(first, first + group)]
+        assert found[r].item() == pytest.approx(math.log(sum(products) / group), rel=1e-5)
+    assert group_mixture_log_likelihood(log_p, y, torch.zeros_like(where), group).abs().max() < 1e-6  # log 1
+
+
+def copying_teacher(z):
+    """Two positions, letters {0, 1}, [MASK] = 2: a masked position is 0 or 1 with probability ½ while the other
+    is masked, and copies the other's letter with probability 0.9 once it is revealed (SUBS: a revealed
+    position keeps its letter)."""
+    probs = torch.zeros(*z.shape, 3)
+    for i in range(2):
+        other = z[:, 1 - i]
+        copy = torch.stack([torch.where(other == 0, 0.9, 0.1), torch.where(other == 0, 0.1, 0.9)], -1)
+        probs[:, i, :2] = torch.where((other == 2)[:, None], torch.full_like(copy, 0.5), copy)
+        kept = z[:, i] != 2
+        probs[kept, i] = torch.nn.functional.one_hot(z[kept, i], 3).float()
+    return probs.log()
+
+
+def test_the_teachers_joint_fill_is_its_substep_sampler_in_law_and_log_t_is_its_probability():
+    """Two sub-steps: the positions share one (probability ½, independent draws: ¼ each pair) or not (the second
+    copies the first: 0.45 / 0.05), so P(00) = P(11) = 0.35 and P(01) = P(10) = 0.15."""
+    rows = 4000
+    z = torch.full((rows, 2), 2)
+    y, log_t = teacher_joint_sample(copying_teacher, z, torch.ones(rows, 2, dtype=torch.bool), 2, 2,
+                                    generators(9, rows))
+    agree = (y[:, 0] == y[:, 1]).float().mean().item()
+    assert agree == pytest.approx(0.7, abs=0.03) and (y[:, 0] == 0).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    allowed = {True: {math.log(0.25), math.log(0.45)}, False: {math.log(0.25), math.log(0.05)}}
+    for agrees, value in zip((y[:, 0] == y[:, 1]).tolist(), log_t.tolist()):
+        assert min(abs(value - a) for a in allowed[agrees]) < 1e-5
+    one_step, log_one = teacher_joint_sample(copying_teacher, z, torch.ones(rows, 2, dtype=torch.bool), 1, 2,
+                                             generators(9, rows))
+    assert (one_step[:, 0] == one_step[:, 1]).float().mean().item() == pytest.approx(0.5, abs=0.03)  # independent
+    assert torch.allclose(log_one, torch.full((rows,), math.log(0.25)))
+    only_first = torch.tensor([[True, False]]).expand(rows, -1)
+    partial, _ = teacher_joint_sample(copying_teacher, z, only_first, 2, 2, generators(9, rows))
+    assert (partial[:, 1] == 2).all() and (partial[:, 0] != 2).all()  # only the marked positions are filled
+
+
+def test_fitting_the_mixture_likelihood_makes_xi_coordinate_what_a_product_cannot():
+    """Target: y = 00 or 11, each ½ (the teacher's joint fill of one step). The best product of per-position
+    distributions is ¼ each (KL log 2 = 0.69); a student q(· | ξ) = softmax(W ξ + b) per position, fitted by
+    the group mixture likelihood from a small random W, splits ξ's space between the two answers."""
+    torch.manual_seed(0)
+    group, rows, dim = 4, 256, 2
+    weight = (0.1 * torch.randn(2, 2, dim)).requires_grad_()  # (position, letter, ξ)
+    bias = torch.zeros(2, 2, requires_grad=True)
+    optimiser = torch.optim.Adam([weight, bias], lr=0.05)
+
+    def log_q(xi):
+        return (torch.einsum("pld,rd->rpl", weight, xi) + bias).log_softmax(-1)
+
+    for _ in range(300):
+        y = torch.randint(0, 2, (rows, 1)).expand(-1, 2)
+        loss = -group_mixture_log_likelihood(log_q(torch.randn(rows, dim)), y, torch.ones(rows, 2, dtype=torch.bool),
+                                             group).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():  # the mixture's exact law over the four pairs, by Monte Carlo over ξ
+        q = log_q(torch.randn(20000, dim)).exp()
+        pairs = torch.einsum("ra,rb->ab", q[:, 0], q[:, 1]) / q.shape[0]
+    kl = 0.5 * (math.log(0.5 / pairs[0, 0].item()) + math.log(0.5 / pairs[1, 1].item()))
+    assert kl < 0.25, pairs  # well below the best product's 0.69

@@ -34,7 +34,7 @@ def _iterate_latent(rank, world_size, cfg_dict):
 @pytest.mark.distributed
 def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches_one_process(tiny_data, teacher,
                                                                                              tmp_path):
-    changes = {**LATENT, "distill__latent_kl": "marginal"}
+    changes = {**LATENT, "distill__latent_kl": "marginal", "distill__latent_match": 1.0}
     one = run_ranks(_iterate_latent, 1, distill_settings(tiny_data, teacher, tmp_path / "one", distill__rollout_rows=16,
                                                          **changes))[0]
     two = run_ranks(_iterate_latent, 2, distill_settings(tiny_data, teacher, tmp_path / "two", train__zero_stage=3,
@@ -50,7 +50,7 @@ def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches
         assert result["lrs"][1] == pytest.approx(100 * result["lrs"][0])
     for step in range(ITERATIONS):
         for key in ("discriminator/loss", "student/loss", "student/kl_step1", "student/kl_step2", "student/entropy",
-                    "reward/mean", "student/log_prob"):
+                    "reward/mean", "student/log_prob", "student/match_kl"):
             mean_of_ranks = (two[0]["steps"][step][key] + two[1]["steps"][step][key]) / 2
             assert mean_of_ranks == pytest.approx(one["steps"][step][key], rel=1e-4, abs=1e-6), (step, key)
 
@@ -82,6 +82,28 @@ def test_the_marginal_kl_regularises_the_groups_mixture_at_the_first_state_only(
     assert marginal["student/kl_step2"] == conditional["student/kl_step2"]
     assert marginal["student/log_prob"] == conditional["student/log_prob"]  # the same rollout
     assert marginal["student/entropy"] > conditional["student/entropy"]
+
+
+@pytest.mark.distributed
+def test_the_mixture_match_adds_the_first_steps_joint_fit_and_is_zero_for_the_teacher_against_its_own_draws(
+        tiny_data, teacher, tmp_path):
+    """The same student and rollout with and without the match: only the loss changes. A student that is still the
+    teacher (W_ξ = 0), against the teacher's one-sub-step fill (independent draws from T(· | z_1)), has the
+    teacher's likelihood for every ξ: the logged KL is 0, which checks which positions and rows are paired; and
+    the same for a factorised student (the control arm)."""
+    shared = {**LATENT, "distill__latent_kl": "marginal"}
+    configs = [distill_settings(tiny_data, teacher, tmp_path / name, **shared, **changes) for name, changes in (
+        ("off", {"distill__latent_init": 0.3}), ("on", {"distill__latent_init": 0.3, "distill__latent_match": 2.0}),
+        ("teacher", {"distill__latent_match": 1.0, "distill__latent_match_substeps": 1}))]
+    configs.append(distill_settings(tiny_data, teacher, tmp_path / "factorised", model__dropout=0.0,
+                                    distill__latent_match=1.0, distill__latent_match_substeps=1))
+    off, on, itself, factorised = run_ranks(_first_iteration_per_kl, 1, configs)[0]
+    assert "student/match_kl" not in off and on["student/match_kl"] > 0
+    for key in ("student/log_prob", "student/kl_step1", "student/kl_step2", "student/entropy", "reward/mean"):
+        assert on[key] == off[key], key
+    assert on["student/loss"] != off["student/loss"]
+    assert abs(itself["student/match_kl"]) < 1e-5
+    assert abs(factorised["student/match_kl"]) < 1e-5  # without ξ: the product likelihood, the same identity
 
 
 @pytest.mark.distributed
@@ -145,6 +167,10 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
                        ("latent_init", 0.1)):
         with pytest.raises(ConfigError, match=f"distill.{key}: .* distill.latent is 0"):
             from_dict(DistillConfig, {"teacher": "t", key: value})
+    with pytest.raises(ConfigError, match="distill.latent_match_substeps: 8 .* distill.latent_match is 0"):
+        from_dict(DistillConfig, {"teacher": "t", "latent_match_substeps": 8})
+    with pytest.raises(ConfigError, match="distill.latent_match_substeps"):
+        from_dict(DistillConfig, {"teacher": "t", "latent": 4, "latent_match": 1.0, "latent_match_substeps": 0})
     with pytest.raises(ConfigError, match="distill.latent: must be >= 0"):
         from_dict(DistillConfig, {"teacher": "t", "latent": -1})
     with pytest.raises(ConfigError, match="latent_redraw"):
