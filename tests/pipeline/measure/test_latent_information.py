@@ -1,5 +1,5 @@
-"""I(ξ; x) of a latent-conditioned student (our extension): 0 for a student that ignores ξ, log R for one whose ξ
-picks one of R equally likely sequences."""
+"""The InfoNCE bound on I(ξ; x) of a latent-conditioned student (our extension): 0 for a student that ignores ξ,
+about log R for one whose ξ picks one of R equally likely sequences, and never above log K."""
 import math
 
 import torch
@@ -30,8 +30,12 @@ def test_a_latent_that_picks_one_of_r_sequences_carries_log_r_nats():
         choice = (torch.special.ndtr(xi[:, 0]) * regimes).long()
         x = choice[:, None].expand(-1, LENGTH).clone()  # each row is the sequence its ξ picked
         info = latent_information(picker(regimes), x, lambda: lambda _: xi, 3, "sequence", 4, VOCAB, RANDOM,
-                                  trajectories=400, seed=0)
+                                  trajectories=1, contrasts=200, seed=0)
+        # the bound: log K − log(1 + the contrasts that pick the same sequence), about log R − R/K
         assert torch.allclose(info, torch.full((ROWS,), math.log(regimes), dtype=info.dtype), atol=0.15), (regimes, info)
+        few = latent_information(picker(regimes), x, lambda: lambda _: xi, 3, "sequence", 4, VOCAB, RANDOM,
+                                 trajectories=1, contrasts=3, seed=0)
+        assert (few <= math.log(3) + 1e-9).all() and (few < info.max()).any()  # K = 3 caps what it can show
 
 
 def test_a_student_that_ignores_its_latent_carries_none_exactly():
@@ -43,5 +47,5 @@ def test_a_student_that_ignores_its_latent_carries_none_exactly():
     x = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=torch.Generator().manual_seed(2))
     for order in (RANDOM, UnmaskingOrder.parse("dispersed:2")):
         info = latent_information(ignoring, x, lambda: lambda _: torch.randn(ROWS, 3), 3, "step", 3, VOCAB, order,
-                                  trajectories=4, seed=5)
+                                  trajectories=4, contrasts=5, seed=5)
         assert torch.equal(info, torch.zeros(ROWS, dtype=info.dtype)), order
