@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--min-length", type=int, default=20, help="shorter sequences are skipped")
     r.add_argument("--max-length", type=int, default=1022, help="longer sequences are skipped (L - 2 fits a row)")
     r.add_argument("--max-sequences", type=int, default=0, help="keep this many (smallest content hash); 0: all")
+    r.add_argument("--families", type=int, default=0, metavar="K",
+                   help="keep only the members of the K largest families (then split them); 0: all")
+    r.add_argument("--family-identity", type=float, default=0.3, metavar="F",
+                   help="identity that clusters the families for --families (below --identity)")
     r.add_argument("--threads", type=int, default=2, help="mmseqs2 threads")
     r.add_argument("--strict", action="store_true", help="refuse letters outside the alphabet instead of skipping")
     return parser
@@ -170,7 +174,8 @@ def summary(manifest: dict, out: str) -> str:
 def _proteins(args: argparse.Namespace) -> int:
     try:
         split_proteins(args.blast_db, args.fasta, args.out, args.identity, args.val_fraction, args.min_length,
-                       args.max_length, args.max_sequences, args.strict, args.threads)
+                       args.max_length, args.max_sequences, args.strict, args.threads, args.families,
+                       args.family_identity)
     except (ProteinError, InputError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@
 Sequences are read (BLAST protein databases of format 4 are decoded directly, no BLAST tools needed), kept
 when every letter is in the protein tokenizer's alphabet (others are counted and skipped; ``--strict``
 refuses them) and the length is in [min_length, max_length], de-duplicated exactly, and optionally cut to the
-``max_sequences`` with the smallest content hash (a sample that does not depend on input order). mmseqs2
+``max_sequences`` with the smallest content hash (a sample that does not depend on input order). With
+``families`` K, only the members of the K largest clusters at ``family_identity`` are kept: a small model learns
+little from a diverse corpus beyond letter frequencies, more from a few large families. mmseqs2
 clusters them at ``identity`` (``easy-cluster``, coverage 0.8); whole clusters go to validation, picked by the
 hash of their representative, so no two splits share a cluster. A random split would put close homologues on both sides and
 reward memorisation; the leak check then searches every validation sequence against the training split and
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 SPLIT = "split.json"
 NCBISTDAA = "-ABCDEFGHIKLMNPQRSTVWXYZU*OJ"  # BLAST's protein alphabet: byte value -> letter
 ALPHABET = set(ProteinTokenizer.ALPHABET)
+SETTINGS_ADDED = {"families": 0, "family_identity": 0.3}  # settings newer than some split.json files: their defaults
 MMSEQS_HELP = "install Debian's mmseqs2 (apt-get install mmseqs2) or put mmseqs on PATH"
 
 
@@ -55,6 +58,8 @@ class ProteinCounts:
     duplicates: int = 0
     beyond_max_sequences: int = 0
     kept: int = 0
+    families: int = 0  # with --families: the families kept
+    family_sizes: list = field(default_factory=list)  # their sizes, largest first
     clusters: int = 0
     train: int = 0
     val: int = 0
@@ -188,21 +193,33 @@ def validation_clusters(representative: dict[str, str], val_fraction: float) -> 
     return chosen
 
 
+def largest_clusters(representative: dict[str, str], count: int) -> dict[str, int]:
+    """Representative -> size of the ``count`` largest clusters, largest first; among equal sizes the smallest
+    representative key first, so the choice does not depend on input order."""
+    sizes: dict[str, int] = {}
+    for rep in representative.values():
+        sizes[rep] = sizes.get(rep, 0) + 1
+    return {rep: sizes[rep] for rep in sorted(sizes, key=lambda rep: (-sizes[rep], rep))[:count]}
+
+
 def split_proteins(blast_dbs: list[str], fastas: list[str], out: str | Path, identity: float = 0.3,
                    val_fraction: float = 0.05, min_length: int = 20, max_length: int = 1022,
-                   max_sequences: int = 0, strict: bool = False, threads: int = 2, log=log.info) -> dict:
+                   max_sequences: int = 0, strict: bool = False, threads: int = 2, families: int = 0,
+                   family_identity: float = 0.3, log=log.info) -> dict:
     """Write ``train.fasta``, ``val.fasta`` and ``split.json`` to ``out`` and return the split's record."""
     settings = {"blast_dbs": [str(Path(p).resolve()) for p in blast_dbs],
                 "fastas": [str(Path(p).resolve()) for p in fastas], "identity": identity,
                 "val_fraction": val_fraction, "min_length": min_length, "max_length": max_length,
-                "max_sequences": max_sequences, "strict": strict}
+                "max_sequences": max_sequences, "strict": strict, "families": families,
+                "family_identity": family_identity}
     _check(settings)
     out = Path(out)
     if (out / SPLIT).exists():
         saved = json.loads((out / SPLIT).read_text())
-        if saved["settings"] != settings:
-            diff = "; ".join(f"{k}: {saved['settings'].get(k)!r} there, {v!r} now"
-                             for k, v in settings.items() if saved["settings"].get(k) != v)
+        there = {**SETTINGS_ADDED, **saved["settings"]}  # a split.json from before them holds their defaults
+        if there != settings:
+            diff = "; ".join(f"{k}: {there.get(k)!r} there, {v!r} now" for k, v in settings.items()
+                             if there.get(k) != v)
             raise ProteinError(f"{out} holds another split ({diff}); use another --out or remove it")
         log(f"{out} already holds this split: reusing it")
         return saved
@@ -220,6 +237,9 @@ def split_proteins(blast_dbs: list[str], fastas: list[str], out: str | Path, ide
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".mmseqs-") as tmp:
         work = Path(tmp)
+        if families:
+            records = keep_largest_families(records, families, family_identity, work / "families", threads,
+                                            counts, log)
         representative = cluster(records, identity, work, threads)
         counts.clusters = len(set(representative.values()))
         val_clusters = validation_clusters(representative, val_fraction)
@@ -236,7 +256,7 @@ def split_proteins(blast_dbs: list[str], fastas: list[str], out: str | Path, ide
     for name, part in (("train", train), ("validation", val)):
         if not part:
             raise ProteinError(f"the {name} split is empty after clustering ({counts.clusters} clusters of "
-                               f"{counts.kept} sequences at {identity:.0%} identity, val_fraction {val_fraction}): "
+                               f"{len(records)} sequences at {identity:.0%} identity, val_fraction {val_fraction}): "
                                "add sequences, or change --val-fraction or --identity; nothing written")
     for name, part in (("train.fasta", train), ("val.fasta", val)):
         with atomic_path(out / name) as tmp_path:
@@ -246,6 +266,25 @@ def split_proteins(blast_dbs: list[str], fastas: list[str], out: str | Path, ide
     log(f"wrote {out / 'train.fasta'} ({counts.train:,}) and {out / 'val.fasta'} ({counts.val:,}; "
         f"{counts.val_dropped_similar_to_train:,} dropped with a training hit at >= {identity:.0%} identity)")
     return record
+
+
+def keep_largest_families(records: dict[str, str], families: int, family_identity: float, work: Path, threads: int,
+                          counts: ProteinCounts, log) -> dict[str, str]:
+    """The members of the ``families`` largest clusters at ``family_identity``, in key order (clustered in key
+    order too, so neither the choice nor the split depends on input order)."""
+    work.mkdir()
+    records = dict(sorted(records.items()))
+    representative = cluster(records, family_identity, work, threads)
+    sizes = largest_clusters(representative, families)
+    counts.families, counts.family_sizes = len(sizes), list(sizes.values())
+    total = len(set(representative.values()))
+    if total < families:
+        log(f"only {total:,} families at {family_identity:.0%} identity, fewer than --families {families}: "
+            "keeping them all")
+    kept_records = {k: s for k, s in records.items() if representative[k] in sizes}
+    log(f"kept the {len(sizes):,} largest of {total:,} families at {family_identity:.0%} identity: "
+        f"{len(kept_records):,} sequences ({', '.join(f'{n:,}' for n in sizes.values())})")
+    return kept_records
 
 
 def _check(settings: dict) -> None:
@@ -260,3 +299,11 @@ def _check(settings: dict) -> None:
                            "need 1 <= min <= max")
     if settings["max_sequences"] < 0:
         raise ProteinError(f"--max-sequences {settings['max_sequences']}: must be >= 0 (0: all)")
+    if settings["families"] < 0:
+        raise ProteinError(f"--families {settings['families']}: must be >= 0 (0: every family)")
+    if not 0 < settings["family_identity"] < 1:
+        raise ProteinError(f"--family-identity {settings['family_identity']}: must be in (0, 1), e.g. 0.3")
+    if settings["families"] and settings["identity"] <= settings["family_identity"]:
+        raise ProteinError(f"--identity {settings['identity']} with --families: the split's --identity must be above "
+                           f"--family-identity {settings['family_identity']}, else a family would go whole to one "
+                           "side; e.g. --identity 0.5")

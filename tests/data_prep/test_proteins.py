@@ -1,9 +1,12 @@
 """The protein split (``python -m data_prep proteins``): BLAST databases decoded like blastdbcmd, the filters
-counted, whole identity clusters on one side, the leak check, reruns, and bad input refused with nothing written."""
+counted, whole identity clusters on one side, the leak check, reruns, the K largest families, and bad input refused
+with nothing written."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,11 +14,11 @@ import pytest
 from data_prep.__main__ import main
 from data_prep.documents import InputError
 from data_prep.prepare import PrepareError, prepare
-from data_prep.proteins import (ProteinCounts, ProteinError, filtered, read_blast_db, similar_to,
-                                split_proteins, validation_clusters)
+from data_prep.proteins import (ProteinCounts, ProteinError, cluster, content_key, filtered, keep_largest_families,
+                                largest_clusters, read_blast_db, similar_to, split_proteins, validation_clusters)
 from pipeline.runtime.data import TokenShards
 from tests.conftest import tiny_prepare_config
-from tests.proteins import write_families
+from tests.proteins import STANDARD, write_families
 
 BLASTDB = Path(__file__).parent / "blastdb" / "families"  # makeblastdb -dbtype prot -blastdb_version 4
 needs_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs2 is not installed "
@@ -91,6 +94,14 @@ def test_no_family_is_on_both_sides_and_a_rerun_reuses_the_split(families, tmp_p
     assert split_proteins([], [str(path)], tmp_path / "split", val_fraction=0.2, log=lambda _: None) == record
     with pytest.raises(ProteinError, match="holds another split.*identity: 0.3 there, 0.5 now"):
         split_proteins([], [str(path)], tmp_path / "split", identity=0.5, val_fraction=0.2, log=lambda _: None)
+    assert record["settings"]["families"] == 0 and record["counts"]["family_sizes"] == []
+    old = {**record, "settings": {k: v for k, v in record["settings"].items()  # written before --families
+                                  if k not in ("families", "family_identity")}}
+    (tmp_path / "split" / "split.json").write_text(json.dumps(old))
+    assert split_proteins([], [str(path)], tmp_path / "split", val_fraction=0.2, log=lambda _: None) == old
+    with pytest.raises(ProteinError, match="holds another split.*families: 0 there, 2 now"):
+        split_proteins([], [str(path)], tmp_path / "split", identity=0.5, val_fraction=0.2, families=2,
+                       log=lambda _: None)
 
 
 @needs_mmseqs
@@ -107,8 +118,11 @@ def test_the_leak_check_drops_what_the_clustering_missed(tmp_path, monkeypatch):
     family_of = write_families(tmp_path / "related.fasta", families=30, members=4, seed=7)
     lone = write_families(tmp_path / "lone.fasta", families=30, members=1, seed=8)
     family_of.update({s: 100 + f for s, f in lone.items()})
-    monkeypatch.setattr("data_prep.proteins.cluster", lambda records, *_: {k: k for k in records})
+    calls = []
+    monkeypatch.setattr("data_prep.proteins.cluster", lambda records, *args: calls.append(args) or
+                        {k: k for k in records})
     record = split_proteins([], [str(tmp_path)], tmp_path / "split", val_fraction=0.3, log=lambda _: None)
+    assert [identity for identity, *_ in calls] == [0.3]  # without --families, no family clustering
     train, val = (fasta_sequences(tmp_path / "split" / f"{s}.fasta") for s in ("train", "val"))
     assert val and {family_of[s] for s in train}.isdisjoint(family_of[s] for s in val)
     assert record["counts"]["val_dropped_similar_to_train"] >= 10
@@ -120,6 +134,84 @@ def test_an_empty_split_is_refused_with_nothing_written(tmp_path):
     with pytest.raises(ProteinError, match="validation split is empty after clustering.*nothing written"):
         split_proteins([], [str(tmp_path / "one.fasta")], tmp_path / "split", log=lambda _: None)
     assert not any(p.name in ("train.fasta", "val.fasta", "split.json") for p in (tmp_path / "split").iterdir())
+
+
+def nested_families(sizes: list[int], subfamilies: int, seed: int) -> dict[str, int]:
+    """sequence -> family: random ancestors, ``subfamilies`` sub-ancestors keeping 70 % of each, members keeping
+    92 % of a sub-ancestor's residues, so 30 % identity recovers the families and 60 % the subfamilies."""
+    rng = random.Random(seed)
+
+    def mutated(seq: str, keep: float) -> str:
+        return "".join(c if rng.random() < keep else rng.choice(STANDARD) for c in seq)
+
+    out = {}
+    for family, members in enumerate(sizes):
+        ancestor = "".join(rng.choice(STANDARD) for _ in range(rng.randint(60, 200)))
+        subs = [mutated(ancestor, 0.7) for _ in range(subfamilies)]
+        out.update({mutated(subs[m % subfamilies], 0.92): family for m in range(members)})
+    return out
+
+
+def test_the_largest_clusters_are_chosen_by_size_then_representative():
+    representative = {"m1": "c", "m2": "c", "m3": "b", "m4": "b", "m5": "a", "m6": "d", "m7": "d", "m8": "d"}
+    assert largest_clusters(representative, 1) == {"d": 3}
+    assert largest_clusters(representative, 2) == {"d": 3, "b": 2}  # b and c tie: the smaller key
+    assert largest_clusters(dict(reversed(representative.items())), 3) == {"d": 3, "b": 2, "c": 2}
+    assert largest_clusters(representative, 9) == {"d": 3, "b": 2, "c": 2, "a": 1}
+
+
+@needs_mmseqs
+def test_families_keep_exactly_the_largest_cluster_split_by_subfamily(tmp_path, monkeypatch):
+    family_of = nested_families([16, 6, 6, 6, 6], subfamilies=4, seed=5)
+    fasta = tmp_path / "families.fasta"
+    fasta.write_text("".join(f">{k}\n{s}\n" for k, s in enumerate(family_of)))
+    mappings = []  # cluster()'s own member -> representative, at 30 % then at 60 %
+    monkeypatch.setattr("data_prep.proteins.cluster", lambda *args: mappings.append(cluster(*args)) or mappings[-1])
+    record = split_proteins([], [str(fasta)], tmp_path / "split", identity=0.6, val_fraction=0.25, families=1,
+                            family_identity=0.3, log=lambda _: None)
+    (largest, size), (_, second) = Counter(mappings[0].values()).most_common(2)
+    sequence = {content_key(s): s for s in family_of}
+    expected = {sequence[k] for k, rep in mappings[0].items() if rep == largest}
+    assert len(mappings[0]) == 40 and size == len(expected) == 16 > second
+    assert {family_of[s] for s in expected} == {0}
+    train, val = (fasta_sequences(tmp_path / "split" / f"{s}.fasta") for s in ("train", "val"))
+    counts = record["counts"]
+    assert train and val and set(train) | set(val) <= expected
+    assert len(train) + len(val) + counts["val_dropped_similar_to_train"] == len(expected)
+    assert (counts["families"], counts["family_sizes"], counts["kept"]) == (1, [16], 40)
+    assert counts["clusters"] == 4  # the subfamilies, at 60 %: validation holds one whole
+
+
+def test_the_families_kept_do_not_depend_on_input_order(tmp_path, monkeypatch):
+    """A clustering whose representatives follow the input order (mmseqs2's do, among equal lengths) sees the
+    records in key order, so which of two equal families is kept does not change with the input order."""
+    family_of = {"k00": 0, "k04": 0, "k08": 0, "k01": 1, "k09": 1, "k02": 2, "k06": 2}
+
+    def first_member(records, *_):
+        first = {}
+        return {k: first.setdefault(family_of[k], k) for k in records}
+
+    monkeypatch.setattr("data_prep.proteins.cluster", first_member)
+    kept, counts = [], []
+    for name, keys in (("forward", sorted(family_of)), ("reversed", sorted(family_of, reverse=True))):
+        counts.append(ProteinCounts())
+        kept.append(keep_largest_families({k: "MKV" for k in keys}, 2, 0.3, tmp_path / name, 2, counts[-1],
+                                          lambda _: None))
+    assert list(kept[0]) == list(kept[1]) == ["k00", "k01", "k04", "k08", "k09"]  # the tie: k01 before k02
+    assert counts[0] == counts[1] and (counts[0].families, counts[0].family_sizes) == (2, [3, 2])
+
+
+def test_bad_family_flags_are_refused_by_name(families, tmp_path, capsys):
+    path, _ = families
+    for flags, message in ((["--families", "-1"], "--families -1: must be >= 0"),
+                           (["--families", "2", "--family-identity", "1.5"],
+                            "--family-identity 1.5: must be in (0, 1)"),
+                           (["--families", "2", "--identity", "0.3"],
+                            "--identity 0.3 with --families: the split's --identity must be above --family-identity "
+                            "0.3, else a family would go whole to one side")):
+        assert main(["proteins", "--fasta", str(path), "--out", str(tmp_path / "s"), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_missing_mmseqs_and_bad_flags_are_named_before_any_reading(families, tmp_path, monkeypatch, capsys):
