@@ -175,21 +175,17 @@ def teacher_joint_sample(teacher: Callable[[torch.Tensor], torch.Tensor], z: tor
     return z, log_t
 
 
-def group_mixture_log_likelihood(log_p: torch.Tensor, y: torch.Tensor, where: torch.Tensor,
-                                 group_size: int, shard: VocabShard | None = None) -> torch.Tensor:
-    """log (1/G) Σ_{j ∈ group(r)} Π_{i ∈ where_r} q(y_{r,i} | z_1, ξ_j) (B',) for every row r: the likelihood of
-    row r's tokens under the group's ξ-mixture at the all-[MASK] state, whose rows differ only by ξ (our
-    extension, spec §11). An importance-weighted bound of log E_ξ q(y | ξ) that tightens as G grows; unlike a
-    per-position KL it rewards ξ for making the tokens of one step agree. Without ξ (the rows alike) it is the
-    product likelihood Π_i q(y_{r,i} | z_1)."""
-    rows, length = y.shape
-    n = rows // group_size
-    targets, inside = y.view(n, group_size, length), where.view(n, group_size, length)
-    # terms[g, r, j] = Σ_i log q(y_{r,i} | ξ_j) in group g: row j's prediction at each row r's tokens (slices, not
-    # views: a factorised student's all-[MASK] rows are one row expanded, and then this is the product likelihood)
-    terms = torch.stack([(take(log_p[j::group_size, None].expand(n, group_size, length, -1), targets, shard)
-                          * inside).sum(-1) for j in range(group_size)], -1)
-    return (torch.logsumexp(terms, -1) - math.log(group_size)).reshape(rows)
+def mixture_log_likelihood(log_p: torch.Tensor, y: torch.Tensor, where: torch.Tensor,
+                           shard: VocabShard | None = None) -> torch.Tensor:
+    """log (1/M) Σ_j Π_{i ∈ where_r} q(y_{r,i} | ξ_j) (B,) for every row r of ``y``, from the predictions ``log_p``
+    (M, L, V + 1) of M draws ξ_j at one shared input (our extension, spec §11: the all-[MASK] state, where ξ's
+    posterior is its prior). An importance-weighted bound on log E_ξ q(y | ξ) that tightens as M grows; unlike a
+    per-position KL it rewards ξ for making the tokens of one step agree. With M = 1 (no ξ) it is the product
+    likelihood."""
+    rows = y.shape[0]
+    terms = torch.stack([(take(log_p[j:j + 1].expand(rows, -1, -1), y, shard) * where).sum(-1)
+                         for j in range(log_p.shape[0])])
+    return torch.logsumexp(terms, 0) - math.log(log_p.shape[0])
 
 
 def marginal_log_prob(trajectory_log_probs: torch.Tensor) -> torch.Tensor:

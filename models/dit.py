@@ -7,9 +7,11 @@ Layout and names follow MDLM's ``models/dit.py`` (fused qkv as [Q; K; V], half-s
 no-bias LayerNorms, MLP ratio 4 with GELU-tanh, zero-initialised adaLN modulations and output projection,
 untied embeddings, output width V + 1). Linear layers come from a layer factory (``models.layers``).
 
-``latent_dim`` > 0 (our extension, spec §11: the latent-conditioned student) adds a per-sequence input ξ that
-enters the conditioning vector through a zero-initialised projection, c = SiLU(σ-embedding + W_ξ ξ): with W_ξ = 0
-the model is exactly the one without it, so a student made from its teacher starts as the teacher.
+``latent_dim`` > 0 (our extension, spec §11: the latent-conditioned student) adds a per-sequence input ξ through a
+zero-initialised projection W_ξ, either into the token embeddings of every position, h_i = E[x_i] + W_ξ ξ
+(``latent_input="embedding"``), or into the conditioning vector, c = SiLU(σ-embedding + W_ξ ξ) (``"condition"``; a
+teacher trained at σ = 0 all but ignores c, measured in docs/distillation.md). With W_ξ = 0 the model is exactly the
+one without it, so a student made from its teacher starts as the teacher.
 """
 from __future__ import annotations
 
@@ -122,6 +124,9 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+LATENT_INPUTS = ("condition", "embedding")
+
+
 class DiT(nn.Module):
     """``forward(x, sigma, latent)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); latent (B,
     latent_dim) or None (ξ = 0, the centre of its prior); returns (B, L, V + 1) (under tensor parallelism, this
@@ -129,7 +134,7 @@ class DiT(nn.Module):
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, cond_dim: int = 128,
                  mlp_ratio: int = 4, dropout: float = 0.1, layers: DenseLayers | None = None, causal: bool = False,
-                 checkpointing: bool = False, latent_dim: int = 0):
+                 checkpointing: bool = False, latent_dim: int = 0, latent_input: str = "condition"):
         super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even size")
@@ -139,9 +144,12 @@ class DiT(nn.Module):
         self.vocab_shard = layers.vocab_shard(vocab_size + 1)  # this rank's output columns (None: all)
         self.vocab_embed = layers.embedding(vocab_size + 1, hidden_size)
         self.sigma_map = SigmaEmbedder(cond_dim)
-        self.latent_dim = latent_dim
+        if latent_input not in LATENT_INPUTS:
+            raise ValueError(f"latent_input {latent_input!r}: one of {', '.join(LATENT_INPUTS)}")
+        self.latent_dim, self.latent_input = latent_dim, latent_input
         if latent_dim:
-            self.latent_map = layers.linear(latent_dim, cond_dim, bias=False, role="replicated", zero_init=True)
+            width = hidden_size if latent_input == "embedding" else cond_dim
+            self.latent_map = layers.linear(latent_dim, width, bias=False, role="replicated", zero_init=True)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers, causal)
                                     for _ in range(num_layers))
         self.output_layer = FinalLayer(hidden_size, vocab_size + 1, cond_dim, layers)
@@ -157,7 +165,11 @@ class DiT(nn.Module):
             if not self.latent_dim or latent.shape != (x.shape[0], self.latent_dim):
                 raise ValueError(f"latent of shape {tuple(latent.shape)}: this DiT takes (batch {x.shape[0]}, "
                                  f"latent_dim {self.latent_dim})" + ("" if self.latent_dim else ": it has no latent input"))
-            c = c + self.latent_map(latent.to(c.dtype))
+            shift = self.latent_map(latent.to(c.dtype))
+            if self.latent_input == "embedding":
+                h = h + shift[:, None, :].to(h.dtype)
+            else:
+                c = c + shift
         c = F.silu(c)
         cos, sin = rotary_cos_sin(h.shape[1], h.shape[2] // self.num_heads, h.device)
         for block in self.blocks:

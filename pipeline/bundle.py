@@ -117,7 +117,8 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def new_dit(model: dict, dropout: float = 0.0) -> DiT:
     return DiT(model["vocab_size"], model["hidden_size"], model["num_layers"], model["num_heads"], model["cond_dim"],
-               dropout=dropout, causal=model.get("causal", False), latent_dim=model.get("latent_dim", 0))
+               dropout=dropout, causal=model.get("causal", False), latent_dim=model.get("latent_dim", 0),
+               latent_input=model.get("latent_input", "condition"))
 
 
 def new_discriminator(model: dict, settings: dict) -> Discriminator:

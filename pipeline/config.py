@@ -247,17 +247,21 @@ class DistillConfig:
     # the group's ξ-averaged one (marginal: ξ's posterior there is its prior), conditional at the later states
     latent: int = 0
     latent_redraw: Literal["sequence", "step"] = "sequence"
+    # where W_ξ ξ enters: every position's token embedding, or the adaLN conditioning vector (which a teacher trained
+    # at σ = 0 all but ignores)
+    latent_input: Literal["condition", "embedding"] = "condition"
     latent_kl: Literal["conditional", "marginal"] = "conditional"
     latent_lr_scale: float = 1.0  # the projection's learning rate as a multiple of optim.lr (a fresh layer)
     # the projection's initial entries ~ N(0, latent_init²); 0: zero, the student starts as the teacher exactly, but
     # then the policy gradient's expectation is 0 in the projection (ξ does not yet change x), so only noise moves it
     latent_init: float = 0.0
-    # the weight of the first step's mixture match (0: off): minus the log-likelihood, under the group's ξ-mixture at
-    # the all-[MASK] state, of the teacher's joint fill of the positions each row's first step reveals (drawn in
+    # the weight of the first step's mixture match (0: off): minus the log-likelihood, under the student's ξ-mixture
+    # at the all-[MASK] state, of the teacher's joint fill of the positions each row's first step reveals (drawn in
     # latent_match_substeps teacher steps); the signal that makes ξ coordinate a step's tokens. Without a latent it
     # is the product likelihood: the same fit for the factorised student (the control)
     latent_match: float = 0.0
     latent_match_substeps: int = 4
+    latent_match_draws: int = 32  # M: the ξ of the mixture, fresh each iteration (one forward of M rows)
 
     @property
     def steps(self) -> int:
@@ -282,14 +286,16 @@ class DistillConfig:
         check_non_negative("distill.latent_init", self.latent_init)
         check_non_negative("distill.latent_match", self.latent_match)
         check_positive("distill.latent_match_substeps", self.latent_match_substeps)
+        check_positive("distill.latent_match_draws", self.latent_match_draws)
         for name, default in (("latent_kl", "conditional"), ("latent_redraw", "sequence"), ("latent_lr_scale", 1.0),
-                              ("latent_init", 0.0)):
+                              ("latent_init", 0.0), ("latent_input", "condition")):
             if not self.latent and getattr(self, name) != default:
                 raise ConfigError(f"distill.{name}: {getattr(self, name)} sets how the student's latent ξ is used, "
                                   "but distill.latent is 0 (no latent); set distill.latent to its dimension, e.g. 16")
-        if not self.latent_match and self.latent_match_substeps != 4:
-            raise ConfigError(f"distill.latent_match_substeps: {self.latent_match_substeps} sets the teacher's steps of "
-                              "the mixture match, but distill.latent_match is 0 (off); set its weight, e.g. 1")
+        for name, default in (("latent_match_substeps", 4), ("latent_match_draws", 32)):
+            if not self.latent_match and getattr(self, name) != default:
+                raise ConfigError(f"distill.{name}: {getattr(self, name)} sets the mixture match, but "
+                                  "distill.latent_match is 0 (off); set its weight, e.g. 1")
         _order("distill.rollout_order", self.rollout_order)
         if self.rollout_steps < 2:
             raise ConfigError(f"distill.rollout_steps: {self.rollout_steps}; a rollout has at least 2 steps (the "

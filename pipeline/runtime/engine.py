@@ -13,15 +13,16 @@ from pipeline.runtime.distributed import import_deepspeed, uses_cuda
 
 
 def build_model(model: ModelConfig, zero_stage: int = 0, ds_config: dict | None = None,
-                weights: dict[str, torch.Tensor] | None = None, dropout: float | None = None, latent_dim: int = 0) -> DiT:
+                weights: dict[str, torch.Tensor] | None = None, dropout: float | None = None, latent_dim: int = 0,
+                latent_input: str = "condition") -> DiT:
     """The DiT of the config, from dense ``weights`` or freshly initialised; ``dropout`` overrides the config's;
-    ``latent_dim``: a latent-conditioned student's (``models.dit``).
+    ``latent_dim`` and ``latent_input``: a latent-conditioned student's (``models.dit``).
 
     With ``model.tensor_parallel`` > 1 (process groups from ``pipeline.runtime.distributed.setup``): this rank's shards
     of that dense model, so every tensor-parallel size starts from the same weights (DeepSpeed partitions a
     ZeRO-3 model when its engine is built). Otherwise a fresh ZeRO-3 model is partitioned as it is created."""
     options = dict(dropout=model.dropout if dropout is None else dropout, causal=model.causal,
-                   checkpointing=model.activation_checkpointing, latent_dim=latent_dim)
+                   checkpointing=model.activation_checkpointing, latent_dim=latent_dim, latent_input=latent_input)
     if model.tensor_parallel > 1:
         from models.tensor_parallel import MegatronLayers, initialize, load_dense
 

@@ -138,7 +138,8 @@ def convert(checkpoint: str | Path, out: str | Path, tag: int | None = None, onl
                               f"the checkpoint was trained with ({meta.get('tokenizer')}, V = {cfg.model.vocab_size})")
     model = {k: getattr(cfg.model, k) for k in MODEL_KEYS}
     if kind == "student" and cfg.distill.latent:
-        model["latent_dim"] = cfg.distill.latent  # the latent-conditioned student (our extension, spec §11)
+        # the latent-conditioned student (our extension, spec §11)
+        model["latent_dim"], model["latent_input"] = cfg.distill.latent, cfg.distill.latent_input
     with torch.device("meta"):
         shapes = new_dit(model)
     weights = {"model.safetensors": ema_state_dict(step_dir, shapes)}

@@ -32,9 +32,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from models.didi import (Rollout, beta_density, coupled_corruption, discriminator_loss, entropy, forward_kl,
-                         group_mixture, group_mixture_log_likelihood, group_normalised_advantages, jeffreys,
-                         marginal_log_prob, omega, rollout_times, row_rewards, sample_tau, snap_tau, student_loss,
-                         student_rollout, teacher_forced_log_prob, teacher_joint_sample)
+                         group_mixture, group_normalised_advantages, jeffreys, marginal_log_prob, mixture_log_likelihood,
+                         omega, rollout_times, row_rewards, sample_tau, snap_tau, student_loss, student_rollout,
+                         teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT
@@ -123,7 +123,8 @@ def student_weights(cfg: Config, weights: dict[str, torch.Tensor]) -> dict[str, 
     c = cfg.distill
     if not c.latent:
         return weights
-    projection = torch.randn(cfg.model.cond_dim, c.latent, generator=keyed_generator(cfg.run.seed, LATENT_INIT))
+    width = cfg.model.hidden_size if c.latent_input == "embedding" else cfg.model.cond_dim
+    projection = torch.randn(width, c.latent, generator=keyed_generator(cfg.run.seed, LATENT_INIT))
     return {**weights, "latent_map.weight": projection * c.latent_init}
 
 
@@ -302,7 +303,7 @@ class Distiller:
         with timer("reward"), torch.no_grad():
             reward = self.reward(step, rollout, disc)
         with timer("student"):
-            student = self.student_step(rollout, teacher, reward)
+            student = self.student_step(step, rollout, teacher, reward)
             self.ema_step()
         return iteration_metrics(self.cfg.distill, rollout, disc, reward, student)
 
@@ -372,7 +373,21 @@ class Distiller:
             weight = weight / beta_density(disc.t, c.tau_a, c.tau_b)
         return RewardResult(d_fake, rewards, advantages, weight, scores)
 
-    def student_step(self, rollout: RolloutResult, teacher: TeacherResult, reward: RewardResult) -> StudentResult:
+    def first_predictions(self, step: int) -> torch.Tensor:
+        """The student's predictions at the all-[MASK] state (M, L, V + 1) for ``latent_match_draws`` fresh ξ, the
+        same on every rank (one row without a latent): the mixture the mixture match fits."""
+        c = self.cfg.distill
+        draws = c.latent_match_draws if c.latent else 1
+        z = torch.full((draws, self.cfg.model.seq_len), self.mask_id, device=self.d.device)
+        if not c.latent:
+            return self._student(z)
+        xi = LatentDraws(draws, c.latent, [keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, j, 1,
+                                                           device=self.d.device) for j in range(draws)],
+                         self.d.device)
+        return self._student(z, xi(0))
+
+    def student_step(self, step: int, rollout: RolloutResult, teacher: TeacherResult,
+                     reward: RewardResult) -> StudentResult:
         """One student step on the advantage-weighted log-likelihood with the KL to the teacher and the entropy
         at every rollout state."""
         c, roll = self.cfg.distill, rollout.roll
@@ -391,7 +406,7 @@ class Distiller:
         match_kl = None
         if teacher.fill is not None:  # the first step's ξ-mixture fitted to the teacher's joint fill
             fill = teacher.fill
-            log_q = group_mixture_log_likelihood(roll.log_probs[0], fill.y, fill.where, c.group_size, self.shard)
+            log_q = mixture_log_likelihood(self.first_predictions(step), fill.y, fill.where, self.shard)
             loss = loss - c.latent_match * log_q.mean()
             match_kl = (fill.log_t - log_q.detach()).sum() / self._global_count(fill.where).clamp(min=1)
         self.student.backward(loss)
@@ -488,7 +503,7 @@ def initial_models(cfg: Config, weights: dict[str, torch.Tensor]) -> tuple[DiT, 
     drawn from ``run.seed``, the same on every rank)."""
     torch.manual_seed(cfg.run.seed)
     student = build_model(cfg.model, weights=student_weights(cfg, weights), dropout=cfg.model.dropout,
-                          latent_dim=cfg.distill.latent)
+                          latent_dim=cfg.distill.latent, latent_input=cfg.distill.latent_input)
     disc = Discriminator(teacher_copy(cfg, weights, cfg.model.dropout), cfg.distill.unfreeze_blocks,
                          cfg.distill.sigma_to)
     return student, disc, teacher_copy(cfg, weights, 0.0)

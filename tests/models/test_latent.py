@@ -1,12 +1,12 @@
 """The latent-conditioned student (our extension, spec §11): ξ's projection starts at zero, ξ is drawn per row
 and reaches every step of the sampler and the rollout, the group's ξ-averaged prediction is a mixture, and the
-mixture match fits the group's ξ-mixture to the teacher's joint fill of a step (brute-force references)."""
+mixture match fits a ξ-mixture to the teacher's joint fill of a step (brute-force references)."""
 import math
 
 import pytest
 import torch
 
-from models.didi import (group_mixture, group_mixture_log_likelihood, rollout_times, student_rollout,
+from models.didi import (group_mixture, mixture_log_likelihood, rollout_times, student_rollout,
                          teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.latent import LatentDraws
@@ -16,9 +16,10 @@ from tests.models.test_dit import build, randomised
 VOCAB, LENGTH, DIM = 11, 12, 4
 
 
-def test_a_zero_projection_makes_the_latent_model_exactly_the_model_without_it():
+@pytest.mark.parametrize("where", ["condition", "embedding"])
+def test_a_zero_projection_makes_the_latent_model_exactly_the_model_without_it(where):
     teacher = randomised(build(vocab=VOCAB))
-    student = build(vocab=VOCAB, latent_dim=DIM)
+    student = build(vocab=VOCAB, latent_dim=DIM, latent_input=where)
     missing = student.load_state_dict(teacher.state_dict(), strict=False).missing_keys
     assert missing == ["latent_map.weight"] and not student.latent_map.weight.any()  # zero-initialised
     x, sigma = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.zeros(3)
@@ -36,6 +37,25 @@ def test_a_latent_of_the_wrong_shape_or_for_a_model_without_one_is_refused():
         build(vocab=VOCAB, latent_dim=DIM)(x, sigma, torch.randn(2, DIM + 1))
     with pytest.raises(ValueError, match="no latent input"):
         build(vocab=VOCAB)(x, sigma, torch.randn(2, DIM))
+    with pytest.raises(ValueError, match="latent_input 'token': one of condition, embedding"):
+        build(vocab=VOCAB, latent_dim=DIM, latent_input="token")
+
+
+def test_through_the_embedding_xi_shifts_every_positions_input_and_through_the_condition_the_adaln_vector():
+    """A reference forward from the DiT's parts: h_i = E[x_i] + W_ξ ξ (embedding), or c = SiLU(e_σ + W_ξ ξ)."""
+    from models.dit import rotary_cos_sin
+
+    x, sigma, xi = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.rand(3), torch.randn(3, DIM)
+    for where in ("embedding", "condition"):
+        model = randomised(build(vocab=VOCAB, latent_dim=DIM, latent_input=where))
+        shift = xi @ model.latent_map.weight.T
+        h, c = model.vocab_embed(x), model.sigma_map(sigma)
+        h, c = (h + shift[:, None, :], c) if where == "embedding" else (h, c + shift)
+        c = torch.nn.functional.silu(c)
+        cos, sin = rotary_cos_sin(LENGTH, h.shape[2] // model.num_heads, h.device)
+        for block in model.blocks:
+            h = block(h, cos, sin, c)
+        assert torch.allclose(model(x, sigma, xi), model.output_layer(h, c), atol=1e-5), where
 
 
 def generators(seed, rows=3):
@@ -119,18 +139,19 @@ def test_the_group_mixture_is_the_log_of_the_groups_mean_probability():
     assert math.isclose(group_mixture(log_p, 4).exp()[0, 0].sum().item(), 1.0, rel_tol=1e-6)
 
 
-def test_the_mixture_likelihood_is_the_log_mean_over_the_groups_xi_of_each_rows_product_likelihood():
+def test_the_mixture_likelihood_is_the_log_mean_over_the_xi_draws_of_each_rows_product_likelihood():
     torch.manual_seed(0)
-    group, rows, length, vocab = 3, 6, 4, 5
-    log_p = torch.randn(rows, length, vocab).log_softmax(-1)
+    draws, rows, length, vocab = 3, 5, 4, 5
+    log_p = torch.randn(draws, length, vocab).log_softmax(-1)
     y, where = torch.randint(0, vocab, (rows, length)), torch.rand(rows, length) < 0.6
-    found = group_mixture_log_likelihood(log_p, y, where, group)
-    for r in range(rows):  # brute force: row r's revealed tokens under each ξ_j of its group
-        first = r // group * group
+    found = mixture_log_likelihood(log_p, y, where)
+    for r in range(rows):  # brute force: row r's revealed tokens under each ξ_j
         products = [math.exp(sum(log_p[j, i, y[r, i]].item() for i in range(length) if where[r, i]))
-                    for j in range(first, first + group)]
-        assert found[r].item() == pytest.approx(math.log(sum(products) / group), rel=1e-5)
-    assert group_mixture_log_likelihood(log_p, y, torch.zeros_like(where), group).abs().max() < 1e-6  # log 1
+                    for j in range(draws)]
+        assert found[r].item() == pytest.approx(math.log(sum(products) / draws), rel=1e-5)
+    assert mixture_log_likelihood(log_p, y, torch.zeros_like(where)).abs().max() < 1e-6  # log 1
+    product = mixture_log_likelihood(log_p[:1], y, where)  # one draw: the product likelihood
+    assert torch.allclose(product, (log_p[0].expand(rows, -1, -1).gather(-1, y[..., None])[..., 0] * where).sum(-1))
 
 
 def copying_teacher(z):
@@ -171,20 +192,19 @@ def test_the_teachers_joint_fill_is_its_substep_sampler_in_law_and_log_t_is_its_
 def test_fitting_the_mixture_likelihood_makes_xi_coordinate_what_a_product_cannot():
     """Target: y = 00 or 11, each ½ (the teacher's joint fill of one step). The best product of per-position
     distributions is ¼ each (KL log 2 = 0.69); a student q(· | ξ) = softmax(W ξ + b) per position, fitted by
-    the group mixture likelihood from a small random W, splits ξ's space between the two answers."""
+    the mixture likelihood over 16 ξ from a small random W, splits ξ's space between the two answers."""
     torch.manual_seed(0)
-    group, rows, dim = 4, 256, 2
+    draws, rows, dim = 16, 64, 2
     weight = (0.1 * torch.randn(2, 2, dim)).requires_grad_()  # (position, letter, ξ)
     bias = torch.zeros(2, 2, requires_grad=True)
     optimiser = torch.optim.Adam([weight, bias], lr=0.05)
 
-    def log_q(xi):
+    def log_q(xi):  # (draws, 2 positions, 2 letters)
         return (torch.einsum("pld,rd->rpl", weight, xi) + bias).log_softmax(-1)
 
     for _ in range(300):
         y = torch.randint(0, 2, (rows, 1)).expand(-1, 2)
-        loss = -group_mixture_log_likelihood(log_q(torch.randn(rows, dim)), y, torch.ones(rows, 2, dtype=torch.bool),
-                                             group).mean()
+        loss = -mixture_log_likelihood(log_q(torch.randn(draws, dim)), y, torch.ones(rows, 2, dtype=torch.bool)).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
