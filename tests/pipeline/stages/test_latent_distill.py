@@ -140,10 +140,7 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     rgas = draw("rgas", "--sampler", "rgas", "--latent-seed", "4")
     assert len(rgas) == 6 and all(r["masks_left"] == 0 for r in rgas)
     # the diagnostics: ξ's information about the sample, the sampler's time per NFE, two ξ from one trajectory seed
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("diagnose", "launch/recipes/latent/diagnose.py")
-    diagnose = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnose)
+    diagnose = load_script("launch/recipes/latent/diagnose.py")
     assert diagnose.main(["--bundle", f"latent={bundle}", "--bundle", f"teacher={teacher_bundle(teacher, tmp_path)}",
                           "--steps", "4", "--samples", "8", "--trajectories", "2", "--contrasts", "3", "--pairs", "2",
                           "--timing-rounds", "1", "--out", str(tmp_path / "diagnostics")]) == 0
@@ -151,9 +148,25 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     assert found["teacher"]["information"] == 0.0 and found["latent"]["information"] != 0.0
     assert len(found["latent"]["pairs"]) == 2 and "pairs" not in found["teacher"]
     assert "| latent |" in (tmp_path / "diagnostics.md").read_text()
+    # where ξ can act: both paths of the DiT, a larger shift moving the teacher's predictions further
+    sensitivity = load_script("launch/recipes/latent/sensitivity.py")
+    assert sensitivity.main(["--bundle", str(tmp_path / "teacher_bundle"), "--directions", "4",
+                             "--out", str(tmp_path / "sensitivity.md")]) == 0
+    rows = [line.split("|")[1:4] for line in (tmp_path / "sensitivity.md").read_text().splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 5 and all(float(rows[-1][k]) > float(rows[0][k]) >= 0 for k in (1, 2))
     # a latent student is no teacher: distilling from it is refused by name
     with pytest.raises(CheckpointError, match="latent-conditioned student"):
         check_teacher(from_dict(Config, distill_settings(tiny_data, bundle, tmp_path / "again")))
+
+
+def load_script(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.rsplit("/", 1)[-1].removesuffix(".py"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def teacher_bundle(teacher, tmp_path):
