@@ -8,9 +8,9 @@ no-bias LayerNorms, MLP ratio 4 with GELU-tanh, zero-initialised adaLN modulatio
 untied embeddings, output width V + 1). Linear layers come from a layer factory (``models.layers``).
 
 ``latent_dim`` > 0 (our extension, spec §11: the latent-conditioned student) adds a per-sequence input ξ through a
-zero-initialised projection W_ξ, either into the token embeddings of every position, h_i = E[x_i] + W_ξ ξ
-(``latent_input="embedding"``), or into the conditioning vector, c = SiLU(σ-embedding + W_ξ ξ) (``"condition"``; a
-teacher trained at σ = 0 all but ignores c, measured in docs/distillation.md). With W_ξ = 0 the model is exactly the
+zero-initialised projection W_ξ, either into the embedding of every [MASK] position, h_i = E[MASK] + W_ξ ξ (``latent_input="mask"``:
+noise in the mask input; revealed tokens keep theirs), or into the conditioning vector, c = SiLU(σ-embedding + W_ξ ξ)
+(``"condition"``; a teacher trained at σ = 0 all but ignores c, measured in docs/distillation.md). With W_ξ = 0 the model is exactly the
 one without it, so a student made from its teacher starts as the teacher.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-LATENT_INPUTS = ("condition", "embedding")
+LATENT_INPUTS = ("condition", "mask")
 
 
 class DiT(nn.Module):
@@ -148,7 +148,7 @@ class DiT(nn.Module):
             raise ValueError(f"latent_input {latent_input!r}: one of {', '.join(LATENT_INPUTS)}")
         self.latent_dim, self.latent_input = latent_dim, latent_input
         if latent_dim:
-            width = hidden_size if latent_input == "embedding" else cond_dim
+            width = hidden_size if latent_input == "mask" else cond_dim
             self.latent_map = layers.linear(latent_dim, width, bias=False, role="replicated", zero_init=True)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers, causal)
                                     for _ in range(num_layers))
@@ -166,8 +166,10 @@ class DiT(nn.Module):
                 raise ValueError(f"latent of shape {tuple(latent.shape)}: this DiT takes (batch {x.shape[0]}, "
                                  f"latent_dim {self.latent_dim})" + ("" if self.latent_dim else ": it has no latent input"))
             shift = self.latent_map(latent.to(c.dtype))
-            if self.latent_input == "embedding":
-                h = h + shift[:, None, :].to(h.dtype)
+            if self.latent_input == "mask":
+                if x.dim() != 2:
+                    raise ValueError("a latent at the [MASK] embeddings needs token ids, not soft inputs")
+                h = h + (x == self.mask_id)[..., None].to(h.dtype) * shift[:, None, :].to(h.dtype)
             else:
                 c = c + shift
         c = F.silu(c)

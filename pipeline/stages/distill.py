@@ -123,7 +123,7 @@ def student_weights(cfg: Config, weights: dict[str, torch.Tensor]) -> dict[str, 
     c = cfg.distill
     if not c.latent:
         return weights
-    width = cfg.model.hidden_size if c.latent_input == "embedding" else cfg.model.cond_dim
+    width = cfg.model.hidden_size if c.latent_input == "mask" else cfg.model.cond_dim
     projection = torch.randn(width, c.latent, generator=keyed_generator(cfg.run.seed, LATENT_INIT))
     return {**weights, "latent_map.weight": projection * c.latent_init}
 

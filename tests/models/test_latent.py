@@ -16,7 +16,7 @@ from tests.models.test_dit import build, randomised
 VOCAB, LENGTH, DIM = 11, 12, 4
 
 
-@pytest.mark.parametrize("where", ["condition", "embedding"])
+@pytest.mark.parametrize("where", ["condition", "mask"])
 def test_a_zero_projection_makes_the_latent_model_exactly_the_model_without_it(where):
     teacher = randomised(build(vocab=VOCAB))
     student = build(vocab=VOCAB, latent_dim=DIM, latent_input=where)
@@ -37,20 +37,22 @@ def test_a_latent_of_the_wrong_shape_or_for_a_model_without_one_is_refused():
         build(vocab=VOCAB, latent_dim=DIM)(x, sigma, torch.randn(2, DIM + 1))
     with pytest.raises(ValueError, match="no latent input"):
         build(vocab=VOCAB)(x, sigma, torch.randn(2, DIM))
-    with pytest.raises(ValueError, match="latent_input 'token': one of condition, embedding"):
+    with pytest.raises(ValueError, match="latent_input 'token': one of condition, mask"):
         build(vocab=VOCAB, latent_dim=DIM, latent_input="token")
 
 
-def test_through_the_embedding_xi_shifts_every_positions_input_and_through_the_condition_the_adaln_vector():
-    """A reference forward from the DiT's parts: h_i = E[x_i] + W_ξ ξ (embedding), or c = SiLU(e_σ + W_ξ ξ)."""
+def test_xi_shifts_the_mask_embeddings_only_or_the_adaln_vector():
+    """A reference forward from the DiT's parts: h_i = E[x_i] + W_ξ ξ where x_i is [MASK] (mask), or
+    c = SiLU(e_σ + W_ξ ξ) (condition)."""
     from models.dit import rotary_cos_sin
 
     x, sigma, xi = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.rand(3), torch.randn(3, DIM)
-    for where in ("embedding", "condition"):
+    for where in ("mask", "condition"):
         model = randomised(build(vocab=VOCAB, latent_dim=DIM, latent_input=where))
         shift = xi @ model.latent_map.weight.T
         h, c = model.vocab_embed(x), model.sigma_map(sigma)
-        h, c = (h + shift[:, None, :], c) if where == "embedding" else (h, c + shift)
+        masked = (x == VOCAB)[..., None].float()
+        h, c = (h + masked * shift[:, None, :], c) if where == "mask" else (h, c + shift)
         c = torch.nn.functional.silu(c)
         cos, sin = rotary_cos_sin(LENGTH, h.shape[2] // model.num_heads, h.device)
         for block in model.blocks:

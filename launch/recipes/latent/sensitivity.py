@@ -1,6 +1,6 @@
 """Where a latent ξ can act on a model (our extension, spec §11): how far its predictions at the all-[MASK] state
 move when a random vector of a given norm is added to the adaLN conditioning vector, or to every position's token
-embedding (the two ``distill.latent_input`` paths):
+[MASK] embedding (the two ``distill.latent_input`` paths; at the all-[MASK] state that is every position):
 
     python launch/recipes/latent/sensitivity.py --bundle runs/orders/regime/bundles/teacher \
         --out launch/results/latent/regime/sensitivity.md
@@ -26,9 +26,9 @@ NORMS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 def shifted(bundle: str, place: str):
     """The bundle's model with an identity latent projection at ``place``: model(z, σ, v) adds v itself to c or to
-    every token embedding (the DiT's own ``distill.latent_input`` paths)."""
+    the embedding of every [MASK] position (the DiT's own ``distill.latent_input`` paths)."""
     spec = json.loads((Path(bundle) / "manifest.json").read_text())["model"]
-    width = spec["hidden_size"] if place == "embedding" else spec["cond_dim"]
+    width = spec["hidden_size"] if place == "mask" else spec["cond_dim"]
     model = new_dit({**spec, "latent_dim": width, "latent_input": place})
     model.load_state_dict(load_bundle(bundle).model.state_dict(), strict=False)
     model.latent_map.weight.copy_(torch.eye(width))
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     generator = torch.Generator().manual_seed(args.seed)
-    models = {place: shifted(args.bundle, place) for place in ("condition", "embedding")}
+    models = {place: shifted(args.bundle, place) for place in ("condition", "mask")}
     kls = {}
     for place, (model, width, length) in models.items():
         z, sigma = torch.full((args.directions, length), model.mask_id), torch.zeros(args.directions)
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{' '.join(argv if argv is not None else sys.argv[1:])}`), {describe()}: KL(model ‖ perturbed) per "
              f"position at the all-[MASK] state, mean over {args.directions} random directions of the given norm. For "
              f"scale: |e_σ| = {c0:.1f} (the conditioning vector at σ = 0, before its SiLU), |E[MASK]| = {e0:.2f}.", "",
-             "| norm | added to the conditioning vector | added to every token embedding |", "|---|---|---|"]
-    lines += [f"| {norm:g} | {kls['condition', norm]:.4f} | {kls['embedding', norm]:.4f} |" for norm in NORMS]
+             "| norm | added to the conditioning vector | added to every [MASK] embedding |", "|---|---|---|"]
+    lines += [f"| {norm:g} | {kls['condition', norm]:.4f} | {kls['mask', norm]:.4f} |" for norm in NORMS]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

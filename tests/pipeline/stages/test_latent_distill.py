@@ -35,7 +35,7 @@ def _iterate_latent(rank, world_size, cfg_dict):
 def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches_one_process(tiny_data, teacher,
                                                                                              tmp_path):
     changes = {**LATENT, "distill__latent_kl": "marginal", "distill__latent_match": 1.0,
-               "distill__latent_match_draws": 4, "distill__latent_input": "embedding"}
+               "distill__latent_match_draws": 4, "distill__latent_input": "mask"}
     one = run_ranks(_iterate_latent, 1, distill_settings(tiny_data, teacher, tmp_path / "one", distill__rollout_rows=16,
                                                          **changes))[0]
     two = run_ranks(_iterate_latent, 2, distill_settings(tiny_data, teacher, tmp_path / "two", train__zero_stage=3,
@@ -116,15 +116,15 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     from pipeline.stages.sample import main as sample_main
 
     cfg = distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=3, distill__latent_redraw="step",
-                           distill__latent_input="embedding", **LATENT)
+                           distill__latent_input="mask", **LATENT)
     assert "error" not in run_ranks(_run_distill, 1, cfg)[0]
     bundle = convert(tmp_path / "run", tmp_path / "bundle", online=True, log=lambda _: None)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model"]["latent_dim"] == 8 and manifest["sampling"]["latent_redraw"] == "step"
-    assert manifest["model"]["latent_input"] == "embedding"
+    assert manifest["model"]["latent_input"] == "mask"
     loaded = load_bundle(bundle)
     assert loaded.model.latent_map.weight.abs().max() > 0 and loaded.online.latent_dim == 8
-    assert loaded.model.latent_input == "embedding" and loaded.model.latent_map.weight.shape[0] == 32  # hidden
+    assert loaded.model.latent_input == "mask" and loaded.model.latent_map.weight.shape[0] == 32  # hidden
     assert loaded.discriminator is not None and loaded.latent_redraw == "step"
 
     def draw(name, *extra):
@@ -186,8 +186,8 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
     for key, value in (("latent_match_substeps", 8), ("latent_match_draws", 4)):
         with pytest.raises(ConfigError, match=f"distill.{key}: {value} .* distill.latent_match is 0"):
             from_dict(DistillConfig, {"teacher": "t", key: value})
-    with pytest.raises(ConfigError, match="distill.latent_input: embedding .* distill.latent is 0"):
-        from_dict(DistillConfig, {"teacher": "t", "latent_input": "embedding"})
+    with pytest.raises(ConfigError, match="distill.latent_input: mask .* distill.latent is 0"):
+        from_dict(DistillConfig, {"teacher": "t", "latent_input": "mask"})
     with pytest.raises(ConfigError, match="distill.latent_match_substeps"):
         from_dict(DistillConfig, {"teacher": "t", "latent": 4, "latent_match": 1.0, "latent_match_substeps": 0})
     with pytest.raises(ConfigError, match="distill.latent: must be >= 0"):
