@@ -173,7 +173,7 @@ def copying_teacher(z):
 def test_the_teachers_joint_fill_is_its_substep_sampler_in_law_and_log_t_is_its_probability():
     """Two sub-steps: the positions share one (probability ½, independent draws: ¼ each pair) or not (the second
     copies the first: 0.45 / 0.05), so P(00) = P(11) = 0.35 and P(01) = P(10) = 0.15."""
-    rows = 4000
+    rows = 2000
     z = torch.full((rows, 2), 2)
     y, log_t = teacher_joint_sample(copying_teacher, z, torch.ones(rows, 2, dtype=torch.bool), 2, 2,
                                     generators(9, rows))
@@ -182,9 +182,10 @@ def test_the_teachers_joint_fill_is_its_substep_sampler_in_law_and_log_t_is_its_
     allowed = {True: {math.log(0.25), math.log(0.45)}, False: {math.log(0.25), math.log(0.05)}}
     for agrees, value in zip((y[:, 0] == y[:, 1]).tolist(), log_t.tolist()):
         assert min(abs(value - a) for a in allowed[agrees]) < 1e-5
+    rows, z = 1000, z[:1000]
     one_step, log_one = teacher_joint_sample(copying_teacher, z, torch.ones(rows, 2, dtype=torch.bool), 1, 2,
                                              generators(9, rows))
-    assert (one_step[:, 0] == one_step[:, 1]).float().mean().item() == pytest.approx(0.5, abs=0.03)  # independent
+    assert (one_step[:, 0] == one_step[:, 1]).float().mean().item() == pytest.approx(0.5, abs=0.05)  # independent
     assert torch.allclose(log_one, torch.full((rows,), math.log(0.25)))
     only_first = torch.tensor([[True, False]]).expand(rows, -1)
     partial, _ = teacher_joint_sample(copying_teacher, z, only_first, 2, 2, generators(9, rows))
