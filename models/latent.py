@@ -19,7 +19,9 @@ REDRAWS: tuple[str, ...] = ("sequence", "step")
 
 
 class LatentDraws:
-    """``draws(i)``: each row's ξ (B, d) at step i, drawn on first use of a step and kept for repeated calls."""
+    """``draws(i)``: each row's ξ (B, d) at step i, kept for repeated calls. With ``step`` redraws ξ_i is the i-th
+    draw of each row's stream whichever steps were asked for (a sampler that skips a step, all its rows cached,
+    and a replay that does not, see the same ξ_i), so steps must be asked for in order."""
 
     def __init__(self, rows: int, dim: int, generator: Generators, device, redraw: Redraw = "sequence"):
         if redraw not in REDRAWS:
@@ -29,6 +31,10 @@ class LatentDraws:
 
     def __call__(self, step: int) -> torch.Tensor:
         if self.xi is None or (self.redraw == "step" and step != self.step):
-            self.xi = draw_uniform((self.rows, self.dim), self.generator, self.device, draw=torch.randn)
+            if self.step is not None and step < self.step:
+                raise ValueError(f"latent draws asked for step {step} after step {self.step}: steps go in order")
+            draws = 1 if self.redraw == "sequence" else step + 1 if self.step is None else step - self.step
+            for _ in range(draws):
+                self.xi = draw_uniform((self.rows, self.dim), self.generator, self.device, draw=torch.randn)
             self.step = step
         return self.xi

@@ -26,6 +26,9 @@ Latent = Callable[[int], torch.Tensor]  # step i -> each row's ξ (B, d) at that
 class SamplerStats:
     row_nfe: torch.Tensor | None = None  # (B,) denoiser evaluations of each row inside the N-step loop
     noise_removal_calls: int = 0
+    # (B, L) the step that revealed each position: -1 for what the start gave, N for the noise removal (the sample's
+    # unmasking trajectory, so that its likelihood can be recomputed along it)
+    reveal_step: torch.Tensor | None = None
 
     @property
     def nfe(self) -> float:
@@ -117,6 +120,7 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
     ZeRO-3 every rank must make the same calls); ``shard``: ``denoise`` returns this rank's vocabulary slice."""
     stats = stats if stats is not None else SamplerStats()
     stats.row_nfe = torch.zeros(z.shape[0], dtype=torch.long)
+    stats.reveal_step = torch.where(z == mask_id, steps, -1).cpu()
     grid = time_grid(steps)
     stale = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
     log_probs = probs = None
@@ -144,7 +148,9 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
                                     last=i == steps - 1)
         else:
             z_next = transition(i, z, log_probs, grid[i], grid[i + 1])
-        stale = (z_next != z).any(1) if cache else torch.ones_like(stale)
+        changed = z_next != z
+        stats.reveal_step[changed.cpu()] = i
+        stale = changed.any(1) if cache else torch.ones_like(stale)
         z = z_next
         if on_step is not None:
             on_step(i, grid[i + 1], z)

@@ -97,7 +97,7 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
                          "masks_left": masks, "steps": steps, "sampler": sampler, "order": str(order),
                          "latent_seed": latent_seed if latent is not None else None,
                          "temperature": temperature,
-                         "nfe": int(stats.row_nfe[i]),
+                         "nfe": int(stats.row_nfe[i]), "reveal_step": stats.reveal_step[i].tolist(),
                          "noise_removal_calls": stats.noise_removal_calls,
                          "discriminator_forward": stats.discriminator_forward,
                          "discriminator_backward": stats.discriminator_backward, "batch_seconds": seconds})

@@ -75,6 +75,10 @@ def test_xi_is_kept_over_the_sequence_or_redrawn_at_every_step_and_depends_only_
     again = LatentDraws(3, DIM, generators(1), "cpu", "step")
     assert all(torch.equal(again(i), draws[i]) for i in range(3))  # determined by the seed
     assert torch.equal(LatentDraws(1, DIM, generators(1)[1:2], "cpu")(0), first[1:2])  # a row's own stream
+    skipping = LatentDraws(3, DIM, generators(1), "cpu", "step")
+    assert torch.equal(skipping(2), draws[2]) and torch.equal(skipping(2), draws[2])  # ξ_2 whether or not 0, 1 ran
+    with pytest.raises(ValueError, match="step 1 after step 2"):
+        skipping(1)
     with pytest.raises(ValueError, match="latent redraw 'token'"):
         LatentDraws(3, DIM, generators(1), "cpu", "token")
 

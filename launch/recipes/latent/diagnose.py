@@ -1,10 +1,10 @@
 """Whether a latent-conditioned student (our extension, spec §11) coordinates through ξ or only sharpens:
 
     python launch/recipes/latent/diagnose.py --bundle NAME=BUNDLE [--bundle ...] --steps 8 [--order random]
-        [--samples 256] [--trajectories 4] [--contrasts 16] [--pairs 3] [--timing-rounds 5] --out launch/results/latent/regime/diagnostics
+        [--samples 256] [--contrasts 16] [--pairs 3] [--timing-rounds 5] --out launch/results/latent/regime/diagnostics
 
-For each bundle: a lower bound on I(ξ; x), the information ξ holds about the sample in nats
-(``pipeline.measure.latent``'s InfoNCE bound over --contrasts ξ and --trajectories shared trajectories, mean over
+For each bundle: a lower bound on I(ξ; x | τ), the information ξ holds about the sample beyond its unmasking trajectory τ, in nats
+(``pipeline.measure.latent``'s InfoNCE bound over --contrasts ξ along the trajectory that drew x, mean over
 the samples with a 95 % bootstrap interval; 0 for a student without a latent); the sampler's seconds per NFE
 (median over interleaved rounds of one 64-sample batch per bundle, so that the machine's load falls on all alike;
 as a ratio to the first bundle's); and ``--pairs`` pairs of samples drawn with one trajectory seed and two latent
@@ -41,7 +41,7 @@ def mean_interval(values: np.ndarray, rounds: int = 1000, seed: int = 0) -> tupl
 
 
 def information(bundle, rows: list[dict], args) -> np.ndarray:
-    """I(ξ; x) per sample (zeros for a model without a latent)."""
+    """I(ξ; x | τ) per sample (zeros for a model without a latent)."""
     if not bundle.latent_dim:
         return np.zeros(len(rows))
     device, dim, redraw = bundle.device, bundle.latent_dim, bundle.latent_redraw
@@ -58,8 +58,9 @@ def information(bundle, rows: list[dict], args) -> np.ndarray:
             return LatentDraws(len(batch), dim, [keyed_generator(r["latent_seed"], LATENT, r["sample"], device=device)
                                                  for r in batch], device, redraw)
 
-        out.append(latent_information(denoise, x, own, dim, redraw, args.steps, bundle.mask_id, args.order,
-                                      args.trajectories, args.contrasts, seed=first).cpu().numpy())
+        reveal = torch.tensor([r["reveal_step"] for r in batch])
+        out.append(latent_information(denoise, x, reveal, args.steps, own, dim, redraw, bundle.mask_id, args.contrasts,
+                                      seed=first).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -98,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--order", type=order_argument, default="random")
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--trajectories", type=int, default=4)
     parser.add_argument("--contrasts", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--timing-rounds", type=int, default=5)
@@ -106,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="OUT.md and OUT.json are written")
     args = parser.parse_args(argv)
     command = "python launch/recipes/latent/diagnose.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"ξ's information about the sample (`{command}`), {describe()}. The InfoNCE lower bound on I(ξ; x) in "
+    lines = [f"ξ's information about the sample (`{command}`), {describe()}. The InfoNCE lower bound on I(ξ; x | τ) in "
              f"nats per sample (at most log K = {math.log(args.contrasts):.3f} with K = {args.contrasts} ξ, the own one "
-             f"included; the critic log q(x | ξ) by teacher forcing over {args.trajectories} trajectories every ξ "
-             f"shares), {args.samples} samples at {args.steps} steps in the {args.order} order, 95% bootstrap "
-             "interval.", "",
-             "| student | I(ξ; x) ≥, nats | ξ | seconds / NFE (× the first) |", "|---|---|---|---|"]
+             "included; the critic log P(x | τ, ξ) recomputed along the unmasking trajectory τ that drew x), "
+             f"{args.samples} samples at {args.steps} steps in the {args.order} order, 95% bootstrap interval.", "",
+             "| student | I(ξ; x | τ) ≥, nats | ξ | seconds / NFE (× the first) |", "|---|---|---|---|"]
     results, examples, bundles = {}, [], {}
     for spec in args.bundle:
         name, _, path = spec.partition("=")

@@ -142,7 +142,7 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     # the diagnostics: ξ's information about the sample, the sampler's time per NFE, two ξ from one trajectory seed
     diagnose = load_script("launch/recipes/latent/diagnose.py")
     assert diagnose.main(["--bundle", f"latent={bundle}", "--bundle", f"teacher={teacher_bundle(teacher, tmp_path)}",
-                          "--steps", "4", "--samples", "8", "--trajectories", "2", "--contrasts", "3", "--pairs", "2",
+                          "--steps", "4", "--samples", "8", "--contrasts", "3", "--pairs", "2",
                           "--timing-rounds", "1", "--out", str(tmp_path / "diagnostics")]) == 0
     found = json.loads((tmp_path / "diagnostics.json").read_text())
     assert found["teacher"]["information"] == 0.0 and found["latent"]["information"] != 0.0
