@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
              f"nats per sample (at most log K = {math.log(args.contrasts):.3f} with K = {args.contrasts} ξ, the own one "
              "included; the critic log P(x | τ, ξ) recomputed along the unmasking trajectory τ that drew x), "
              f"{args.samples} samples at {args.steps} steps in the {args.order} order, 95% bootstrap interval.", "",
-             "| student | I(ξ; x | τ) ≥, nats | ξ | seconds / NFE (× the first) |", "|---|---|---|---|"]
+             "| student | I(ξ; x \\| τ) ≥, nats | ξ | seconds / NFE (× the first) |", "|---|---|---|---|"]
     results, examples, bundles = {}, [], {}
     for spec in args.bundle:
         name, _, path = spec.partition("=")

@@ -155,6 +155,12 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     rows = [line.split("|")[1:4] for line in (tmp_path / "sensitivity.md").read_text().splitlines()
             if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 5 and all(float(rows[-1][k]) > float(rows[0][k]) >= 0 for k in (1, 2))
+    # the mixture match alone, with ξ and without: two windows of joint KLs each
+    fitted = load_script("launch/recipes/latent/first_step_fit.py")
+    assert fitted.main(["--bundle", str(tmp_path / "teacher_bundle"), "--iterations", "2", "--window", "1", "--rows",
+                        "4", "--draws", "2", "--out", str(tmp_path / "fit.md")]) == 0
+    curves = [line for line in (tmp_path / "fit.md").read_text().splitlines() if line.startswith(("| factorised", "| ξ"))]
+    assert len(curves) == 2 and all(len(line.split("|")) == 5 for line in curves)
     # a latent student is no teacher: distilling from it is refused by name
     with pytest.raises(CheckpointError, match="latent-conditioned student"):
         check_teacher(from_dict(Config, distill_settings(tiny_data, bundle, tmp_path / "again")))
