@@ -161,6 +161,12 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
                         "4", "--draws", "2", "--out", str(tmp_path / "fit.md")]) == 0
     curves = [line for line in (tmp_path / "fit.md").read_text().splitlines() if line.startswith(("| factorised", "| ξ"))]
     assert len(curves) == 2 and all(len(line.split("|")) == 5 for line in curves)
+    # each step's joint KL to the product of its marginals: one row a step and the total, none negative on average
+    correlation = load_script("launch/recipes/latent/step_correlation.py")
+    assert correlation.main(["--bundle", str(tmp_path / "teacher_bundle"), "--steps", "4", "--rows", "8",
+                             "--out", str(tmp_path / "steps.md")]) == 0
+    steps = [line for line in (tmp_path / "steps.md").read_text().splitlines() if line.startswith("| ")][2:]
+    assert [line.split("|")[1].strip() for line in steps] == ["1", "2", "3", "4", "all"]
     # a latent student is no teacher: distilling from it is refused by name
     with pytest.raises(CheckpointError, match="latent-conditioned student"):
         check_teacher(from_dict(Config, distill_settings(tiny_data, bundle, tmp_path / "again")))
