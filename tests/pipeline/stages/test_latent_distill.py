@@ -161,7 +161,7 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
                         "4", "--draws", "2", "--out", str(tmp_path / "fit.md")]) == 0
     curves = [line for line in (tmp_path / "fit.md").read_text().splitlines() if line.startswith(("| factorised", "| ξ"))]
     assert len(curves) == 2 and all(len(line.split("|")) == 5 for line in curves)
-    # each step's joint KL to the product of its marginals: one row a step and the total, none negative on average
+    # each step's joint KL to the product of its marginals: one row a step, and the total
     correlation = load_script("launch/recipes/latent/step_correlation.py")
     assert correlation.main(["--bundle", str(tmp_path / "teacher_bundle"), "--steps", "4", "--rows", "8",
                              "--out", str(tmp_path / "steps.md")]) == 0
