@@ -22,7 +22,7 @@ import torch
 from models.diffusion import subs_log_probs
 from models.didi import mixture_log_likelihood, teacher_joint_sample
 from pipeline.bundle import load_bundle, new_dit
-from pipeline.measure.machine import describe
+from pipeline.measure.machine import describe, write_markdown
 
 
 def fit(bundle: str, latent: int, args) -> list[float]:
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
              "| student | " + " | ".join(f"its. {end - args.window + 1}–{end}" for end in ends) + " |",
              "|---|" + "---|" * len(ends)]
     lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for name, values in curves.items()]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

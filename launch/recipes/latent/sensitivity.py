@@ -19,7 +19,7 @@ import torch
 
 from models.diffusion import subs_log_probs
 from pipeline.bundle import load_bundle, new_dit
-from pipeline.measure.machine import describe
+from pipeline.measure.machine import describe, write_markdown
 
 NORMS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -61,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
              f"scale: |e_σ| = {c0:.1f} (the conditioning vector at σ = 0, before its SiLU), |E[MASK]| = {e0:.2f}.", "",
              "| norm | added to the conditioning vector | added to every [MASK] embedding |", "|---|---|---|"]
     lines += [f"| {norm:g} | {kls['condition', norm]:.4f} | {kls['mask', norm]:.4f} |" for norm in NORMS]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

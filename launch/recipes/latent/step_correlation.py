@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -21,7 +20,7 @@ from models.didi import teacher_joint_sample
 from models.sampler import ancestral_sample, time_grid
 from models.vocab_parallel import take
 from pipeline.bundle import load_bundle
-from pipeline.measure.machine import describe
+from pipeline.measure.machine import describe, write_markdown
 
 
 @torch.no_grad()
@@ -62,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {k + 1} | {grid[k]:.3f} → {grid[k + 1]:.3f} | {a:.3f} | {b:.3f} |"
               for k, (a, b) in enumerate(zip(per_sequence, per_position))]
     lines.append(f"| all | | {sum(per_sequence):.3f} | |")
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":
