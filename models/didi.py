@@ -266,9 +266,12 @@ def entropy(log_p: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None 
 
 def student_loss(weight: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor,
                  kls: Sequence[torch.Tensor], entropies: Sequence[torch.Tensor], cs: Sequence[float] = (0.01, 0.01),
-                 lambda_kl: float = 1.0, lambda_h: float = 5e-4) -> torch.Tensor:
+                 lambda_kl: float = 1.0, lambda_h: float = 5e-4, match: torch.Tensor | None = None,
+                 lambda_match: float = 0.0) -> torch.Tensor:
     """L_S = −mean(ω·Â·log P) + λ_KL Σ_k c_k KL_k − λ_H·mean_k H_k over the rollout's steps (the paper's two:
-    c1 KL1 + c2 KL2 and ½(H1 + H2)); ω and Â are detached."""
+    c1 KL1 + c2 KL2 and ½(H1 + H2)); ω and Â are detached. With ``match`` (B',), the rows' mixture
+    log-likelihoods of the teacher's joint fill (``mixture_log_likelihood``; our extension), − λ_match·mean(match)."""
     pg = -(weight.detach() * advantages.detach() * log_prob).mean()
     kl = sum(c * k for c, k in zip(cs, kls, strict=True))
-    return pg + lambda_kl * kl - lambda_h * sum(entropies) / len(entropies)
+    loss = pg + lambda_kl * kl - lambda_h * sum(entropies) / len(entropies)
+    return loss if match is None else loss - lambda_match * match.mean()

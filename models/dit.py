@@ -8,10 +8,11 @@ no-bias LayerNorms, MLP ratio 4 with GELU-tanh, zero-initialised adaLN modulatio
 untied embeddings, output width V + 1). Linear layers come from a layer factory (``models.layers``).
 
 ``latent_dim`` > 0 (our extension, spec §11: the latent-conditioned student) adds a per-sequence input ξ through a
-zero-initialised projection W_ξ, either into the embedding of every [MASK] position, h_i = E[MASK] + W_ξ ξ (``latent_input="mask"``:
-noise in the mask input; revealed tokens keep theirs), or into the conditioning vector, c = SiLU(σ-embedding + W_ξ ξ)
-(``"condition"``; a teacher trained at σ = 0 all but ignores c, measured in docs/distillation.md). With W_ξ = 0 the model is exactly the
-one without it, so a student made from its teacher starts as the teacher.
+zero-initialised projection W_ξ, either into the embedding of every [MASK] position, h_i = E[MASK] + W_ξ ξ
+(``latent_input="mask"``: noise in the mask input; revealed tokens keep theirs), or into the conditioning vector,
+c = SiLU(σ-embedding + W_ξ ξ) (``"condition"``; a teacher trained at σ = 0 all but ignores c, measured in
+docs/distillation.md). With W_ξ = 0 the model is exactly the one without it, so a student made from its teacher
+starts as the teacher.
 """
 from __future__ import annotations
 
@@ -127,6 +128,13 @@ class FinalLayer(nn.Module):
 LATENT_INPUTS = ("condition", "mask")
 
 
+def latent_width(latent_input: str, hidden_size: int, cond_dim: int) -> int:
+    """The output width of W_ξ: the token embeddings' for ``mask``, the conditioning vector's for ``condition``."""
+    if latent_input not in LATENT_INPUTS:
+        raise ValueError(f"latent_input {latent_input!r}: one of {', '.join(LATENT_INPUTS)}")
+    return hidden_size if latent_input == "mask" else cond_dim
+
+
 class DiT(nn.Module):
     """``forward(x, sigma, latent)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); latent (B,
     latent_dim) or None (ξ = 0, the centre of its prior); returns (B, L, V + 1) (under tensor parallelism, this
@@ -144,11 +152,9 @@ class DiT(nn.Module):
         self.vocab_shard = layers.vocab_shard(vocab_size + 1)  # this rank's output columns (None: all)
         self.vocab_embed = layers.embedding(vocab_size + 1, hidden_size)
         self.sigma_map = SigmaEmbedder(cond_dim)
-        if latent_input not in LATENT_INPUTS:
-            raise ValueError(f"latent_input {latent_input!r}: one of {', '.join(LATENT_INPUTS)}")
+        width = latent_width(latent_input, hidden_size, cond_dim)
         self.latent_dim, self.latent_input = latent_dim, latent_input
         if latent_dim:
-            width = hidden_size if latent_input == "mask" else cond_dim
             self.latent_map = layers.linear(latent_dim, width, bias=False, role="replicated", zero_init=True)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, cond_dim, mlp_ratio, dropout, layers, causal)
                                     for _ in range(num_layers))

@@ -120,7 +120,7 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
     ZeRO-3 every rank must make the same calls); ``shard``: ``denoise`` returns this rank's vocabulary slice."""
     stats = stats if stats is not None else SamplerStats()
     stats.row_nfe = torch.zeros(z.shape[0], dtype=torch.long)
-    stats.reveal_step = torch.where(z == mask_id, steps, -1).cpu()
+    reveal_step = torch.where(z == mask_id, steps, -1)  # on z's device: no host sync per step
     grid = time_grid(steps)
     stale = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
     log_probs = probs = None
@@ -149,11 +149,12 @@ def ancestral_sample(denoise: Denoiser, z: torch.Tensor, steps: int, mask_id: in
         else:
             z_next = transition(i, z, log_probs, grid[i], grid[i + 1])
         changed = z_next != z
-        stats.reveal_step[changed.cpu()] = i
+        reveal_step[changed] = i
         stale = changed.any(1) if cache else torch.ones_like(stale)
         z = z_next
         if on_step is not None:
             on_step(i, grid[i + 1], z)
+    stats.reveal_step = reveal_step.cpu()
     still_masked = z == mask_id
     if still_masked.any():
         probs = add_to_column(evaluate(steps - 1), mask_id, NEG_INF, shard).exp()

@@ -37,7 +37,7 @@ from models.didi import (Rollout, beta_density, coupled_corruption, discriminato
                          teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
-from models.dit import DiT
+from models.dit import DiT, latent_width
 from models.latent import LatentDraws
 from models.sampler import ancestral_sample
 from models.unmasking import UnmaskingOrder
@@ -123,7 +123,7 @@ def student_weights(cfg: Config, weights: dict[str, torch.Tensor]) -> dict[str, 
     c = cfg.distill
     if not c.latent:
         return weights
-    width = cfg.model.hidden_size if c.latent_input == "mask" else cfg.model.cond_dim
+    width = latent_width(c.latent_input, cfg.model.hidden_size, cfg.model.cond_dim)
     projection = torch.randn(width, c.latent, generator=keyed_generator(cfg.run.seed, LATENT_INIT))
     return {**weights, "latent_map.weight": projection * c.latent_init}
 
@@ -373,17 +373,17 @@ class Distiller:
             weight = weight / beta_density(disc.t, c.tau_a, c.tau_b)
         return RewardResult(d_fake, rewards, advantages, weight, scores)
 
-    def first_predictions(self, step: int) -> torch.Tensor:
+    def first_predictions(self, step: int, roll: Rollout) -> torch.Tensor:
         """The student's predictions at the all-[MASK] state (M, L, V + 1) for ``latent_match_draws`` fresh ξ, the
-        same on every rank (one row without a latent): the mixture the mixture match fits."""
+        same on every rank: the mixture the mixture match fits. Without a latent, the rollout's own first
+        prediction (one row: every row's input is the same)."""
         c = self.cfg.distill
-        draws = c.latent_match_draws if c.latent else 1
-        z = torch.full((draws, self.cfg.model.seq_len), self.mask_id, device=self.d.device)
         if not c.latent:
-            return self._student(z)
-        xi = LatentDraws(draws, c.latent, [keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, j, 1,
-                                                           device=self.d.device) for j in range(draws)],
-                         self.d.device)
+            return roll.log_probs[0][:1]
+        z = torch.full((c.latent_match_draws, self.cfg.model.seq_len), self.mask_id, device=self.d.device)
+        xi = LatentDraws(c.latent_match_draws, c.latent, [
+            keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, j, 1, device=self.d.device)
+            for j in range(c.latent_match_draws)], self.d.device)
         return self._student(z, xi(0))
 
     def student_step(self, step: int, rollout: RolloutResult, teacher: TeacherResult,
@@ -402,13 +402,13 @@ class Distiller:
             kls = [jeffreys(target, p, m, c.jeffreys_beta, n, self.shard) for target, p, m, n in steps]
         hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
         lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
-        loss = student_loss(reward.weight, reward.advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas)
-        match_kl = None
+        log_q = match_kl = None
         if teacher.fill is not None:  # the first step's ξ-mixture fitted to the teacher's joint fill
             fill = teacher.fill
-            log_q = mixture_log_likelihood(self.first_predictions(step), fill.y, fill.where, self.shard)
-            loss = loss - c.latent_match * log_q.mean()
+            log_q = mixture_log_likelihood(self.first_predictions(step, roll), fill.y, fill.where, self.shard)
             match_kl = (fill.log_t - log_q.detach()).sum() / self._global_count(fill.where).clamp(min=1)
+        loss = student_loss(reward.weight, reward.advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas,
+                            match=log_q, lambda_match=c.latent_match)
         self.student.backward(loss)
         self.student.step()
         return StudentResult(loss, kls, hs, match_kl)

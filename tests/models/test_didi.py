@@ -194,6 +194,12 @@ def test_student_loss_by_hand_and_detached_weights():
     assert one.item() == pytest.approx(pg + 2.0 * 0.3 * 0.2 - 0.1 * 1.0)
     with pytest.raises(ValueError):
         student_loss(w, a, lp, (kl1,), (h1,), (0.01, 0.01))
+    # the mixture match (our extension): minus λ_match times the rows' mean mixture log-likelihood, with grad
+    match = torch.tensor([-2.0, -6.0], requires_grad=True)
+    matched = student_loss(w, a, lp, (kl1,), (h1,), (0.3,), lambda_kl=2.0, lambda_h=0.1, match=match, lambda_match=3.0)
+    assert matched.item() == pytest.approx(one.item() + 3.0 * 4.0)
+    matched.backward()
+    assert torch.allclose(match.grad, torch.tensor([-1.5, -1.5]))
 
 
 def test_masked_means_with_a_shared_count_average_to_the_global_mean():

@@ -13,9 +13,7 @@ over windows of iterations; the factorised student can lower it only by fitting 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -28,8 +26,8 @@ from pipeline.measure.machine import describe, write_markdown
 def fit(bundle: str, latent: int, args) -> list[float]:
     """The window means of the joint KL over ``args.iterations`` Adam steps of the match alone."""
     torch.manual_seed(args.seed)
-    teacher = load_bundle(bundle).model.eval()
-    spec = json.loads((Path(bundle) / "manifest.json").read_text())["model"]
+    loaded = load_bundle(bundle)
+    teacher, spec = loaded.model.eval(), loaded.manifest["model"]
     student = new_dit({**spec, "latent_dim": latent, "latent_input": "mask"})
     student.load_state_dict(teacher.state_dict(), strict=False)
     if latent:

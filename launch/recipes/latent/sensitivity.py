@@ -11,13 +11,12 @@ vector and of one token embedding for scale.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from models.diffusion import subs_log_probs
+from models.dit import latent_width
 from pipeline.bundle import load_bundle, new_dit
 from pipeline.measure.machine import describe, write_markdown
 
@@ -27,10 +26,11 @@ NORMS = (0.5, 1.0, 2.0, 4.0, 8.0)
 def shifted(bundle: str, place: str):
     """The bundle's model with an identity latent projection at ``place``: model(z, σ, v) adds v itself to c or to
     the embedding of every [MASK] position (the DiT's own ``distill.latent_input`` paths)."""
-    spec = json.loads((Path(bundle) / "manifest.json").read_text())["model"]
-    width = spec["hidden_size"] if place == "mask" else spec["cond_dim"]
+    loaded = load_bundle(bundle)
+    spec = loaded.manifest["model"]
+    width = latent_width(place, spec["hidden_size"], spec["cond_dim"])
     model = new_dit({**spec, "latent_dim": width, "latent_input": place})
-    model.load_state_dict(load_bundle(bundle).model.state_dict(), strict=False)
+    model.load_state_dict(loaded.model.state_dict(), strict=False)
     model.latent_map.weight.copy_(torch.eye(width))
     return model.eval(), width, spec["seq_len"]
 

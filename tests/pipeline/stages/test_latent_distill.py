@@ -218,7 +218,7 @@ def test_the_projection_starts_at_zero_or_drawn_from_the_seed_at_the_given_scale
     from pipeline.stages.distill import student_weights
 
     def projection(seed, **distill):
-        cfg = SimpleNamespace(run=SimpleNamespace(seed=seed), model=SimpleNamespace(cond_dim=64),
+        cfg = SimpleNamespace(run=SimpleNamespace(seed=seed), model=SimpleNamespace(cond_dim=64, hidden_size=32),
                               distill=from_dict(DistillConfig, {"teacher": "t", "latent": 16, **distill}))
         return student_weights(cfg, {"w": torch.ones(1)})["latent_map.weight"]
 
