@@ -7,7 +7,8 @@ the [MASK] embeddings and without ξ:
 
 Each iteration: 32 rows, each position revealed with probability 1/8 (the first of 8 random-order steps), the
 teacher's 4-sub-step fill y, and one Adam step on −mean log (1/M) Σ_j Π_i q(y_i | z_1, ξ_j) over M = 32 fresh ξ
-(one row without ξ). Reported: the joint KL per revealed position, Σ (log T(y) − log q̄(y)) / Σ |S|, averaged
+(one row without ξ; with ``--dropout p``, a third student whose M rows differ only by their dropout masks, the
+noise a trained DiT already responds to). Reported: the joint KL per revealed position, Σ (log T(y) − log q̄(y)) / Σ |S|, averaged
 over windows of iterations; the factorised student can lower it only by fitting the fills' marginals.
 """
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pipeline.bundle import load_bundle, new_dit
 from pipeline.measure.machine import describe, write_markdown
 
 
-def fit(bundle: str, latent: int, args) -> list[float]:
-    """The window means of the joint KL over ``args.iterations`` Adam steps of the match alone."""
+def fit(bundle: str, latent: int, args, dropout: float = 0.0) -> list[float]:
+    """The window means of the joint KL over ``args.iterations`` Adam steps of the match alone; with ``dropout``
+    the student's M rows draw their own dropout masks (a mixture without ξ)."""
     torch.manual_seed(args.seed)
     loaded = load_bundle(bundle)
     teacher, spec = loaded.model.eval(), loaded.manifest["model"]
-    student = new_dit({**spec, "latent_dim": latent, "latent_input": "mask"})
+    student = new_dit({**spec, "latent_dim": latent, "latent_input": "mask"}, dropout)
     student.load_state_dict(teacher.state_dict(), strict=False)
     if latent:
         with torch.no_grad():
@@ -49,7 +51,7 @@ def fit(bundle: str, latent: int, args) -> list[float]:
         where = torch.rand(rows, length) < 1 / args.rollout_steps
         with torch.no_grad():
             y, log_t = teacher_joint_sample(lambda s: log_probs(teacher, s), z, where, 4, mask, generators)
-        draws = args.draws if latent else 1
+        draws = args.draws if latent or dropout else 1
         start = torch.full((draws, length), mask)
         first = log_probs(student, start, torch.randn(draws, latent)) if latent else log_probs(student, start)
         log_q = mixture_log_likelihood(first, y, where)
@@ -75,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-init", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--latent-lr-scale", type=float, default=10.0)
+    parser.add_argument("--dropout", type=float, default=0.0, help="also fit a student mixed by dropout masks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     curves = {"factorised": fit(args.bundle, 0, args), f"ξ ∈ R^{args.latent}": fit(args.bundle, args.latent, args)}
+    if args.dropout:
+        curves[f"dropout {args.dropout:g} (M masks)"] = fit(args.bundle, 0, args, args.dropout)
     ends = [(k + 1) * args.window for k in range(len(next(iter(curves.values()))))]
     command = "python launch/recipes/latent/first_step_fit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"The first step fitted by the mixture match alone (`{command}`), {describe()}: the joint KL per revealed "
