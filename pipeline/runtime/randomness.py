@@ -34,6 +34,9 @@ class Purpose(IntEnum):
 
 
 def keyed_seed(*keys: int) -> int:
+    """A seed from non-negative integer keys. NumPy's SeedSequence ignores trailing zero words, so (a, b) and
+    (a, b, 0) give one seed: keys of one purpose must have one length (or end in a non-zero key), as every caller's
+    do. Encoding the length would change every stream and with it every recorded result, so it is a rule."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
