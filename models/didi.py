@@ -178,14 +178,14 @@ def teacher_joint_sample(teacher: Callable[[torch.Tensor], torch.Tensor], z: tor
 def mixture_log_likelihood(log_p: torch.Tensor, y: torch.Tensor, where: torch.Tensor,
                            shard: VocabShard | None = None) -> torch.Tensor:
     """log (1/M) Σ_j Π_{i ∈ where_r} q(y_{r,i} | ξ_j) (B,) for every row r of ``y``, from the predictions ``log_p``
-    (M, L, V + 1) of M draws ξ_j at one shared input (our extension, spec §11: the all-[MASK] state, where ξ's
-    posterior is its prior). An importance-weighted bound on log E_ξ q(y | ξ) that tightens as M grows; unlike a
-    per-position KL it rewards ξ for making the tokens of one step agree. With M = 1 (no ξ) it is the product
-    likelihood."""
-    rows = y.shape[0]
-    terms = torch.stack([(take(log_p[j:j + 1].expand(rows, -1, -1), y, shard) * where).sum(-1)
-                         for j in range(log_p.shape[0])])
-    return torch.logsumexp(terms, 0) - math.log(log_p.shape[0])
+    of M draws ξ_j: (M, L, V + 1) at one input every row shares, or (B, M, L, V + 1) at each row's own (our
+    extension, spec §11: states where ξ's posterior is its prior). An importance-weighted bound on
+    log E_ξ q(y | ξ) that tightens as M grows; unlike a per-position KL it rewards ξ for making the tokens of one
+    step agree. With M = 1 (no ξ) it is the product likelihood."""
+    rows, draws = y.shape[0], log_p.shape[-3]
+    per_row = log_p if log_p.dim() == 4 else log_p.unsqueeze(0).expand(rows, -1, -1, -1)
+    terms = torch.stack([(take(per_row[:, j], y, shard) * where).sum(-1) for j in range(draws)])
+    return torch.logsumexp(terms, 0) - math.log(draws)
 
 
 def marginal_log_prob(trajectory_log_probs: torch.Tensor) -> torch.Tensor:

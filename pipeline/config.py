@@ -262,6 +262,10 @@ class DistillConfig:
     latent_match: float = 0.0
     latent_match_substeps: int = 4
     latent_match_draws: int = 32  # M: the ξ of the mixture, fresh each iteration (one forward of M rows)
+    # which step the match fits: the first (all [MASK], M rows shared by every rollout row), or every: each row one
+    # of its steps, drawn uniformly (M rows per rollout row). At a later state ξ's posterior is its prior only when
+    # ξ is drawn afresh there, so every needs latent_redraw: step
+    latent_match_at: Literal["first", "every"] = "first"
 
     @property
     def steps(self) -> int:
@@ -292,10 +296,14 @@ class DistillConfig:
             if not self.latent and getattr(self, name) != default:
                 raise ConfigError(f"distill.{name}: {getattr(self, name)} sets how the student's latent ξ is used, "
                                   "but distill.latent is 0 (no latent); set distill.latent to its dimension, e.g. 16")
-        for name, default in (("latent_match_substeps", 4), ("latent_match_draws", 32)):
+        for name, default in (("latent_match_substeps", 4), ("latent_match_draws", 32), ("latent_match_at", "first")):
             if not self.latent_match and getattr(self, name) != default:
                 raise ConfigError(f"distill.{name}: {getattr(self, name)} sets the mixture match, but "
                                   "distill.latent_match is 0 (off); set its weight, e.g. 1")
+        if self.latent_match_at == "every" and self.latent and self.latent_redraw != "step":
+            raise ConfigError("distill.latent_match_at: every fits the student's ξ-mixture at later states, where a "
+                              "ξ drawn once per sequence is no longer independent of the state; set "
+                              "distill.latent_redraw: step")
         _order("distill.rollout_order", self.rollout_order)
         if self.rollout_steps < 2:
             raise ConfigError(f"distill.rollout_steps: {self.rollout_steps}; a rollout has at least 2 steps (the "

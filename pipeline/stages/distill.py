@@ -39,7 +39,7 @@ from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
 from models.dit import DiT, latent_width
 from models.latent import LatentDraws
-from models.sampler import ancestral_sample
+from models.sampler import ancestral_sample, draw_uniform
 from models.unmasking import UnmaskingOrder
 from pipeline.bundle import verify_bundle
 from pipeline.config import Config, DistillConfig, dit_for
@@ -156,8 +156,10 @@ class RolloutResult:
 
 @dataclass
 class JointFill:
-    """``distill.latent_match``: the positions each row's first step revealed, the teacher's joint fill y of them
-    (the rest [MASK]) and log T(y)."""
+    """``distill.latent_match``: each row's matched rollout step k (its first, or one drawn uniformly), the state z_k
+    it started from, the positions it revealed, the teacher's joint fill y of them from z_k and log T(y)."""
+    step: torch.Tensor
+    start: torch.Tensor
     where: torch.Tensor
     y: torch.Tensor
     log_t: torch.Tensor
@@ -198,7 +200,7 @@ class RewardResult:
 @dataclass
 class StudentResult:
     """The student phase: its loss, the KL and entropy at each rollout state, and (``distill.latent_match``) the
-    first step's joint KL from the teacher's fill to the group's ξ-mixture, per revealed position."""
+    matched step's joint KL from the teacher's fill to the student's ξ-mixture, per revealed position."""
     loss: torch.Tensor
     kls: list[torch.Tensor]
     hs: list[torch.Tensor]
@@ -325,14 +327,20 @@ class Distiller:
         return TeacherResult(targets, real, self.joint_fill(step, rollout.roll) if self.cfg.distill.latent_match else None)
 
     def joint_fill(self, step: int, roll: Rollout) -> JointFill:
-        """The teacher's joint fill of the positions each row's first rollout step revealed, from all [MASK]."""
+        """The teacher's joint fill of the positions each row's matched rollout step revealed, from the state that
+        step started in (``distill.latent_match_at``: the first step, or one per row drawn uniformly)."""
         c = self.cfg.distill
-        first = roll.states[1] if len(roll.states) > 1 else roll.x
-        where = first != self.mask_id
-        y, log_t = teacher_joint_sample(lambda z: self._log_probs(self.teacher, z), roll.states[0], where,
-                                        c.latent_match_substeps, self.mask_id,
-                                        self.generators(step, LATENT_MATCH, c.rollout_rows), self.shard)
-        return JointFill(where, y, log_t)
+        rows = torch.arange(c.rollout_rows, device=self.d.device)
+        gens = self.generators(step, LATENT_MATCH, c.rollout_rows)
+        k = torch.zeros_like(rows)
+        if c.latent_match_at == "every":
+            k = (draw_uniform((c.rollout_rows, 1), gens, self.d.device)[:, 0] * len(roll.states)).long()
+            k = k.clamp(max=len(roll.states) - 1)
+        start = torch.stack(roll.states)[k, rows]
+        where = (start == self.mask_id) & (torch.stack([*roll.states[1:], roll.x])[k, rows] != self.mask_id)
+        y, log_t = teacher_joint_sample(lambda z: self._log_probs(self.teacher, z), start, where,
+                                        c.latent_match_substeps, self.mask_id, gens, self.shard)
+        return JointFill(k, start, where, y, log_t)
 
     def discriminator_step(self, step: int, rollout: RolloutResult, teacher: TeacherResult) -> DiscriminatorResult:
         """Fake (rollout) and real rows noised with coupled masks at time t (the rollout's τ when coupled), and
@@ -373,18 +381,27 @@ class Distiller:
             weight = weight / beta_density(disc.t, c.tau_a, c.tau_b)
         return RewardResult(d_fake, rewards, advantages, weight, scores)
 
-    def first_predictions(self, step: int, roll: Rollout) -> torch.Tensor:
-        """The student's predictions at the all-[MASK] state (M, L, V + 1) for ``latent_match_draws`` fresh ξ, the
-        same on every rank: the mixture the mixture match fits. Without a latent, the rollout's own first
-        prediction (one row: every row's input is the same)."""
+    def match_predictions(self, step: int, roll: Rollout, fill: JointFill) -> torch.Tensor:
+        """The student's predictions for ``latent_match_draws`` fresh ξ where the match is fitted: the mixture it
+        fits. At the first step (all [MASK]) one set of M rows (M, L, V + 1), the same on every rank; at every
+        step M rows per rollout row at its state z_k (B', M, L, V + 1), keyed by the global row. Without a latent,
+        the rollout's own prediction at each row's matched state (no extra forward)."""
         c = self.cfg.distill
+        rows = torch.arange(c.rollout_rows, device=self.d.device)
         if not c.latent:
-            return roll.log_probs[0][:1]
-        z = torch.full((c.latent_match_draws, self.cfg.model.seq_len), self.mask_id, device=self.d.device)
-        xi = LatentDraws(c.latent_match_draws, c.latent, [
-            keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, j, 1, device=self.d.device)
-            for j in range(c.latent_match_draws)], self.d.device)
-        return self._student(z, xi(0))
+            return roll.log_probs[0][:1] if c.latent_match_at == "first" else torch.stack(
+                roll.log_probs)[fill.step, rows].unsqueeze(1)
+        draws, first = c.latent_match_draws, self.d.data_rank * c.rollout_rows
+        if c.latent_match_at == "first":
+            z, keys = torch.full((draws, self.cfg.model.seq_len), self.mask_id, device=self.d.device), [
+                (j, 1) for j in range(draws)]
+        else:
+            z, keys = fill.start.repeat_interleave(draws, 0), [(first + r, j, 2) for r in range(c.rollout_rows)
+                                                                for j in range(draws)]
+        xi = LatentDraws(z.shape[0], c.latent, [keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, *key,
+                                                                device=self.d.device) for key in keys], self.d.device)
+        log_p = self._student(z, xi(0))
+        return log_p if c.latent_match_at == "first" else log_p.view(c.rollout_rows, draws, *log_p.shape[1:])
 
     def student_step(self, step: int, rollout: RolloutResult, teacher: TeacherResult,
                      reward: RewardResult) -> StudentResult:
@@ -403,9 +420,9 @@ class Distiller:
         hs = [entropy(p, m, n, self.shard) for _, p, m, n in steps]
         lambdas = (c.lambda_kl, c.lambda_h) if c.regularisation else (0.0, 0.0)
         log_q = match_kl = None
-        if teacher.fill is not None:  # the first step's ξ-mixture fitted to the teacher's joint fill
+        if teacher.fill is not None:  # the matched step's ξ-mixture fitted to the teacher's joint fill
             fill = teacher.fill
-            log_q = mixture_log_likelihood(self.first_predictions(step, roll), fill.y, fill.where, self.shard)
+            log_q = mixture_log_likelihood(self.match_predictions(step, roll, fill), fill.y, fill.where, self.shard)
             match_kl = (fill.log_t - log_q.detach()).sum() / self._global_count(fill.where).clamp(min=1)
         loss = student_loss(reward.weight, reward.advantages, roll.log_prob, kls, hs, kl_weights(c), *lambdas,
                             match=log_q, lambda_match=c.latent_match)

@@ -158,6 +158,13 @@ def test_the_mixture_likelihood_is_the_log_mean_over_the_xi_draws_of_each_rows_p
     assert mixture_log_likelihood(log_p, y, torch.zeros_like(where)).abs().max() < 1e-6  # log 1
     product = mixture_log_likelihood(log_p[:1], y, where)  # one draw: the product likelihood
     assert torch.allclose(product, (log_p[0].expand(rows, -1, -1).gather(-1, y[..., None])[..., 0] * where).sum(-1))
+    # each row its own M predictions (the match at every step): row r against its own draws only
+    own = torch.randn(rows, draws, length, vocab).log_softmax(-1)
+    found = mixture_log_likelihood(own, y, where)
+    for r in range(rows):
+        assert found[r].item() == pytest.approx(mixture_log_likelihood(own[r], y[r:r + 1], where[r:r + 1]).item())
+    assert torch.allclose(mixture_log_likelihood(log_p.expand(rows, -1, -1, -1), y, where),
+                          mixture_log_likelihood(log_p, y, where))
 
 
 def copying_teacher(z):

@@ -35,7 +35,8 @@ def _iterate_latent(rank, world_size, cfg_dict):
 def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches_one_process(tiny_data, teacher,
                                                                                              tmp_path):
     changes = {**LATENT, "distill__latent_kl": "marginal", "distill__latent_match": 1.0,
-               "distill__latent_match_draws": 4, "distill__latent_input": "mask"}
+               "distill__latent_match_draws": 4, "distill__latent_input": "mask", "distill__latent_match_at": "every",
+               "distill__latent_redraw": "step"}  # the match's ξ and steps keyed by the global row
     one = run_ranks(_iterate_latent, 1, distill_settings(tiny_data, teacher, tmp_path / "one", distill__rollout_rows=16,
                                                          **changes))[0]
     two = run_ranks(_iterate_latent, 2, distill_settings(tiny_data, teacher, tmp_path / "two", train__zero_stage=3,
@@ -89,22 +90,24 @@ def test_the_marginal_kl_regularises_the_groups_mixture_at_the_first_state_only(
 def test_the_mixture_match_adds_the_first_steps_joint_fit_and_is_zero_for_the_teacher_against_its_own_draws(
         tiny_data, teacher, tmp_path):
     """The same student and rollout with and without the match: only the loss changes. A student that is still the
-    teacher (W_ξ = 0), against the teacher's one-sub-step fill (independent draws from T(· | z_1)), has the
+    teacher (W_ξ = 0), against the teacher's one-sub-step fill (independent draws from T(· | z_k)), has the
     teacher's likelihood for every ξ: the logged KL is 0, which checks which positions and rows are paired; and
-    the same for a factorised student (the control arm)."""
+    the same for a factorised student (the control arm), at the first step and at each row's drawn step."""
     shared = {**LATENT, "distill__latent_kl": "marginal"}
+    itself = {"distill__latent_match": 1.0, "distill__latent_match_substeps": 1}
+    every = {**itself, "distill__latent_match_at": "every"}
     configs = [distill_settings(tiny_data, teacher, tmp_path / name, **shared, **changes) for name, changes in (
         ("off", {"distill__latent_init": 0.3}), ("on", {"distill__latent_init": 0.3, "distill__latent_match": 2.0}),
-        ("teacher", {"distill__latent_match": 1.0, "distill__latent_match_substeps": 1}))]
-    configs.append(distill_settings(tiny_data, teacher, tmp_path / "factorised", model__dropout=0.0,
-                                    distill__latent_match=1.0, distill__latent_match_substeps=1))
-    off, on, itself, factorised = run_ranks(_first_iteration_per_kl, 1, configs)[0]
+        ("teacher", itself), ("teacher_every", {**every, "distill__latent_redraw": "step"}))]
+    configs += [distill_settings(tiny_data, teacher, tmp_path / name, model__dropout=0.0, **changes)
+                for name, changes in (("factorised", itself), ("factorised_every", every))]
+    off, on, *identities = run_ranks(_first_iteration_per_kl, 1, configs)[0]
     assert "student/match_kl" not in off and on["student/match_kl"] > 0
     for key in ("student/log_prob", "student/kl_step1", "student/kl_step2", "student/entropy", "reward/mean"):
         assert on[key] == off[key], key
     assert on["student/loss"] != off["student/loss"]
-    assert abs(itself["student/match_kl"]) < 1e-5
-    assert abs(factorised["student/match_kl"]) < 1e-5  # without ξ: the product likelihood, the same identity
+    # without ξ: the product likelihood, the same identity
+    assert all(abs(metrics["student/match_kl"]) < 1e-5 for metrics in identities), identities
 
 
 @pytest.mark.distributed
@@ -195,7 +198,7 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
                        ("latent_init", 0.1)):
         with pytest.raises(ConfigError, match=f"distill.{key}: .* distill.latent is 0"):
             from_dict(DistillConfig, {"teacher": "t", key: value})
-    for key, value in (("latent_match_substeps", 8), ("latent_match_draws", 4)):
+    for key, value in (("latent_match_substeps", 8), ("latent_match_draws", 4), ("latent_match_at", "every")):
         with pytest.raises(ConfigError, match=f"distill.{key}: {value} .* distill.latent_match is 0"):
             from_dict(DistillConfig, {"teacher": "t", key: value})
     with pytest.raises(ConfigError, match="distill.latent_input: mask .* distill.latent is 0"):
@@ -206,6 +209,11 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
         from_dict(DistillConfig, {"teacher": "t", "latent": -1})
     with pytest.raises(ConfigError, match="latent_redraw"):
         from_dict(DistillConfig, {"teacher": "t", "latent": 4, "latent_redraw": "token"})
+    every = {"teacher": "t", "latent": 4, "latent_match": 1.0, "latent_match_at": "every"}
+    with pytest.raises(ConfigError, match="distill.latent_match_at: every .* distill.latent_redraw: step"):
+        from_dict(DistillConfig, every)
+    assert from_dict(DistillConfig, {**every, "latent_redraw": "step"}).latent_match_at == "every"
+    assert from_dict(DistillConfig, {**every, "latent": 0}).latent_match_at == "every"  # the factorised control
     assert from_dict(DistillConfig, {"teacher": "t", "latent": 16, "latent_kl": "marginal"}).latent_kl == "marginal"
 
 
