@@ -168,14 +168,16 @@ class DiT(nn.Module):
         h = self.vocab_embed(x)
         c = self.sigma_map(sigma)
         if latent is not None:
-            if not self.latent_dim or latent.shape != (x.shape[0], self.latent_dim):
-                raise ValueError(f"latent of shape {tuple(latent.shape)}: this DiT takes (batch {x.shape[0]}, "
-                                 f"latent_dim {self.latent_dim})" + ("" if self.latent_dim else ": it has no latent input"))
+            shapes = [(x.shape[0], self.latent_dim)] + [(*x.shape[:2], self.latent_dim)] * (self.latent_input == "mask")
+            if not self.latent_dim or latent.shape not in shapes:
+                raise ValueError(f"latent of shape {tuple(latent.shape)}: this DiT takes "
+                                 + (" or ".join(map(str, shapes)) if self.latent_dim else "none: it has no latent input"))
             shift = self.latent_map(latent.to(c.dtype))
-            if self.latent_input == "mask":
+            if self.latent_input == "mask":  # one ξ per sequence, or (B, L, d) one per position
                 if x.dim() != 2:
                     raise ValueError("a latent at the [MASK] embeddings needs token ids, not soft inputs")
-                h = h + (x == self.mask_id)[..., None].to(h.dtype) * shift[:, None, :].to(h.dtype)
+                shift = shift if shift.dim() == 3 else shift[:, None, :]
+                h = h + (x == self.mask_id)[..., None].to(h.dtype) * shift.to(h.dtype)
             else:
                 c = c + shift
         c = F.silu(c)

@@ -53,7 +53,8 @@ def fit(bundle: str, latent: int, args, dropout: float = 0.0) -> list[float]:
             y, log_t = teacher_joint_sample(lambda s: log_probs(teacher, s), z, where, 4, mask, generators)
         draws = args.draws if latent or dropout else 1
         start = torch.full((draws, length), mask)
-        first = log_probs(student, start, torch.randn(draws, latent)) if latent else log_probs(student, start)
+        xi = torch.randn(draws, length, latent) if args.per_position else torch.randn(draws, latent)
+        first = log_probs(student, start, xi) if latent else log_probs(student, start)
         log_q = mixture_log_likelihood(first, y, where)
         optimiser.zero_grad()
         (-log_q.mean()).backward()
@@ -77,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-init", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--latent-lr-scale", type=float, default=10.0)
+    parser.add_argument("--per-position", action="store_true", help="ξ ∈ R^(L×d): each [MASK] position its own")
     parser.add_argument("--dropout", type=float, default=0.0, help="also fit a student mixed by dropout masks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    curves = {"factorised": fit(args.bundle, 0, args), f"ξ ∈ R^{args.latent}": fit(args.bundle, args.latent, args)}
+    curves = {"factorised": fit(args.bundle, 0, args), f"ξ ∈ R^{'L×' * args.per_position}{args.latent}": fit(args.bundle, args.latent, args)}
     if args.dropout:
         curves[f"dropout {args.dropout:g} (M masks)"] = fit(args.bundle, 0, args, args.dropout)
     ends = [(k + 1) * args.window for k in range(len(next(iter(curves.values()))))]
