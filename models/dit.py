@@ -9,9 +9,10 @@ untied embeddings, output width V + 1). Linear layers come from a layer factory 
 
 ``latent_dim`` > 0 (our extension, spec §11: the latent-conditioned student) adds a per-sequence input ξ through a
 zero-initialised projection W_ξ, either into the embedding of every [MASK] position, h_i = E[MASK] + W_ξ ξ
-(``latent_input="mask"``: noise in the mask input; revealed tokens keep theirs), or into the conditioning vector,
-c = SiLU(σ-embedding + W_ξ ξ) (``"condition"``; a teacher trained at σ = 0 all but ignores c, measured in
-docs/distillation.md). With W_ξ = 0 the model is exactly the one without it, so a student made from its teacher
+(``latent_input="mask"``: noise in the mask input; revealed tokens keep theirs), with a ξ_i of its own for each
+position, h_i = E[MASK] + W_ξ ξ_i (``"positions"``: random token initialisations, as DiMO), or into the
+conditioning vector, c = SiLU(σ-embedding + W_ξ ξ) (``"condition"``; a teacher trained at σ = 0 all but ignores c,
+measured in docs/distillation.md). With W_ξ = 0 the model is exactly the one without it, so a student made from its teacher
 starts as the teacher.
 """
 from __future__ import annotations
@@ -125,19 +126,25 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-LATENT_INPUTS = ("condition", "mask")
+LATENT_INPUTS = ("condition", "mask", "positions")
 
 
 def latent_width(latent_input: str, hidden_size: int, cond_dim: int) -> int:
-    """The output width of W_ξ: the token embeddings' for ``mask``, the conditioning vector's for ``condition``."""
+    """The output width of W_ξ: the token embeddings' for ``mask`` and ``positions``, the conditioning vector's for
+    ``condition``."""
     if latent_input not in LATENT_INPUTS:
         raise ValueError(f"latent_input {latent_input!r}: one of {', '.join(LATENT_INPUTS)}")
-    return hidden_size if latent_input == "mask" else cond_dim
+    return cond_dim if latent_input == "condition" else hidden_size
+
+
+def latent_shape(latent_input: str, latent_dim: int, seq_len: int) -> tuple[int, ...]:
+    """One row's ξ: (d,), or (L, d) for ``positions`` (a ξ_i for each position)."""
+    return (seq_len, latent_dim) if latent_input == "positions" else (latent_dim,)
 
 
 class DiT(nn.Module):
     """``forward(x, sigma, latent)``: x is (B, L) token ids or (B, L, W) float logits; sigma (B,); latent (B,
-    latent_dim) or None (ξ = 0, the centre of its prior); returns (B, L, V + 1) (under tensor parallelism, this
+    ``latent_shape``) or None (ξ = 0, the centre of its prior); returns (B, L, V + 1) (under tensor parallelism, this
     rank's ``vocab_shard`` of the columns)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, cond_dim: int = 128,
@@ -168,15 +175,16 @@ class DiT(nn.Module):
         h = self.vocab_embed(x)
         c = self.sigma_map(sigma)
         if latent is not None:
-            shapes = [(x.shape[0], self.latent_dim)] + [(*x.shape[:2], self.latent_dim)] * (self.latent_input == "mask")
-            if not self.latent_dim or latent.shape not in shapes:
+            shape = (x.shape[0], *latent_shape(self.latent_input, self.latent_dim, x.shape[1]))
+            if not self.latent_dim or latent.shape != shape:
                 raise ValueError(f"latent of shape {tuple(latent.shape)}: this DiT takes "
-                                 + (" or ".join(map(str, shapes)) if self.latent_dim else "none: it has no latent input"))
+                                 + (f"{shape} ({self.latent_input}, latent_dim {self.latent_dim})" if self.latent_dim
+                                    else "none: it has no latent input"))
             shift = self.latent_map(latent.to(c.dtype))
-            if self.latent_input == "mask":  # one ξ per sequence, or (B, L, d) one per position
+            if self.latent_input != "condition":
                 if x.dim() != 2:
                     raise ValueError("a latent at the [MASK] embeddings needs token ids, not soft inputs")
-                shift = shift if shift.dim() == 3 else shift[:, None, :]
+                shift = shift if self.latent_input == "positions" else shift[:, None, :]
                 h = h + (x == self.mask_id)[..., None].to(h.dtype) * shift.to(h.dtype)
             else:
                 c = c + shift

@@ -19,14 +19,16 @@ REDRAWS: tuple[str, ...] = ("sequence", "step")
 
 
 class LatentDraws:
-    """``draws(i)``: each row's ξ (B, d) at step i, kept for repeated calls. With ``step`` redraws ξ_i is the i-th
+    """``draws(i)``: each row's ξ (B, *shape) at step i (``shape``: (d,), or an int d), kept for repeated calls. With ``step`` redraws ξ_i is the i-th
     draw of each row's stream whichever steps were asked for (a sampler that skips a step, all its rows cached,
     and a replay that does not, see the same ξ_i), so steps must be asked for in order."""
 
-    def __init__(self, rows: int, dim: int, generator: Generators, device, redraw: Redraw = "sequence"):
+    def __init__(self, rows: int, shape: int | tuple[int, ...], generator: Generators, device,
+                 redraw: Redraw = "sequence"):
         if redraw not in REDRAWS:
             raise ValueError(f"latent redraw {redraw!r}: one of {', '.join(REDRAWS)}")
-        self.rows, self.dim, self.generator, self.device, self.redraw = rows, dim, generator, device, redraw
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.rows, self.generator, self.device, self.redraw = rows, generator, device, redraw
         self.step, self.xi = None, None
 
     def __call__(self, step: int) -> torch.Tensor:
@@ -35,6 +37,6 @@ class LatentDraws:
                 raise ValueError(f"latent draws asked for step {step} after step {self.step}: steps go in order")
             draws = 1 if self.redraw == "sequence" else step + 1 if self.step is None else step - self.step
             for _ in range(draws):
-                self.xi = draw_uniform((self.rows, self.dim), self.generator, self.device, draw=torch.randn)
+                self.xi = draw_uniform((self.rows, *self.shape), self.generator, self.device, draw=torch.randn)
             self.step = step
         return self.xi

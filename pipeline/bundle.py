@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.discriminator import Discriminator
-from models.dit import DiT
+from models.dit import DiT, latent_shape
 from models.unmasking import UnmaskingOrder
 
 FORMAT = 1
@@ -171,6 +171,11 @@ class Bundle:
     def latent_dim(self) -> int:
         """ξ's dimension for a latent-conditioned student (our extension, spec §11); 0 for every other model."""
         return self.manifest["model"].get("latent_dim", 0)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """One row's ξ for the student's DiT (``models.dit.latent_shape``)."""
+        return latent_shape(self.manifest["model"].get("latent_input", "condition"), self.latent_dim, self.seq_len)
 
     @property
     def latent_redraw(self) -> str:

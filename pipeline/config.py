@@ -247,9 +247,10 @@ class DistillConfig:
     # the group's ξ-averaged one (marginal: ξ's posterior there is its prior), conditional at the later states
     latent: int = 0
     latent_redraw: Literal["sequence", "step"] = "sequence"
-    # where W_ξ ξ enters: the embedding of every [MASK] position, or the adaLN conditioning vector (which a teacher
-    # trained at σ = 0 all but ignores)
-    latent_input: Literal["condition", "mask"] = "condition"
+    # where W_ξ ξ enters: the embedding of every [MASK] position (mask), the same with a ξ of its own for each
+    # position (positions: ξ is seq_len × latent), or the adaLN conditioning vector (which a teacher trained at
+    # σ = 0 all but ignores)
+    latent_input: Literal["condition", "mask", "positions"] = "condition"
     latent_kl: Literal["conditional", "marginal"] = "conditional"
     latent_lr_scale: float = 1.0  # the projection's learning rate as a multiple of optim.lr (a fresh layer)
     # the projection's initial entries ~ N(0, latent_init²); 0: zero, the student starts as the teacher exactly, but

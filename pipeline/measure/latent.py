@@ -42,11 +42,12 @@ def trajectory_log_prob(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Te
 
 @torch.no_grad()
 def latent_information(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
-                       reveal_step: torch.Tensor, steps: int, own: Callable[[], Latent], dim: int, redraw: Redraw,
+                       reveal_step: torch.Tensor, steps: int, own: Callable[[], Latent], shape: int | tuple[int, ...],
+                       redraw: Redraw,
                        mask_id: int, contrasts: int, seed: int) -> torch.Tensor:
     """Per sample (B,): the InfoNCE bound's term in nats, for samples ``x`` drawn in ``steps`` sampler steps along
     ``reveal_step``, with ``contrasts`` ξ (the own one included); ``own()`` replays, afresh each call, the ξ (per
-    step) that drew each row, and the contrasts draw ξ of ``dim`` dimensions the same way (``redraw``);
+    step) that drew each row, and the contrasts draw ξ of one row's ``shape`` the same way (``redraw``);
     ``denoise(z, ξ)`` returns SUBS log-probabilities."""
     rows, device = x.shape[0], x.device
     reveal_step = reveal_step.clamp(max=steps).to(device)
@@ -56,7 +57,7 @@ def latent_information(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
     # the last key is never 0: keys that differ only by trailing zeros share a stream (numpy pads them), and the
     # sample stage keys each sample's ξ by (seed, LATENT, sample)
-    fresh = [critic(LatentDraws(rows, dim, [keyed_generator(seed, LATENT, k, i + 1, device=device)
+    fresh = [critic(LatentDraws(rows, shape, [keyed_generator(seed, LATENT, k, i + 1, device=device)
                                             for i in range(rows)], device, redraw)) for k in range(1, contrasts)]
     scores = torch.stack([critic(own()), *fresh])
     return scores[0] - marginal_log_prob(scores)

@@ -13,6 +13,7 @@ import torch
 
 from data_prep.config import ConfigError
 from models.diffusion import subs_log_probs
+from models.dit import latent_shape
 from models.latent import LatentDraws
 from models.sampler import SamplerStats, ancestral_sample
 from models.unmasking import RANDOM, UnmaskingOrder
@@ -136,7 +137,8 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
     mask_id, shard = cfg.model.vocab_size, engine.module.vocab_shard
     order = UnmaskingOrder.parse(cfg.distill.rollout_order) if cfg.stage == "distill" else RANDOM
 
-    latent_dim = cfg.distill.latent if cfg.stage == "distill" else 0  # a latent-conditioned student's ξ
+    latent = cfg.distill.latent if cfg.stage == "distill" else 0  # a latent-conditioned student's ξ
+    shape = latent_shape(cfg.distill.latent_input, latent, cfg.model.seq_len)
     engine.eval()
 
     def denoise(z, *latent):
@@ -149,12 +151,12 @@ def sample_texts(engine, ema: EMA, cfg: Config, d: Dist, step: int, autocast, to
         for steps in cfg.train.sample_steps:
             stats = SamplerStats()
             z = torch.full((cfg.train.sample_count, cfg.model.seq_len), mask_id, device=d.device)
-            latent = None if not latent_dim else LatentDraws(z.shape[0], latent_dim, keyed_generator(
+            draws = None if not latent else LatentDraws(z.shape[0], shape, keyed_generator(
                 cfg.run.seed, LATENT, step), d.device, cfg.distill.latent_redraw)
             # identical draws on every rank; caching is off under ZeRO-3 so that every rank makes the same calls
             out = ancestral_sample(denoise, z, steps, mask_id, generator=keyed_generator(cfg.run.seed, SAMPLE, step),
                                    cache=cfg.train.zero_stage != 3, stats=stats, shard=shard, order=order,
-                                   latent=latent)
+                                   latent=draws)
             ids = out.cpu().tolist()
             results.append((steps, [render(row, tok)[0] for row in ids], stats, ids))
     engine.train()

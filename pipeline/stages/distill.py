@@ -37,7 +37,7 @@ from models.didi import (Rollout, beta_density, coupled_corruption, discriminato
                          teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
 from models.discriminator import Discriminator
-from models.dit import DiT, latent_width
+from models.dit import DiT, latent_shape, latent_width
 from models.latent import LatentDraws
 from models.sampler import ancestral_sample, draw_uniform
 from models.unmasking import UnmaskingOrder
@@ -222,6 +222,8 @@ class Distiller:
         self.teacher, self.teacher_dir, self.judge = teacher, teacher_dir, judge  # judge: for reward: exact
         self.shard = student.module.vocab_shard  # this rank's vocabulary columns (None: all)
         self.order = UnmaskingOrder.parse(cfg.distill.rollout_order)  # which positions a rollout step reveals
+        # one row's ξ: (d,), or (L, d) with a ξ_i for each position
+        self.latent_shape = latent_shape(cfg.distill.latent_input, cfg.distill.latent, cfg.model.seq_len)
         self.ema = EMA(student.module, cfg.train.ema, cfg.train.ema_warmup)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, ("discriminator", "student"), d.is_main,
                                     cfg.train.max_loss_ratio)
@@ -260,7 +262,8 @@ class Distiller:
         c = self.cfg.distill
         if not c.latent:
             return None
-        return LatentDraws(rows, c.latent, self.generators(step, LATENT, rows, *keys), self.d.device, c.latent_redraw)
+        return LatentDraws(rows, self.latent_shape, self.generators(step, LATENT, rows, *keys), self.d.device,
+                           c.latent_redraw)
 
     def taus(self, step: int, row_generators: list[torch.Generator]) -> torch.Tensor:
         c = self.cfg.distill
@@ -398,7 +401,7 @@ class Distiller:
         else:
             z, keys = fill.start.repeat_interleave(draws, 0), [(first + r, j, 2) for r in range(c.rollout_rows)
                                                                 for j in range(draws)]
-        xi = LatentDraws(z.shape[0], c.latent, [keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, *key,
+        xi = LatentDraws(z.shape[0], self.latent_shape, [keyed_generator(self.cfg.run.seed, LATENT_MATCH, step, *key,
                                                                 device=self.d.device) for key in keys], self.d.device)
         log_p = self._student(z, xi(0))
         return log_p if c.latent_match_at == "first" else log_p.view(c.rollout_rows, draws, *log_p.shape[1:])

@@ -79,7 +79,7 @@ def sample(bundle: Bundle, tok: Tokenizer, steps: int, sampler: str, num_samples
         latent = None
         if bundle.latent_dim:
             latent_generators = [keyed_generator(latent_seed, LATENT, first + i, device=device) for i in range(count)]
-            latent = LatentDraws(count, bundle.latent_dim, latent_generators, device, bundle.latent_redraw)
+            latent = LatentDraws(count, bundle.latent_shape, latent_generators, device, bundle.latent_redraw)
         stats = RGASStats()
         start = time.perf_counter()
         if sampler == "rgas":

@@ -9,6 +9,7 @@ import torch
 from models.didi import (group_mixture, mixture_log_likelihood, rollout_times, student_rollout,
                          teacher_forced_log_prob, teacher_joint_sample)
 from models.diffusion import LogLinearSchedule, subs_log_probs
+from models.dit import latent_shape
 from models.latent import LatentDraws
 from models.sampler import ancestral_sample
 from tests.models.test_dit import build, randomised
@@ -16,43 +17,51 @@ from tests.models.test_dit import build, randomised
 VOCAB, LENGTH, DIM = 11, 12, 4
 
 
-@pytest.mark.parametrize("where", ["condition", "mask"])
+@pytest.mark.parametrize("where", ["condition", "mask", "positions"])
 def test_a_zero_projection_makes_the_latent_model_exactly_the_model_without_it(where):
     teacher = randomised(build(vocab=VOCAB))
     student = build(vocab=VOCAB, latent_dim=DIM, latent_input=where)
     missing = student.load_state_dict(teacher.state_dict(), strict=False).missing_keys
     assert missing == ["latent_map.weight"] and not student.latent_map.weight.any()  # zero-initialised
-    x, sigma = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.zeros(3)
-    for xi in (None, torch.randn(3, DIM), 100 * torch.randn(3, DIM)):
+    x, sigma, shape = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.zeros(3), (3, *latent_shape(where, DIM, LENGTH))
+    for xi in (None, torch.randn(shape), 100 * torch.randn(shape)):
         assert torch.equal(student(x, sigma, xi), teacher(x, sigma))
     with torch.no_grad():
         student.latent_map.weight.normal_()
-    assert not torch.allclose(student(x, sigma, torch.randn(3, DIM)), teacher(x, sigma), atol=1e-3)
-    assert torch.equal(student(x, sigma, torch.zeros(3, DIM)), teacher(x, sigma))  # ξ = 0: the centre
+    assert not torch.allclose(student(x, sigma, torch.randn(shape)), teacher(x, sigma), atol=1e-3)
+    assert torch.equal(student(x, sigma, torch.zeros(shape)), teacher(x, sigma))  # ξ = 0: the centre
 
 
 def test_a_latent_of_the_wrong_shape_or_for_a_model_without_one_is_refused():
     x, sigma = torch.randint(0, VOCAB, (2, LENGTH)), torch.zeros(2)
     with pytest.raises(ValueError, match="latent_dim 4"):
         build(vocab=VOCAB, latent_dim=DIM)(x, sigma, torch.randn(2, DIM + 1))
+    with pytest.raises(ValueError, match=r"\(2, 12, 4\) \(positions"):  # one ξ_i per position
+        build(vocab=VOCAB, latent_dim=DIM, latent_input="positions")(x, sigma, torch.randn(2, DIM))
+    with pytest.raises(ValueError, match=r"\(2, 4\) \(mask"):
+        build(vocab=VOCAB, latent_dim=DIM, latent_input="mask")(x, sigma, torch.randn(2, LENGTH, DIM))
     with pytest.raises(ValueError, match="no latent input"):
         build(vocab=VOCAB)(x, sigma, torch.randn(2, DIM))
-    with pytest.raises(ValueError, match="latent_input 'token': one of condition, mask"):
+    with pytest.raises(ValueError, match="latent_input 'token': one of condition, mask, positions"):
         build(vocab=VOCAB, latent_dim=DIM, latent_input="token")
 
 
 def test_xi_shifts_the_mask_embeddings_only_or_the_adaln_vector():
-    """A reference forward from the DiT's parts: h_i = E[x_i] + W_ξ ξ where x_i is [MASK] (mask), or
-    c = SiLU(e_σ + W_ξ ξ) (condition)."""
+    """A reference forward from the DiT's parts: h_i = E[x_i] + W_ξ ξ where x_i is [MASK] (mask), the same with
+    position i's own ξ_i (positions), or c = SiLU(e_σ + W_ξ ξ) (condition)."""
     from models.dit import rotary_cos_sin
 
-    x, sigma, xi = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.rand(3), torch.randn(3, DIM)
-    for where in ("mask", "condition"):
+    x, sigma = torch.randint(0, VOCAB + 1, (3, LENGTH)), torch.rand(3)
+    for where in ("mask", "positions", "condition"):
         model = randomised(build(vocab=VOCAB, latent_dim=DIM, latent_input=where))
+        xi = torch.randn(3, *latent_shape(where, DIM, LENGTH))
         shift = xi @ model.latent_map.weight.T
         h, c = model.vocab_embed(x), model.sigma_map(sigma)
         masked = (x == VOCAB)[..., None].float()
-        h, c = (h + masked * shift[:, None, :], c) if where == "mask" else (h, c + shift)
+        if where == "positions":
+            h = h + masked * shift  # (3, L, hidden): each position its own
+        else:
+            h, c = (h + masked * shift[:, None, :], c) if where == "mask" else (h, c + shift)
         c = torch.nn.functional.silu(c)
         cos, sin = rotary_cos_sin(LENGTH, h.shape[2] // model.num_heads, h.device)
         for block in model.blocks:
@@ -81,6 +90,10 @@ def test_xi_is_kept_over_the_sequence_or_redrawn_at_every_step_and_depends_only_
         skipping(1)
     with pytest.raises(ValueError, match="latent redraw 'token'"):
         LatentDraws(3, DIM, generators(1), "cpu", "token")
+    per_position = LatentDraws(3, (LENGTH, DIM), generators(1), "cpu", "step")
+    assert per_position(1).shape == (3, LENGTH, DIM) and not torch.equal(per_position(1), per_position(2))
+    assert torch.equal(LatentDraws(1, (LENGTH, DIM), generators(1)[1:2], "cpu")(0),
+                       LatentDraws(3, (LENGTH, DIM), generators(1), "cpu")(0)[1:2])
 
 
 def test_xi_is_a_standard_gaussian():
@@ -99,16 +112,16 @@ class Recorder:
         return subs_log_probs(torch.zeros(*z.shape, VOCAB + 1), z, VOCAB)
 
 
-@pytest.mark.parametrize("redraw", ["sequence", "step"])
-def test_the_sampler_hands_each_row_its_own_xi_at_every_step(redraw):
+@pytest.mark.parametrize("redraw,shape", [("sequence", DIM), ("step", DIM), ("step", (LENGTH, DIM))])
+def test_the_sampler_hands_each_row_its_own_xi_at_every_step(redraw, shape):
     steps, rows = 6, 3
     record = Recorder()
     z = torch.full((rows, LENGTH), VOCAB)
     z[1] = 0  # row 1 is already unmasked: the cache leaves it out after the first step
     out = ancestral_sample(record, z, steps, VOCAB, generator=generators(3, rows),
-                           latent=LatentDraws(rows, DIM, generators(2), "cpu", redraw))
+                           latent=LatentDraws(rows, shape, generators(2), "cpu", redraw))
     assert (out != VOCAB).all() and len(record.calls) == steps
-    replay = LatentDraws(rows, DIM, generators(2), "cpu", redraw)
+    replay = LatentDraws(rows, shape, generators(2), "cpu", redraw)
     for i, (count, xi) in enumerate(record.calls):
         expected = replay(i)
         assert count == (rows if i == 0 else 2)  # rows 0 and 2 (12 masks, 6 steps) change at every step

@@ -44,7 +44,7 @@ def information(bundle, rows: list[dict], args) -> np.ndarray:
     """I(ξ; x | τ) per sample (zeros for a model without a latent)."""
     if not bundle.latent_dim:
         return np.zeros(len(rows))
-    device, dim, redraw = bundle.device, bundle.latent_dim, bundle.latent_redraw
+    device, shape, redraw = bundle.device, bundle.latent_shape, bundle.latent_redraw
 
     def denoise(z, xi):
         return subs_log_probs(bundle.model(z, torch.zeros(z.shape[0], device=z.device), xi), z, bundle.mask_id)
@@ -55,11 +55,11 @@ def information(bundle, rows: list[dict], args) -> np.ndarray:
         x = torch.tensor([r["token_ids"] for r in batch], device=device)
 
         def own(batch=batch):  # the ξ that drew each sample, replayed from its latent seed and index
-            return LatentDraws(len(batch), dim, [keyed_generator(r["latent_seed"], LATENT, r["sample"], device=device)
+            return LatentDraws(len(batch), shape, [keyed_generator(r["latent_seed"], LATENT, r["sample"], device=device)
                                                  for r in batch], device, redraw)
 
         reveal = torch.tensor([r["reveal_step"] for r in batch])
-        out.append(latent_information(denoise, x, reveal, args.steps, own, dim, redraw, bundle.mask_id, args.contrasts,
+        out.append(latent_information(denoise, x, reveal, args.steps, own, shape, redraw, bundle.mask_id, args.contrasts,
                                       seed=first).cpu().numpy())
     return np.concatenate(out)
 

@@ -1,6 +1,6 @@
 """The mixture match alone (our extension, spec §11): how far a student's first step, fitted only to the teacher's
 joint fills of the positions it reveals (``distill.latent_match``, no policy gradient), gets towards them with ξ at
-the [MASK] embeddings and without ξ:
+the [MASK] embeddings (``--latent-input positions``: a ξ_i for each position) and without ξ:
 
     python launch/recipes/latent/first_step_fit.py --bundle runs/orders/regime/bundles/teacher --iterations 300 \
         --out launch/results/latent/regime/first_step_fit.md
@@ -20,6 +20,7 @@ import torch
 
 from models.diffusion import subs_log_probs
 from models.didi import mixture_log_likelihood, teacher_joint_sample
+from models.dit import latent_shape
 from pipeline.bundle import load_bundle, new_dit
 from pipeline.measure.machine import describe, write_markdown
 
@@ -30,7 +31,7 @@ def fit(bundle: str, latent: int, args, dropout: float = 0.0) -> list[float]:
     torch.manual_seed(args.seed)
     loaded = load_bundle(bundle)
     teacher, spec = loaded.model.eval(), loaded.manifest["model"]
-    student = new_dit({**spec, "latent_dim": latent, "latent_input": "mask"}, dropout)
+    student = new_dit({**spec, "latent_dim": latent, "latent_input": args.latent_input}, dropout)
     student.load_state_dict(teacher.state_dict(), strict=False)
     if latent:
         with torch.no_grad():
@@ -53,7 +54,7 @@ def fit(bundle: str, latent: int, args, dropout: float = 0.0) -> list[float]:
             y, log_t = teacher_joint_sample(lambda s: log_probs(teacher, s), z, where, 4, mask, generators)
         draws = args.draws if latent or dropout else 1
         start = torch.full((draws, length), mask)
-        xi = torch.randn(draws, length, latent) if args.per_position else torch.randn(draws, latent)
+        xi = torch.randn(draws, *latent_shape(args.latent_input, latent, length))
         first = log_probs(student, start, xi) if latent else log_probs(student, start)
         log_q = mixture_log_likelihood(first, y, where)
         optimiser.zero_grad()
@@ -78,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-init", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--latent-lr-scale", type=float, default=10.0)
-    parser.add_argument("--per-position", action="store_true", help="ξ ∈ R^(L×d): each [MASK] position its own")
+    parser.add_argument("--latent-input", choices=("mask", "positions"), default="mask",
+                        help="one ξ at every [MASK] embedding, or a ξ_i for each position")
     parser.add_argument("--dropout", type=float, default=0.0, help="also fit a student mixed by dropout masks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    curves = {"factorised": fit(args.bundle, 0, args), f"ξ ∈ R^{'L×' * args.per_position}{args.latent}": fit(args.bundle, args.latent, args)}
+    curves = {"factorised": fit(args.bundle, 0, args), f"ξ ∈ R^{'L×' * (args.latent_input == 'positions')}{args.latent}": fit(args.bundle, args.latent, args)}
     if args.dropout:
         curves[f"dropout {args.dropout:g} (M masks)"] = fit(args.bundle, 0, args, args.dropout)
     ends = [(k + 1) * args.window for k in range(len(next(iter(curves.values()))))]

@@ -35,8 +35,8 @@ def _iterate_latent(rank, world_size, cfg_dict):
 def test_the_latent_student_starts_as_its_teacher_and_zero3_on_two_ranks_matches_one_process(tiny_data, teacher,
                                                                                              tmp_path):
     changes = {**LATENT, "distill__latent_kl": "marginal", "distill__latent_match": 1.0,
-               "distill__latent_match_draws": 4, "distill__latent_input": "mask", "distill__latent_match_at": "every",
-               "distill__latent_redraw": "step"}  # the match's ξ and steps keyed by the global row
+               "distill__latent_match_draws": 4, "distill__latent_input": "positions",
+               "distill__latent_match_at": "every", "distill__latent_redraw": "step"}  # keyed by the global row
     one = run_ranks(_iterate_latent, 1, distill_settings(tiny_data, teacher, tmp_path / "one", distill__rollout_rows=16,
                                                          **changes))[0]
     two = run_ranks(_iterate_latent, 2, distill_settings(tiny_data, teacher, tmp_path / "two", train__zero_stage=3,
@@ -119,15 +119,16 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     from pipeline.stages.sample import main as sample_main
 
     cfg = distill_settings(tiny_data, teacher, tmp_path / "run", train__max_steps=3, distill__latent_redraw="step",
-                           distill__latent_input="mask", **LATENT)
+                           distill__latent_input="positions", **LATENT)
     assert "error" not in run_ranks(_run_distill, 1, cfg)[0]
     bundle = convert(tmp_path / "run", tmp_path / "bundle", online=True, log=lambda _: None)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model"]["latent_dim"] == 8 and manifest["sampling"]["latent_redraw"] == "step"
-    assert manifest["model"]["latent_input"] == "mask"
+    assert manifest["model"]["latent_input"] == "positions"
     loaded = load_bundle(bundle)
     assert loaded.model.latent_map.weight.abs().max() > 0 and loaded.online.latent_dim == 8
-    assert loaded.model.latent_input == "mask" and loaded.model.latent_map.weight.shape[0] == 32  # hidden
+    assert loaded.model.latent_input == "positions" and loaded.model.latent_map.weight.shape[0] == 32  # hidden
+    assert loaded.latent_shape == (loaded.seq_len, 8)  # a ξ_i for each position
     assert loaded.discriminator is not None and loaded.latent_redraw == "step"
 
     def draw(name, *extra):
@@ -158,12 +159,14 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     rows = [line.split("|")[1:4] for line in (tmp_path / "sensitivity.md").read_text().splitlines()
             if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 5 and all(float(rows[-1][k]) > float(rows[0][k]) >= 0 for k in (1, 2))
-    # the mixture match alone, with ξ and without: two windows of joint KLs each
+    # the mixture match alone, with ξ, without, and mixed by dropout masks: two windows of joint KLs each
     fitted = load_script("launch/recipes/latent/first_step_fit.py")
     assert fitted.main(["--bundle", str(tmp_path / "teacher_bundle"), "--iterations", "2", "--window", "1", "--rows",
-                        "4", "--draws", "2", "--out", str(tmp_path / "fit.md")]) == 0
-    curves = [line for line in (tmp_path / "fit.md").read_text().splitlines() if line.startswith(("| factorised", "| ξ"))]
-    assert len(curves) == 2 and all(len(line.split("|")) == 5 for line in curves)
+                        "4", "--draws", "2", "--latent-input", "positions", "--dropout", "0.1",
+                        "--out", str(tmp_path / "fit.md")]) == 0
+    curves = [line for line in (tmp_path / "fit.md").read_text().splitlines()
+              if line.startswith(("| factorised", "| ξ ∈ R^L×", "| dropout 0.1"))]
+    assert len(curves) == 3 and all(len(line.split("|")) == 5 for line in curves)
     # each step's joint KL to the product of its marginals: one row a step, and the total
     correlation = load_script("launch/recipes/latent/step_correlation.py")
     assert correlation.main(["--bundle", str(tmp_path / "teacher_bundle"), "--steps", "4", "--rows", "8",
