@@ -25,13 +25,13 @@ from pipeline.bundle import load_bundle, new_dit
 from pipeline.measure.machine import describe, write_markdown
 
 
-def fit(bundle: str, latent: int, args, dropout: float = 0.0) -> list[float]:
+def fit(bundle: str, latent: int, args, latent_input: str = "mask", dropout: float = 0.0) -> list[float]:
     """The window means of the joint KL over ``args.iterations`` Adam steps of the match alone; with ``dropout``
     the student's M rows draw their own dropout masks (a mixture without ξ)."""
     torch.manual_seed(args.seed)
     loaded = load_bundle(bundle)
     teacher, spec = loaded.model.eval(), loaded.manifest["model"]
-    student = new_dit({**spec, "latent_dim": latent, "latent_input": args.latent_input}, dropout)
+    student = new_dit({**spec, "latent_dim": latent, "latent_input": latent_input}, dropout)
     student.load_state_dict(teacher.state_dict(), strict=False)
     if latent:
         with torch.no_grad():
@@ -54,7 +54,7 @@ def fit(bundle: str, latent: int, args, dropout: float = 0.0) -> list[float]:
             y, log_t = teacher_joint_sample(lambda s: log_probs(teacher, s), z, where, 4, mask, generators)
         draws = args.draws if latent or dropout else 1
         start = torch.full((draws, length), mask)
-        xi = torch.randn(draws, *latent_shape(args.latent_input, latent, length))
+        xi = torch.randn(draws, *latent_shape(latent_input, latent, length))
         first = log_probs(student, start, xi) if latent else log_probs(student, start)
         log_q = mixture_log_likelihood(first, y, where)
         optimiser.zero_grad()
@@ -79,16 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-init", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--latent-lr-scale", type=float, default=10.0)
-    parser.add_argument("--latent-input", choices=("mask", "positions"), default="mask",
-                        help="one ξ at every [MASK] embedding, or a ξ_i for each position")
+    parser.add_argument("--latent-input", choices=("mask", "positions"), nargs="+", default=["mask"],
+                        help="one ξ at every [MASK] embedding, or a ξ_i for each position (each given is fitted)")
     parser.add_argument("--dropout", type=float, default=0.0, help="also fit a student mixed by dropout masks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    curves = {"factorised": fit(args.bundle, 0, args), f"ξ ∈ R^{'L×' * (args.latent_input == 'positions')}{args.latent}": fit(args.bundle, args.latent, args)}
+    curves = {"factorised": fit(args.bundle, 0, args)}
+    for where in args.latent_input:
+        name = f"ξ_i ∈ R^{args.latent} at each [MASK] position" if where == "positions" else f"ξ ∈ R^{args.latent}"
+        curves[name] = fit(args.bundle, args.latent, args, where)
     if args.dropout:
-        curves[f"dropout {args.dropout:g} (M masks)"] = fit(args.bundle, 0, args, args.dropout)
+        curves[f"dropout {args.dropout:g} (M masks)"] = fit(args.bundle, 0, args, dropout=args.dropout)
     ends = [(k + 1) * args.window for k in range(len(next(iter(curves.values()))))]
     command = "python launch/recipes/latent/first_step_fit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"The first step fitted by the mixture match alone (`{command}`), {describe()}: the joint KL per revealed "

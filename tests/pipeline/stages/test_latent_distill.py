@@ -162,11 +162,11 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     # the mixture match alone, with ξ, without, and mixed by dropout masks: two windows of joint KLs each
     fitted = load_script("launch/recipes/latent/first_step_fit.py")
     assert fitted.main(["--bundle", str(tmp_path / "teacher_bundle"), "--iterations", "2", "--window", "1", "--rows",
-                        "4", "--draws", "2", "--latent-input", "positions", "--dropout", "0.1",
+                        "4", "--draws", "2", "--latent-input", "mask", "positions", "--dropout", "0.1",
                         "--out", str(tmp_path / "fit.md")]) == 0
     curves = [line for line in (tmp_path / "fit.md").read_text().splitlines()
-              if line.startswith(("| factorised", "| ξ ∈ R^L×", "| dropout 0.1"))]
-    assert len(curves) == 3 and all(len(line.split("|")) == 5 for line in curves)
+              if line.startswith(("| factorised", "| ξ ∈ R^", "| ξ_i ∈ R^", "| dropout 0.1"))]
+    assert len(curves) == 4 and all(len(line.split("|")) == 5 for line in curves)
     # each step's joint KL to the product of its marginals: one row a step, and the total
     correlation = load_script("launch/recipes/latent/step_correlation.py")
     assert correlation.main(["--bundle", str(tmp_path / "teacher_bundle"), "--steps", "4", "--rows", "8",
