@@ -4,6 +4,7 @@ process, and sampling is determined by the trajectory seed and the latent seed a
 import json
 
 import pytest
+import torch
 
 from data_prep.config import from_dict
 from pipeline.config import Config
@@ -108,6 +109,32 @@ def test_the_mixture_match_adds_the_first_steps_joint_fit_and_is_zero_for_the_te
     assert on["student/loss"] != off["student/loss"]
     # without ξ: the product likelihood, the same identity
     assert all(abs(metrics["student/match_kl"]) < 1e-5 for metrics in identities), identities
+
+
+def _joint_fill(rank, world_size, cfg_dict):
+    import pipeline.stages.distill as stage
+    from pipeline.runtime.distributed import setup
+
+    run = stage.build_distiller(from_dict(Config, cfg_dict), setup())
+    with torch.no_grad():
+        roll = run.rollout(0).roll
+        return roll, run.joint_fill(0, roll), run.mask_id
+
+
+@pytest.mark.distributed
+def test_the_match_at_every_step_fills_what_each_rows_drawn_step_revealed_from_the_state_it_started_in(
+        tiny_data, teacher, tmp_path):
+    cfg = distill_settings(tiny_data, teacher, tmp_path, distill__rollout_steps=4, distill__rollout_rows=16,
+                           distill__latent_match=1.0, distill__latent_match_at="every")
+    roll, fill, mask = run_ranks(_joint_fill, 1, cfg)[0]
+    after = [*roll.states[1:], roll.x]
+    assert len(set(fill.step.tolist())) > 1  # rows draw different steps
+    for r, k in enumerate(fill.step.tolist()):
+        assert torch.equal(fill.start[r], roll.states[k][r])
+        assert torch.equal(fill.where[r], (roll.states[k][r] == mask) & (after[k][r] != mask))
+    assert fill.where.any(1).all()  # each row's step revealed something (64 positions, 4 steps)
+    assert torch.equal(fill.y[~fill.where], fill.start[~fill.where])  # only the revealed positions are filled
+    assert (fill.y[fill.where] != mask).all() and (fill.log_t <= 0).all()
 
 
 @pytest.mark.distributed
