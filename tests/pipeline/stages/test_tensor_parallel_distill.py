@@ -14,7 +14,10 @@ KEYS = ("discriminator/loss", "discriminator/accuracy", "student/loss", "student
         "student/entropy", "reward/mean")
 
 
-LATENT = {"distill__latent": 8, "distill__latent_lr_scale": 10.0, "distill__latent_kl": "marginal"}
+# a ξ_i per position, redrawn at every step, with the mixture match at every step (its likelihood over vocabulary shards)
+LATENT = {"distill__latent": 8, "distill__latent_lr_scale": 10.0, "distill__latent_kl": "marginal",
+          "distill__latent_input": "positions", "distill__latent_redraw": "step", "distill__latent_match": 1.0,
+          "distill__latent_match_at": "every", "distill__latent_match_draws": 2}
 
 
 @pytest.mark.distributed
@@ -30,7 +33,7 @@ def test_tensor_parallel_distillation_matches_one_dense_process(tiny_data, teach
     assert "error" not in reference and all("error" not in r for r in results), results
     a, b = read_metrics(tmp_path / "dense" / "metrics.jsonl"), read_metrics(tmp_path / "split" / "metrics.jsonl")
     for step in range(1, 7):
-        for key in KEYS:
+        for key in KEYS + ("student/match_kl",) * bool(latent):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=2e-5), (step, key)
     for step in (3, 6):
         assert b[step]["val/nelbo_nats"] == pytest.approx(a[step]["val/nelbo_nats"], abs=5e-5)
