@@ -24,8 +24,9 @@ the peak is restarted after the build).
 
 compares, on ZeRO-3 without tensor parallelism, the baseline iteration with the frozen teacher offloaded to host
 memory (``distill.teacher_offload``), with per-block activation checkpointing (``model.activation_checkpointing``)
-and with the latent-conditioned student (``distill.latent: 16``), each as a ratio to the baseline of the same run. Every variant runs in its
-own rank processes (a peak resident set is per process), in interleaved rounds (baseline, offload, checkpointing,
+with the latent-conditioned student (``distill.latent: 16``), and with it as the latent ablation's ``positions_every``
+arm (``latent_match``: a ξ_i per position, the mixture match at every step), each as a ratio to the baseline of the
+same run. Every variant runs in its own rank processes (a peak resident set is per process), in interleaved rounds (baseline, offload, checkpointing,
 baseline, ...) so that a change in the machine's load falls on all of them alike; a round is one repeat and the
 table gives medians (the one-process reference runs once, before the rounds). On a CPU, offloading moves the
 teacher from one region of host memory to another: its saving shows as the teacher's device-resident tensor bytes,
@@ -58,8 +59,11 @@ from pipeline.runtime.engine import optimizer_for
 
 VOCAB = 4000
 PHASES = ("rollout", "teacher", "discriminator", "reward", "student")
+# bench_config's options; latent_match: the latent arm of launch/recipes/latent/ablation.yaml's positions_every
 VARIANTS = {"baseline": {}, "offload": {"offload": True}, "checkpointing": {"checkpointing": True},
-            "latent": {"latent": 16}}  # bench_config's options
+            "latent": {"latent": {"latent": 16}},
+            "latent_match": {"latent": {"latent": 16, "latent_input": "positions", "latent_redraw": "step",
+                                        "latent_match": 10.0, "latent_match_at": "every", "latent_match_draws": 8}}}
 OFFLOAD_NOTE = ("On a CPU, offloading moves the teacher from one region of host memory to another: the saving a GPU "
                 "would see shows only as the teacher's device-resident tensor bytes (its ZeRO-3 partitions: the "
                 "parameters DeepSpeed keeps persistent stay whole on the compute device either way), not "
@@ -67,11 +71,15 @@ OFFLOAD_NOTE = ("On a CPU, offloading moves the teacher from one region of host 
 LATENT_NOTE = ("The latent-conditioned student's all-[MASK] rows differ by their ξ, so its first rollout step computes "
                "every row instead of one shared row, and keeps their activations for the backward; the memory planner "
                "does not model that.")
+MATCH_NOTE = ("The match at every step adds a student forward and backward of M rows per rollout row (each at its "
+              "own state) and the teacher's sub-step fill of one state per row; the memory planner does not model "
+              "those rows either.")
 
 
 def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_stage: int,
                  tensor_parallel: int = 1, offload: bool = False, checkpointing: bool = False,
-                 latent: int = 0) -> Config:
+                 latent: dict | None = None) -> Config:
+    """``latent``: the latent-conditioned student's ``distill`` settings (None: the factorised student)."""
     from models.sizes import SIZES
 
     return from_dict(Config, {
@@ -83,7 +91,7 @@ def bench_config(size: str, seq_len: int, rows_per_rank: int, group: int, zero_s
         "discriminator_optim": {"warmup_steps": 0},
         "distill": {"teacher": "synthetic", "rollout_rows": rows_per_rank, "group_size": group,
                     "unfreeze_blocks": min(4, SIZES[size].num_layers), "teacher_offload": offload,
-                    "latent": latent},
+                    **(latent or {})},
         "train": {"zero_stage": zero_stage, "max_steps": 10**6},
         "tracking": {"backend": "none"},
     })
@@ -320,7 +328,8 @@ def variant_table(results: dict, ranks: int) -> list[str]:
     """``--compare``'s time table and per-rank memory table, each figure beside its ratio to the baseline."""
     labels = {"plain": run_label("plain", ranks), "baseline": f"ZeRO-3, {ranks} ranks",
               "offload": "+ teacher offload", "checkpointing": "+ activation checkpointing",
-              "latent": "+ latent-conditioned student (ξ ∈ R^16, our extension)"}
+              "latent": "+ latent-conditioned student (ξ ∈ R^16, our extension)",
+              "latent_match": "+ ξ_i ∈ R^16 per position, redrawn per step, the match at every step (M = 8)"}
     lines = ["| run | iteration (min–max) | vs baseline | vs plain | " + " | ".join(PHASES) + " |",
              "|---|---|---|---|" + "---|" * len(PHASES)]
     for name, r in results.items():
@@ -371,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         results.update(compare_variants(args, tokens))
         results = {name: {**r, "ratios": ratios(r, results["baseline"])} for name, r in results.items()}
         lines = variant_table(results, args.ranks)
-        notes = [note for name, note in (("offload", OFFLOAD_NOTE), ("latent", LATENT_NOTE)) if name in args.compare]
+        notes = [note for name, note in (("offload", OFFLOAD_NOTE), ("latent", LATENT_NOTE),
+                                     ("latent_match", MATCH_NOTE)) if name in args.compare]
     else:
         results = time_ratios({**results, **stages_and_tensor_parallel(args, tokens)}, "iteration_s")
         lines, notes = table(results, args.ranks), []
