@@ -69,6 +69,18 @@ def test_xi_shifts_the_mask_embeddings_only_or_the_adaln_vector():
         assert torch.allclose(model(x, sigma, xi), model.output_layer(h, c), atol=1e-5), where
 
 
+def test_at_all_mask_a_sequences_xi_moves_every_position_alike_and_a_xi_per_position_does_not():
+    """Every input embedding is the same at the all-[MASK] state, so attention (rotary only reweights identical
+    values) keeps every position's hidden state equal: one prediction for all positions, with a per-sequence ξ
+    too (it can make a step's tokens agree only by all leaning the same way). A ξ_i per position breaks that."""
+    z, sigma = torch.full((2, LENGTH), VOCAB), torch.zeros(2)
+    for where in ("condition", "mask", "positions"):
+        model = randomised(build(vocab=VOCAB, latent_dim=DIM, latent_input=where))
+        out = model(z, sigma, torch.randn(2, *latent_shape(where, DIM, LENGTH)))
+        spread = (out - out[:, :1]).abs().max().item()
+        assert (spread > 0.1) if where == "positions" else (spread < 1e-4), (where, spread)
+
+
 def generators(seed, rows=3):
     return [torch.Generator().manual_seed(seed * 100 + i) for i in range(rows)]
 
