@@ -178,7 +178,8 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     found = json.loads((tmp_path / "diagnostics.json").read_text())
     assert found["teacher"]["information"] == 0.0 and found["latent"]["information"] != 0.0
     assert len(found["latent"]["pairs"]) == 2 and "pairs" not in found["teacher"]
-    assert "| latent |" in (tmp_path / "diagnostics.md").read_text()
+    assert "| latent | " in (tmp_path / "diagnostics.md").read_text() and "R^64×8, drawn once per step" in (
+        tmp_path / "diagnostics.md").read_text()  # a ξ_i for each of the 64 positions
     # where ξ can act: both paths of the DiT, a larger shift moving the teacher's predictions further
     sensitivity = load_script("launch/recipes/latent/sensitivity.py")
     assert sensitivity.main(["--bundle", str(tmp_path / "teacher_bundle"), "--directions", "4",
