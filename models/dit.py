@@ -12,8 +12,8 @@ zero-initialised projection W_ξ, either into the embedding of every [MASK] posi
 (``latent_input="mask"``: noise in the mask input; revealed tokens keep theirs), with a ξ_i of its own for each
 position, h_i = E[MASK] + W_ξ ξ_i (``"positions"``: random token initialisations, as DiMO), or into the
 conditioning vector, c = SiLU(σ-embedding + W_ξ ξ) (``"condition"``; a teacher trained at σ = 0 all but ignores c,
-measured in docs/distillation.md). With W_ξ = 0 the model is exactly the one without it, so a student made from its teacher
-starts as the teacher.
+measured in docs/distillation.md). With W_ξ = 0 the model is exactly the one without it, so a student made from its
+teacher starts as the teacher.
 """
 from __future__ import annotations
 

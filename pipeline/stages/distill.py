@@ -207,6 +207,15 @@ class StudentResult:
     match_kl: torch.Tensor | None
 
 
+def rows_at(per_step: list[torch.Tensor], step: torch.Tensor) -> torch.Tensor:
+    """Row r of ``per_step[step[r]]`` for every row r, one step at a time: stacking a rollout's per-step
+    log-probabilities (N × B' × L × V) to index them would copy them all."""
+    out = per_step[0]
+    for k, value in enumerate(per_step[1:], 1):
+        out = torch.where((step == k).view(-1, *[1] * (value.dim() - 1)), value, out)
+    return out
+
+
 class Distiller:
     """The four models of a distillation run and one iteration of the algorithm box, phase by phase.
 
@@ -333,14 +342,13 @@ class Distiller:
         """The teacher's joint fill of the positions each row's matched rollout step revealed, from the state that
         step started in (``distill.latent_match_at``: the first step, or one per row drawn uniformly)."""
         c = self.cfg.distill
-        rows = torch.arange(c.rollout_rows, device=self.d.device)
         gens = self.generators(step, LATENT_MATCH, c.rollout_rows)
-        k = torch.zeros_like(rows)
+        k = torch.zeros(c.rollout_rows, dtype=torch.long, device=self.d.device)
         if c.latent_match_at == "every":
             k = (draw_uniform((c.rollout_rows, 1), gens, self.d.device)[:, 0] * len(roll.states)).long()
             k = k.clamp(max=len(roll.states) - 1)
-        start = torch.stack(roll.states)[k, rows]
-        where = (start == self.mask_id) & (torch.stack([*roll.states[1:], roll.x])[k, rows] != self.mask_id)
+        start = rows_at(roll.states, k)
+        where = (start == self.mask_id) & (rows_at([*roll.states[1:], roll.x], k) != self.mask_id)
         y, log_t = teacher_joint_sample(lambda z: self._log_probs(self.teacher, z), start, where,
                                         c.latent_match_substeps, self.mask_id, gens, self.shard)
         return JointFill(k, start, where, y, log_t)
@@ -390,10 +398,9 @@ class Distiller:
         step M rows per rollout row at its state z_k (B', M, L, V + 1), keyed by the global row. Without a latent,
         the rollout's own prediction at each row's matched state (no extra forward)."""
         c = self.cfg.distill
-        rows = torch.arange(c.rollout_rows, device=self.d.device)
         if not c.latent:
-            return roll.log_probs[0][:1] if c.latent_match_at == "first" else torch.stack(
-                roll.log_probs)[fill.step, rows].unsqueeze(1)
+            return roll.log_probs[0][:1] if c.latent_match_at == "first" else rows_at(
+                roll.log_probs, fill.step).unsqueeze(1)
         draws, first = c.latent_match_draws, self.d.data_rank * c.rollout_rows
         if c.latent_match_at == "first":
             z, keys = torch.full((draws, self.cfg.model.seq_len), self.mask_id, device=self.d.device), [

@@ -8,8 +8,8 @@ the [MASK] embeddings (``--latent-input positions``: a ξ_i for each position) a
 Each iteration: 32 rows, each position revealed with probability 1/8 (the first of 8 random-order steps), the
 teacher's 4-sub-step fill y, and one Adam step on −mean log (1/M) Σ_j Π_i q(y_i | z_1, ξ_j) over M = 32 fresh ξ
 (one row without ξ; with ``--dropout p``, a third student whose M rows differ only by their dropout masks, the
-noise a trained DiT already responds to). Reported: the joint KL per revealed position, Σ (log T(y) − log q̄(y)) / Σ |S|, averaged
-over windows of iterations; the factorised student can lower it only by fitting the fills' marginals.
+noise a trained DiT already responds to). Reported: the joint KL per revealed position,
+Σ (log T(y) − log q̄(y)) / Σ |S|, averaged over windows of iterations; the factorised student can lower it only by fitting the fills' marginals.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ KEYS = ("discriminator/loss", "discriminator/accuracy", "student/loss", "student
         "student/entropy", "reward/mean")
 
 
-# a ξ_i per position, redrawn at every step, with the mixture match at every step (its likelihood over vocabulary shards)
+# a ξ_i per position, redrawn at every step, and the mixture match at every step (its likelihood over vocab shards)
 LATENT = {"distill__latent": 8, "distill__latent_lr_scale": 10.0, "distill__latent_kl": "marginal",
           "distill__latent_input": "positions", "distill__latent_redraw": "step", "distill__latent_match": 1.0,
           "distill__latent_match_at": "every", "distill__latent_match_draws": 2}
