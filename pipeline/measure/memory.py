@@ -33,10 +33,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from data_prep.config import ConfigError, from_dict
-from models.didi import entropy, forward_kl, jeffreys
+from models.didi import entropy, forward_kl, jeffreys, mixture_log_likelihood
 from models.diffusion import LogLinearSchedule, nelbo_per_token, subs_log_probs
 from models.discriminator import Discriminator
-from models.dit import DiT
+from models.dit import DiT, latent_shape
 from models.layers import DenseLayers, Role, TokenEmbedding, ZeroLinear
 from models.sizes import SIZES
 from models.tensor_parallel import padded
@@ -250,31 +250,50 @@ def tokens(model: nn.Module, rows: int, seq_len: int) -> torch.Tensor:
     return torch.zeros(rows, seq_len, dtype=torch.long, device=next(model.parameters()).device)
 
 
-def log_probs(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+def log_probs(model: nn.Module, z: torch.Tensor, latent: bool = False) -> torch.Tensor:
     """SUBS log-probabilities as the stages compute them, over this rank's columns (the last one stands in for
-    [MASK]: a shape-only model's columns are local)."""
-    logits = model(z, torch.zeros(z.shape[0], device=z.device))
+    [MASK]: a shape-only model's columns are local); ``latent``: with a ξ for each row, as the student takes it."""
+    xi = (torch.zeros(z.shape[0], *latent_shape(model.latent_input, model.latent_dim, z.shape[1]), device=z.device)
+          if latent else None)
+    logits = model(z, torch.zeros(z.shape[0], device=z.device), xi)
     return subs_log_probs(logits, z, logits.shape[-1] - 1)
 
 
 def rollout_log_probs(student: DiT, cfg: Config) -> list[torch.Tensor]:
     """The student's log-probabilities at each rollout state, as ``Distiller._log_probs`` makes them: the
-    all-[MASK] first state is one row shared by all rows when the model is deterministic (dropout 0)."""
-    rows, length = cfg.distill.rollout_rows, cfg.model.seq_len
-    first_rows = 1 if cfg.model.dropout == 0 else rows
-    out = [log_probs(student, tokens(student, first_rows, length)).expand(rows, -1, -1)]
-    out += [log_probs(student, tokens(student, rows, length)) for _ in range(cfg.distill.steps - 1)]
+    all-[MASK] first state is one row shared by all rows when the model is deterministic (dropout 0) and takes
+    no ξ (the rows of a latent student differ by theirs)."""
+    rows, length, latent = cfg.distill.rollout_rows, cfg.model.seq_len, bool(cfg.distill.latent)
+    first_rows = 1 if cfg.model.dropout == 0 and not latent else rows
+    out = [log_probs(student, tokens(student, first_rows, length), latent).expand(rows, -1, -1)]
+    out += [log_probs(student, tokens(student, rows, length), latent) for _ in range(cfg.distill.steps - 1)]
     return out
 
 
+def match_terms(student: DiT, cfg: Config) -> list[torch.Tensor]:
+    """The mixture match's extra student rows (``Distiller.match_predictions``), whose graph lives until the
+    student's backward: M at the all-[MASK] state (``latent_match_at: first``) or M per rollout row at its matched
+    state (every). Without a latent the match reads the rollout's own predictions: nothing more."""
+    c, length = cfg.distill, cfg.model.seq_len
+    if not (c.latent_match and c.latent):
+        return []
+    rows = c.latent_match_draws * (1 if c.latent_match_at == "first" else c.rollout_rows)
+    lp = log_probs(student, tokens(student, rows, length), latent=True)
+    if c.latent_match_at == "every":
+        lp = lp.view(c.rollout_rows, c.latent_match_draws, *lp.shape[1:])
+    fill = tokens(student, c.rollout_rows, length)
+    return [mixture_log_likelihood(lp, fill, torch.ones_like(fill, dtype=torch.bool))]
+
+
 def student_terms(student: DiT, cfg: Config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The rollout and the student loss's KL and entropy terms: (teacher targets, shaped as the log-probs;
-    the terms, whose graphs live until the student's backward)."""
+    """The rollout and the student loss's KL, entropy and match terms: (teacher targets, shaped as the
+    log-probs; the terms, whose graphs live until the student's backward)."""
     c, lps = cfg.distill, rollout_log_probs(student, cfg)
     mask = torch.ones(lps[0].shape[:2], dtype=torch.bool, device=lps[0].device)
     targets = [lp.detach() for lp in lps]
     kl = forward_kl if c.kl == "forward" else (lambda t, p, m: jeffreys(t, p, m, c.jeffreys_beta))
-    return targets, [term for t, lp in zip(targets, lps) for term in (kl(t, lp, mask), entropy(lp, mask))]
+    terms = [term for t, lp in zip(targets, lps) for term in (kl(t, lp, mask), entropy(lp, mask))]
+    return targets, terms + match_terms(student, cfg)
 
 
 def target_bytes(targets: list[torch.Tensor]) -> float:
@@ -323,13 +342,14 @@ class MemoryPlan:
         return None if self.device_bytes is None else self.total <= self.device_bytes
 
 
-def meta_dit(cfg: Config, dropout: float) -> DiT:
+def meta_dit(cfg: Config, dropout: float, latent: bool = False) -> DiT:
     """The config's DiT with one tensor-parallel rank's shapes, on the meta device (checkpointing is applied
-    when counting, see ``SavedTensors``)."""
+    when counting, see ``SavedTensors``); ``latent``: with the student's ξ input (``distill.latent``)."""
     m = cfg.model
     layers = ShardShapes(m.tensor_parallel) if m.tensor_parallel > 1 else None
+    options = dict(latent_dim=cfg.distill.latent, latent_input=cfg.distill.latent_input) if latent else {}
     with torch.device("meta"):
-        return dit_for(m, dropout=dropout, causal=m.causal, layers=layers)
+        return dit_for(m, dropout=dropout, causal=m.causal, layers=layers, **options)
 
 
 def count(model: nn.Module, trainable: bool) -> int:
@@ -359,14 +379,14 @@ def distill_models(cfg: Config, dp: int, dtype: torch.dtype) -> tuple[ModelMemor
     rollout graph lives through the discriminator's step up to the student's backward, so both activations
     count at once (the student's loss terms and the discriminator's graph never coexist: a slight overcount)."""
     zero, checkpointing = cfg.train.zero_stage, cfg.model.activation_checkpointing
-    student, targets = meta_dit(cfg, cfg.model.dropout), []
+    student, targets = meta_dit(cfg, cfg.model.dropout, latent=True), []
     student_act = saved_bytes(lambda: targets.extend(student_terms(student, cfg)[0]), [student], checkpointing,
                               dtype)
     with torch.device("meta"):
         disc = Discriminator(meta_dit(cfg, cfg.model.dropout), cfg.distill.unfreeze_blocks, cfg.distill.sigma_to)
     disc_act = saved_bytes(lambda: discriminator_pass(disc, cfg), [disc], checkpointing, dtype)
     teacher_zero = 3 if zero == 3 else 0
-    teacher = replica_bytes(count(student, True), teacher_zero, dp)
+    teacher = replica_bytes(count(meta_dit(cfg, 0.0), True), teacher_zero, dp)  # no ξ input
     offload = cfg.distill.teacher_offload
     return (ModelMemory("teacher", 0.0 if offload else teacher, activations=target_bytes(targets),
                         host=teacher if offload else 0.0),
@@ -378,9 +398,13 @@ def distill_models(cfg: Config, dp: int, dtype: torch.dtype) -> tuple[ModelMemor
 def describe(cfg: Config, world_size: int, dtype: torch.dtype) -> str:
     """One line of what was planned, so that a printed plan says which run it is about."""
     m, tp = cfg.model, cfg.model.tensor_parallel
+    c = cfg.distill
     rows = (f"batch {cfg.data.batch_size}" if cfg.stage == "pretrain"
-            else f"rollout {cfg.distill.rollout_rows} rows (G = {cfg.distill.group_size})")
-    offload = ", teacher offloaded" if cfg.stage == "distill" and cfg.distill.teacher_offload else ""
+            else f"rollout {c.rollout_rows} rows (G = {c.group_size})")
+    if cfg.stage == "distill" and c.latent:
+        rows += f", latent ξ ({c.latent_input}, {c.latent})" + (
+            f", the {c.latent_match_at}-step match of {c.latent_match_draws} draws" if c.latent_match else "")
+    offload = ", teacher offloaded" if cfg.stage == "distill" and c.teacher_offload else ""
     return (f"{cfg.stage}, {m.size or 'custom'} DiT ({m.hidden_size} x {m.num_layers}), V = {m.vocab_size}, "
             f"L = {m.seq_len}, {rows} per rank; {world_size} ranks = TP {tp} x DP {world_size // tp}, "
             f"ZeRO-{cfg.train.zero_stage}{offload}, activation checkpointing "

@@ -92,6 +92,26 @@ def test_tensor_parallel_splits_the_activations():
     assert dense / 2 < split["student"].activations < dense  # the residual stream stays whole on every rank
 
 
+def student_activations(**distill) -> float:
+    return by_name(plan(config(train={"zero_stage": 3}, distill=distill), world_size=2))["student"].activations
+
+
+@pytest.mark.parametrize("where, extra_rows", [("first", 32), ("every", 8 * 4)])
+def test_a_latent_student_and_its_match_cost_their_rows(where, extra_rows):
+    """A latent student computes all 4 rows of the all-[MASK] state (not one shared row), and the mixture match
+    adds its M draws at the first state, or M per rollout row at every step: counted in rows of the rollout."""
+    factorised = student_activations()
+    latent = dict(latent=16, latent_input="positions", latent_redraw="step")
+    unshared = student_activations(**latent)
+    per_row = (unshared - factorised) / 3
+    assert per_row > 0
+    draws = dict(latent_match_draws=32) if where == "first" else dict(latent_match_draws=8)
+    matched = student_activations(**latent, latent_match=1, latent_match_at=where, **draws)
+    assert matched - unshared == pytest.approx(extra_rows * per_row, rel=0.05)
+    # without a latent the match reads the rollout's own predictions
+    assert student_activations(latent_match=1, latent_match_at=where) == factorised
+
+
 @pytest.fixture
 def process_group():
     """``shard_parameters`` starts a one-process group for megatron's layers: end it after the test."""
