@@ -9,7 +9,11 @@ Each iteration: 32 rows, each position revealed with probability 1/8 (the first 
 teacher's 4-sub-step fill y, and one Adam step on −mean log (1/M) Σ_j Π_i q(y_i | z_1, ξ_j) over M = 32 fresh ξ
 (one row without ξ; with ``--dropout p``, a third student whose M rows differ only by their dropout masks, the
 noise a trained DiT already responds to). Reported: the joint KL per revealed position,
-Σ (log T(y) − log q̄(y)) / Σ |S|, averaged over windows of iterations; the factorised student can lower it only by fitting the fills' marginals.
+Σ (log T(y) − log q̄(y)) / Σ |S|, averaged over windows of iterations; the factorised student can lower it only by
+fitting the fills' marginals. ``--at every`` fits one drawn step k of N per row instead (``latent_match_at:
+every``): each position's step is uniform, the positions of the steps before k are the teacher's fill from
+all-[MASK] (``--prefix-substeps`` sub-steps), and the M draws are each row's own (M rows per row); the table then
+also splits the last window by step, the first against the later ones.
 """
 from __future__ import annotations
 
@@ -23,6 +27,18 @@ from models.didi import mixture_log_likelihood, teacher_joint_sample
 from models.dit import latent_shape
 from pipeline.bundle import load_bundle, new_dit
 from pipeline.measure.machine import describe, write_markdown
+
+
+def draw_steps(args, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's step k (0: the first), the positions revealed before it (the caller fills them) and those it
+    reveals. ``--at first``: every row at the first of ``rollout_steps`` random-order steps; every: each
+    position's step uniform, each row's k uniform."""
+    if args.at == "first":
+        return (torch.zeros(rows, dtype=torch.long), torch.zeros(rows, length, dtype=torch.bool),
+                torch.rand(rows, length) < 1 / args.rollout_steps)
+    step_of = torch.randint(args.rollout_steps, (rows, length))
+    k = torch.randint(args.rollout_steps, (rows,))
+    return k, step_of < k[:, None], step_of == k[:, None]
 
 
 def fit(bundle: str, latent: int, args, latent_input: str = "mask", dropout: float = 0.0) -> list[float]:
@@ -46,24 +62,38 @@ def fit(bundle: str, latent: int, args, latent_input: str = "mask", dropout: flo
     def log_probs(model, z, *xi):
         return subs_log_probs(model(z, torch.zeros(z.shape[0]), *xi), z, mask)
 
-    windows, window = [], []
-    for _ in range(args.iterations):
-        z = torch.full((rows, length), mask)
-        where = torch.rand(rows, length) < 1 / args.rollout_steps
+    windows, window, last = [], [], {"first": [0.0, 0.0], "later": [0.0, 0.0]}
+    for iteration in range(args.iterations):
+        k, before, where = draw_steps(args, rows, length)
+        start = torch.full((rows, length), mask)
         with torch.no_grad():
-            y, log_t = teacher_joint_sample(lambda s: log_probs(teacher, s), z, where, 4, mask, generators)
+            if args.at == "every":
+                start, _ = teacher_joint_sample(lambda s: log_probs(teacher, s), start, before, args.prefix_substeps,
+                                                mask, generators)
+            y, log_t = teacher_joint_sample(lambda s: log_probs(teacher, s), start, where, 4, mask, generators)
         draws = args.draws if latent or dropout else 1
-        start = torch.full((draws, length), mask)
-        xi = torch.randn(draws, *latent_shape(latent_input, latent, length))
-        first = log_probs(student, start, xi) if latent else log_probs(student, start)
-        log_q = mixture_log_likelihood(first, y, where)
+        if args.at == "first":  # one all-[MASK] input, its M rows shared by every row
+            start = start[:1]
+        states = start.repeat_interleave(draws, 0)
+        xi = torch.randn(states.shape[0], *latent_shape(latent_input, latent, length))
+        predicted = log_probs(student, states, xi) if latent else log_probs(student, states)
+        if args.at == "every":
+            predicted = predicted.view(rows, draws, *predicted.shape[1:])
+        log_q = mixture_log_likelihood(predicted, y, where)
         optimiser.zero_grad()
         (-log_q.mean()).backward()
         optimiser.step()
-        window.append(((log_t - log_q.detach()).sum() / where.sum()).item())
+        gap, revealed = (log_t - log_q.detach()), where.sum(1)
+        window.append((gap.sum() / revealed.sum()).item())
+        if iteration >= args.iterations - args.window:
+            for name, rows_of in (("first", k == 0), ("later", k > 0)):
+                last[name][0] += gap[rows_of].sum().item()
+                last[name][1] += revealed[rows_of].sum().item()
         if len(window) == args.window:
             windows.append(sum(window) / len(window))
             window = []
+    if args.at == "every":
+        windows += [total / max(count, 1) for total, count in last.values()]
     return windows
 
 
@@ -82,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-input", choices=("mask", "positions"), nargs="+", default=["mask"],
                         help="one ξ at every [MASK] embedding, or a ξ_i for each position (each given is fitted)")
     parser.add_argument("--dropout", type=float, default=0.0, help="also fit a student mixed by dropout masks")
+    parser.add_argument("--at", choices=("first", "every"), default="first",
+                        help="fit the first step, or one drawn step per row (M draws per row)")
+    parser.add_argument("--prefix-substeps", type=int, default=16,
+                        help="--at every: the teacher's sub-steps filling the steps before the drawn one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -92,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         curves[name] = fit(args.bundle, args.latent, args, where)
     if args.dropout:
         curves[f"dropout {args.dropout:g} (M masks)"] = fit(args.bundle, 0, args, dropout=args.dropout)
-    ends = [(k + 1) * args.window for k in range(len(next(iter(curves.values()))))]
+    ends = [(k + 1) * args.window for k in range(args.iterations // args.window)]
+    headers = [f"its. {end - args.window + 1}–{end}" for end in ends]
+    if args.at == "every":
+        headers += ["last window: the first step", "last window: the later steps"]
     command = "python launch/recipes/latent/first_step_fit.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"The first step fitted by the mixture match alone (`{command}`), {describe()}: the joint KL per revealed "
-             f"position from the teacher's fills to the student's first step, mean over each window of "
-             f"{args.window} iterations.", "",
-             "| student | " + " | ".join(f"its. {end - args.window + 1}–{end}" for end in ends) + " |",
-             "|---|" + "---|" * len(ends)]
+    fitted = ("the student's first step" if args.at == "first" else
+              f"the student at one drawn step of {args.rollout_steps} per row (its state: the teacher's fill of the "
+              "steps before it)")
+    lines = [f"The mixture match alone (`{command}`), {describe()}: the joint KL per revealed position from the "
+             f"teacher's fills to {fitted}, mean over each window of {args.window} iterations.", "",
+             "| student | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
     lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for name, values in curves.items()]
     return write_markdown(args.out, lines)
 

@@ -1,6 +1,7 @@
 """The latent-conditioned student (our extension, spec §11) in the distillation stage, its bundle and the sample
 stage: it starts as the teacher, ξ's projection learns at its own rate, ZeRO-3 on two ranks matches one
 process, and sampling is determined by the trajectory seed and the latent seed apart."""
+import argparse
 import json
 
 import pytest
@@ -195,6 +196,15 @@ def test_a_latent_students_bundle_samples_by_trajectory_seed_and_latent_seed(tin
     curves = [line for line in (tmp_path / "fit.md").read_text().splitlines()
               if line.startswith(("| factorised", "| ξ ∈ R^", "| ξ_i ∈ R^", "| dropout 0.1"))]
     assert len(curves) == 4 and all(len(line.split("|")) == 5 for line in curves)
+    # at one drawn step per row: each row's own M draws, and the last window split into first and later steps
+    assert fitted.main(["--bundle", str(tmp_path / "teacher_bundle"), "--iterations", "2", "--window", "1", "--rows",
+                        "4", "--draws", "2", "--latent-input", "positions", "--at", "every", "--prefix-substeps", "2",
+                        "--out", str(tmp_path / "fit_every.md")]) == 0
+    every = [line for line in (tmp_path / "fit_every.md").read_text().splitlines()
+             if line.startswith(("| factorised", "| ξ_i ∈ R^"))]
+    assert len(every) == 2 and all(len(line.split("|")) == 7 for line in every)
+    k, before, where = fitted.draw_steps(argparse.Namespace(at="every", rollout_steps=4), 64, 16)
+    assert not (before & where).any() and not before[k == 0].any() and (k == 0).any()
     # each step's joint KL to the product of its marginals: one row a step, and the total
     correlation = load_script("launch/recipes/latent/step_correlation.py")
     assert correlation.main(["--bundle", str(tmp_path / "teacher_bundle"), "--steps", "4", "--rows", "8",
