@@ -24,6 +24,7 @@ def test_the_recipe_runs_every_stage_on_a_tiny_fasta(tmp_path):
     steps = f"train.max_steps=10 train.sample_every=10 data.batch_size=4 {TINY.format(n=10)}"
     env = {**os.environ, "FASTA": str(tmp_path / "families.fasta"), "OUT": str(tmp_path / "run"),
            "RESULTS": str(tmp_path / "results"), "RANKS": "1", "MAX_LENGTH": "210", "TEACHER_SET": steps,
+           "FAMILIES": "1000", "FAMILY_IDENTITY": "0.2",  # more than there are: all kept, the settings recorded
            "JUDGE_SET": steps, "DISTILL_SET": f"train.max_steps=3 train.sample_every=3 distill.rollout_rows=8 distill.unfreeze_blocks=1 "
                                               f"{TINY.format(n=3)}",
            "EVALUATE_SET": "num_samples=12 batch_size=12 teacher_steps=[4,16] student_steps=[4,16] control_steps=16 "
@@ -32,7 +33,9 @@ def test_the_recipe_runs_every_stage_on_a_tiny_fasta(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = tmp_path / "results"
-    split = json.loads((results / "split.json").read_text())["counts"]
+    record = json.loads((results / "split.json").read_text())
+    assert [record["settings"][k] for k in ("families", "family_identity", "identity")] == [1000, 0.2, 0.3]
+    split = record["counts"]
     assert (split["outside_alphabet"], split["too_long"], split["kept"]) == (1, 1, 480)
     sequences = {name: [line for line in (tmp_path / "run" / "split" / name).read_text().splitlines()
                         if not line.startswith(">")] for name in ("train.fasta", "val.fasta")}

@@ -9,6 +9,8 @@
 # table and plots to launch/results/protein/ (RESULTS=...). Rerunning reuses finished work and resumes training.
 #   FASTA=PATH        read these FASTA files instead of the Debian databases (nothing is installed but mmseqs2)
 #   MAX_SEQUENCES=N   proteins kept (0: all), MAX_LENGTH=N (254: one protein fits a row of 256)
+#   FAMILIES=K        keep only the K largest families (clusters at FAMILY_IDENTITY, 0.3), split at IDENTITY
+#                     (0.3; above FAMILY_IDENTITY when FAMILIES is set, e.g. 0.7): a corpus a tiny teacher can learn
 #   TEACHER_SET, JUDGE_SET, DISTILL_SET, EVALUATE_SET: extra KEY=VALUE overrides of a stage, space-separated
 #   CONFIGS=DIR       the stage configs (launch/recipes/protein/gpu for the GPU sizes)
 #   THREADS=N         mmseqs2's threads and the evaluation's (2)
@@ -20,6 +22,9 @@ CONFIGS="${CONFIGS:-launch/recipes/protein}"
 MAX_LENGTH="${MAX_LENGTH:-254}"
 MAX_SEQUENCES="${MAX_SEQUENCES:-40000}"
 THREADS="${THREADS:-2}"
+FAMILIES="${FAMILIES:-0}"
+FAMILY_IDENTITY="${FAMILY_IDENTITY:-0.3}"
+IDENTITY="${IDENTITY:-0.3}"
 DB=/usr/share/metastudent-data/dataset_201401
 TRACK=(--set tracking.uri="sqlite:///$OUT/mlflow.db")
 sets() { for kv in $1; do printf -- '--set\n%s\n' "$kv"; done; }
@@ -43,7 +48,8 @@ mkdir -p "$OUT"
 TIMINGS="$OUT/timings.tsv"
 : > "$TIMINGS"
 stage split python -m data_prep proteins "${SOURCES[@]}" --out "$OUT/split" --max-length "$MAX_LENGTH" \
-  --max-sequences "$MAX_SEQUENCES" --val-fraction 0.1 --threads "$THREADS"
+  --max-sequences "$MAX_SEQUENCES" --val-fraction 0.1 --threads "$THREADS" --identity "$IDENTITY" \
+  --families "$FAMILIES" --family-identity "$FAMILY_IDENTITY"
 stage prepare python -m data_prep prepare --config "$CONFIGS/prepare.yaml" --input "$OUT/split/train.fasta" \
   --val-input "$OUT/split/val.fasta" --out "$OUT/data" --workers 2
 mapfile -t TEACHER_ARGS < <(sets "${TEACHER_SET:-}")
