@@ -1,5 +1,5 @@
-"""``python -m data_prep prepare|tokenizer|merge|verify|synthetic|proteins``: the data-preparation CLI (the work
-is in ``prepare``, ``merge``, ``verify``, ``synthetic`` and ``proteins``)."""
+"""``python -m data_prep prepare|tokenizer|merge|verify|synthetic|proteins|composition``: the data-preparation CLI
+(the work is in ``prepare``, ``merge``, ``verify``, ``synthetic`` and ``proteins``)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from data_prep.config import ConfigError, PrepareConfig, apply_overrides, from_d
 from data_prep.documents import InputError
 from data_prep.merge import merge
 from data_prep.prepare import PrepareError, Task, prepare, resolved, train_tokenizer
-from data_prep.proteins import ProteinError, split_proteins
+from data_prep.proteins import ProteinError, composition_entropy, read_fasta, split_proteins
 from data_prep.regime_chain import WINDOW, make_regime_chain
 from data_prep.synthetic import (CHAIN_FASTA, CHAIN_JSON, STANDARD_AMINO_ACIDS, make_markov_chain, sample_records,
                                  write_synthetic)
@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="identity that clusters the families for --families (below --identity)")
     r.add_argument("--threads", type=int, default=2, help="mmseqs2 threads")
     r.add_argument("--strict", action="store_true", help="refuse letters outside the alphabet instead of skipping")
+    c = sub.add_parser("composition", help="each FASTA's proteins, residues and composition entropy (nats per "
+                                           "token, [EOS] included): the NELBO of a model that learned only that")
+    c.add_argument("fasta", nargs="+")
     return parser
 
 
@@ -124,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         return _synthetic(args)
     if args.command == "proteins":
         return _proteins(args)
+    if args.command == "composition":
+        try:
+            for path in args.fasta:
+                proteins, residues, entropy = composition_entropy(read_fasta([path], strict=False))
+                print(f"{path}: {proteins:,} proteins, {residues:,} residues, composition entropy {entropy:.4f} nats")
+        except (InputError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "verify":
         problems, totals = verify_dataset(args.directory)
         for problem in problems:

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import shutil
 import struct
 import subprocess
@@ -105,6 +106,21 @@ def read_fasta(paths: list[str], strict: bool) -> Iterator[str]:
     for path in list_input_files(paths):
         with open(path) as f:
             yield from fasta_documents(f, path, ReadStats(), strict)
+
+
+def composition_entropy(sequences: Iterator[str]) -> tuple[int, int, float]:
+    """(sequences, residues, H) with H the entropy in nats of the letters and one [EOS] per protein, as a row
+    holds them: what a model that knows only the composition scores per token, the floor a teacher's NELBO must
+    get below before its sampling steps can matter."""
+    counts: dict[str, int] = {}
+    proteins = residues = 0
+    for seq in sequences:
+        proteins, residues = proteins + 1, residues + len(seq)
+        for letter in seq:
+            counts[letter] = counts.get(letter, 0) + 1
+    total = residues + proteins
+    frequencies = [n / total for n in (*counts.values(), proteins) if n]
+    return proteins, residues, -sum(f * math.log(f) for f in frequencies)
 
 
 def content_key(seq: str) -> str:

@@ -4,6 +4,7 @@ with nothing written."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from collections import Counter
@@ -14,8 +15,9 @@ import pytest
 from data_prep.__main__ import main
 from data_prep.documents import InputError
 from data_prep.prepare import PrepareError, prepare
-from data_prep.proteins import (ProteinCounts, ProteinError, cluster, content_key, filtered, keep_largest_families,
-                                largest_clusters, read_blast_db, similar_to, split_proteins, validation_clusters)
+from data_prep.proteins import (ProteinCounts, ProteinError, cluster, composition_entropy, content_key, filtered,
+                                keep_largest_families, largest_clusters, read_blast_db, similar_to, split_proteins,
+                                validation_clusters)
 from pipeline.runtime.data import TokenShards
 from tests.conftest import tiny_prepare_config
 from tests.proteins import STANDARD, write_families
@@ -27,6 +29,17 @@ needs_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs
 
 def fasta_sequences(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if not line.startswith(">")]
+
+
+def test_composition_entropy_counts_one_eos_per_protein(tmp_path, capsys):
+    # A: 3, B: 1, [EOS]: 2 of 6 tokens
+    expected = -(0.5 * math.log(0.5) + math.log(1 / 6) / 6 + math.log(1 / 3) / 3)
+    assert composition_entropy(iter(["AAB", "A"])) == (2, 4, pytest.approx(expected))
+    (tmp_path / "x.fasta").write_text(">a\nAAB\n>b\nA\n")
+    assert main(["composition", str(tmp_path / "x.fasta")]) == 0
+    assert f"2 proteins, 4 residues, composition entropy {expected:.4f} nats" in capsys.readouterr().out
+    assert main(["composition", str(tmp_path / "missing.fasta")]) == 2
+    assert "missing.fasta" in capsys.readouterr().err
 
 
 def test_blast_database_decodes_to_the_sequences_it_was_made_from():
