@@ -164,7 +164,7 @@ LAYOUTS = {"gen_ppl": gen_ppl_table, "exact": exact_table}
 def tables(spec_file: Path, out: Path, results: Path) -> dict[str, str]:
     """Every table of the spec, written to RESULTS/NAME.{md,json} and returned as markdown."""
     spec, written = load_spec(spec_file), {}
-    command = f"python launch/recipes/ablation.py table {spec_file} {out}"
+    command = f"python launch/recipes/ablation.py table {spec_file} {out} --results {results}"
     results.mkdir(parents=True, exist_ok=True)
     for name, table in spec["tables"].items():
         intro = table["intro"].format(out=out, command=command, machine=describe())
