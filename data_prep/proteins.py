@@ -26,6 +26,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -112,14 +113,13 @@ def composition_entropy(sequences: Iterator[str]) -> tuple[int, int, float]:
     """(sequences, residues, H) with H the entropy in nats of the letters and one [EOS] per protein, as a row
     holds them: what a model that knows only the composition scores per token, the floor a teacher's NELBO must
     get below before its sampling steps can matter."""
-    counts: dict[str, int] = {}
-    proteins = residues = 0
+    letters, proteins = Counter(), 0
     for seq in sequences:
-        proteins, residues = proteins + 1, residues + len(seq)
-        for letter in seq:
-            counts[letter] = counts.get(letter, 0) + 1
+        letters.update(seq)
+        proteins += 1
+    residues = sum(letters.values())
     total = residues + proteins
-    frequencies = [n / total for n in (*counts.values(), proteins) if n]
+    frequencies = [n / total for n in (*letters.values(), proteins) if n]
     return proteins, residues, -sum(f * math.log(f) for f in frequencies)
 
 

@@ -20,8 +20,9 @@ REDRAWS: tuple[str, ...] = ("sequence", "step")
 
 class LatentDraws:
     """``draws(i)``: each row's ξ (B, *shape) at step i (``shape``: (d,) or (L, d); an int d is (d,)), kept for
-    repeated calls. With ``step`` redraws ξ_i is the i-th draw of each row's stream whichever steps were asked for (a sampler that skips a step, all its rows cached,
-    and a replay that does not, see the same ξ_i), so steps must be asked for in order."""
+    repeated calls. With ``step`` redraws ξ_i is the i-th draw of each row's stream whichever steps were asked
+    for (a sampler that skips a step, all its rows cached, and a replay that does not, see the same ξ_i), so steps
+    must be asked for in order."""
 
     def __init__(self, rows: int, shape: int | tuple[int, ...], generator: Generators, device,
                  redraw: Redraw = "sequence"):

@@ -85,7 +85,7 @@ def fit(bundle: str, latent: int, args, latent_input: str = "mask", dropout: flo
         optimiser.step()
         gap, revealed = (log_t - log_q.detach()), where.sum(1)
         window.append((gap.sum() / revealed.sum()).item())
-        if iteration >= args.iterations - args.window:
+        if args.at == "every" and iteration >= args.iterations - args.window:
             for name, rows_of in (("first", k == 0), ("later", k > 0)):
                 last[name][0] += gap[rows_of].sum().item()
                 last[name][1] += revealed[rows_of].sum().item()
