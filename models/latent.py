@@ -2,9 +2,10 @@
 
 A factorised sampler fills the positions of one step with independent draws, so it can make them agree only by
 sharpening. Each row gets ξ ~ N(0, I_d), drawn from its own generator (apart from the trajectory's draws, so one
-trajectory seed can be replayed with another ξ), either once for the whole sequence (``sequence``) or afresh at
-every step (``step``, as Di4C does). Given (z_t, ξ) the tokens stay independent; the sampler's distribution is the
-mixture E_ξ[q(x | ξ)].
+trajectory seed can be replayed with another ξ), either once for the whole sequence (``sequence``), afresh at
+every step (``step``, as Di4C does), or for the first step only (``first``: from the second step on ξ = 0, the
+centre of its prior, where the bias-free projection adds nothing and the student is exactly its factorised self).
+Given (z_t, ξ) the tokens stay independent; the sampler's distribution is the mixture E_ξ[q(x | ξ)].
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import torch
 
 from models.sampler import Generators, draw_uniform
 
-Redraw = Literal["sequence", "step"]
-REDRAWS: tuple[str, ...] = ("sequence", "step")
+Redraw = Literal["sequence", "step", "first"]
+REDRAWS: tuple[str, ...] = ("sequence", "step", "first")
 
 
 class LatentDraws:
@@ -36,8 +37,8 @@ class LatentDraws:
         if self.xi is None or (self.redraw == "step" and step != self.step):
             if self.step is not None and step < self.step:
                 raise ValueError(f"latent draws asked for step {step} after step {self.step}: steps go in order")
-            draws = 1 if self.redraw == "sequence" else step + 1 if self.step is None else step - self.step
+            draws = 1 if self.redraw != "step" else step + 1 if self.step is None else step - self.step
             for _ in range(draws):
                 self.xi = draw_uniform((self.rows, *self.shape), self.generator, self.device, draw=torch.randn)
             self.step = step
-        return self.xi
+        return torch.zeros_like(self.xi) if self.redraw == "first" and step else self.xi

@@ -243,10 +243,10 @@ class DistillConfig:
     exact_reward_trajectories: int = 8
     # the latent-conditioned student (our extension, spec §11): ξ ~ N(0, I) of this many dimensions per rollout row
     # enters the student through a zero-initialised projection (0: off, the factorised student); drawn once per
-    # sequence or afresh at every step; the KL at the all-[MASK] state on each ξ's prediction (conditional) or on
+    # sequence, afresh at every step, or for the first step only (0 afterwards: later steps factorised); the KL at the all-[MASK] state on each ξ's prediction (conditional) or on
     # the group's ξ-averaged one (marginal: ξ's posterior there is its prior), conditional at the later states
     latent: int = 0
-    latent_redraw: Literal["sequence", "step"] = "sequence"
+    latent_redraw: Literal["sequence", "step", "first"] = "sequence"
     # where W_ξ ξ enters: the embedding of every [MASK] position (mask), the same with a ξ of its own for each
     # position (positions: ξ is seq_len × latent), or the adaLN conditioning vector (which a teacher trained at
     # σ = 0 all but ignores)
@@ -303,7 +303,7 @@ class DistillConfig:
                                   "distill.latent_match is 0 (off); set its weight, e.g. 1")
         if self.latent_match_at == "every" and self.latent and self.latent_redraw != "step":
             raise ConfigError("distill.latent_match_at: every fits the student's ξ-mixture at later states, where a "
-                              "ξ drawn once per sequence is no longer independent of the state; set "
+                              "ξ not drawn afresh is no longer independent of the state (or is 0); set "
                               "distill.latent_redraw: step")
         _order("distill.rollout_order", self.rollout_order)
         if self.rollout_steps < 2:

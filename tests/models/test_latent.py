@@ -85,7 +85,7 @@ def generators(seed, rows=3):
     return [torch.Generator().manual_seed(seed * 100 + i) for i in range(rows)]
 
 
-def test_xi_is_kept_over_the_sequence_or_redrawn_at_every_step_and_depends_only_on_each_rows_key():
+def test_xi_is_kept_over_the_sequence_redrawn_at_every_step_or_zero_after_the_first_and_depends_on_each_rows_key():
     once = LatentDraws(3, DIM, generators(1), "cpu")
     first = once(0)
     assert first.shape == (3, DIM) and torch.equal(once(1), first) and torch.equal(once(7), first)
@@ -100,6 +100,10 @@ def test_xi_is_kept_over_the_sequence_or_redrawn_at_every_step_and_depends_only_
     assert torch.equal(skipping(2), draws[2]) and torch.equal(skipping(2), draws[2])  # ξ_2 whether or not 0, 1 ran
     with pytest.raises(ValueError, match="step 1 after step 2"):
         skipping(1)
+    only_first = LatentDraws(3, DIM, generators(1), "cpu", "first")
+    assert torch.equal(only_first(0), first) and torch.equal(only_first(0), first)  # the sequence's ξ at step 0
+    assert all(torch.equal(only_first(i), torch.zeros(3, DIM)) for i in (1, 2, 7))  # then the prior's centre
+    assert torch.equal(LatentDraws(3, DIM, generators(1), "cpu", "first")(3), torch.zeros(3, DIM))
     with pytest.raises(ValueError, match="latent redraw 'token'"):
         LatentDraws(3, DIM, generators(1), "cpu", "token")
     per_position = LatentDraws(3, (LENGTH, DIM), generators(1), "cpu", "step")
@@ -124,7 +128,8 @@ class Recorder:
         return subs_log_probs(torch.zeros(*z.shape, VOCAB + 1), z, VOCAB)
 
 
-@pytest.mark.parametrize("redraw,shape", [("sequence", DIM), ("step", DIM), ("step", (LENGTH, DIM))])
+@pytest.mark.parametrize("redraw,shape", [("sequence", DIM), ("step", DIM), ("step", (LENGTH, DIM)),
+                                          ("first", (LENGTH, DIM))])
 def test_the_sampler_hands_each_row_its_own_xi_at_every_step(redraw, shape):
     steps, rows = 6, 3
     record = Recorder()

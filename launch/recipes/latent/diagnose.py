@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = sample(bundle, tok, args.steps, "ancestral", args.samples, 64, args.seed, order=args.order)
         mean, lo, hi = mean_interval(information(bundle, rows, args))
         space = "×".join(map(str, bundle.latent_shape))
-        about = f"R^{space}, drawn once per {bundle.latent_redraw}" if bundle.latent_dim else "none"
+        drawn = {"sequence": "once per sequence", "step": "once per step", "first": "for the first step only"}
+        about = f"R^{space}, drawn {drawn[bundle.latent_redraw]}" if bundle.latent_dim else "none"
         results[name] = {"information": mean, "interval": [lo, hi], "latent_dim": bundle.latent_dim,
                          "latent_redraw": bundle.latent_redraw if bundle.latent_dim else None,
                          "seconds_per_nfe": timing[name]}

@@ -253,6 +253,9 @@ def test_latent_settings_without_a_latent_are_refused_by_name():
     every = {"teacher": "t", "latent": 4, "latent_match": 1.0, "latent_match_at": "every"}
     with pytest.raises(ConfigError, match="distill.latent_match_at: every .* distill.latent_redraw: step"):
         from_dict(DistillConfig, every)
+    with pytest.raises(ConfigError, match="distill.latent_match_at: every .* distill.latent_redraw: step"):
+        from_dict(DistillConfig, {**every, "latent_redraw": "first"})  # 0 at the later states: nothing to mix
+    assert from_dict(DistillConfig, {"teacher": "t", "latent": 4, "latent_redraw": "first"}).latent_redraw == "first"
     assert from_dict(DistillConfig, {**every, "latent_redraw": "step"}).latent_match_at == "every"
     assert from_dict(DistillConfig, {**every, "latent": 0}).latent_match_at == "every"  # the factorised control
     assert from_dict(DistillConfig, {"teacher": "t", "latent": 16, "latent_kl": "marginal"}).latent_kl == "marginal"
