@@ -9,14 +9,14 @@ Given (z_t, ξ) the tokens stay independent; the sampler's distribution is the m
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 from models.sampler import Generators, draw_uniform
 
 Redraw = Literal["sequence", "step", "first"]
-REDRAWS: tuple[str, ...] = ("sequence", "step", "first")
+REDRAWS: tuple[str, ...] = get_args(Redraw)
 
 
 class LatentDraws:

@@ -243,8 +243,9 @@ class DistillConfig:
     exact_reward_trajectories: int = 8
     # the latent-conditioned student (our extension, spec §11): ξ ~ N(0, I) of this many dimensions per rollout row
     # enters the student through a zero-initialised projection (0: off, the factorised student); drawn once per
-    # sequence, afresh at every step, or for the first step only (0 afterwards: later steps factorised); the KL at the all-[MASK] state on each ξ's prediction (conditional) or on
-    # the group's ξ-averaged one (marginal: ξ's posterior there is its prior), conditional at the later states
+    # sequence, afresh at every step, or for the first step only (0 afterwards: later steps factorised); the KL
+    # at the all-[MASK] state on each ξ's prediction (conditional) or on the group's ξ-averaged one (marginal: ξ's
+    # posterior there is its prior), conditional at the later states
     latent: int = 0
     latent_redraw: Literal["sequence", "step", "first"] = "sequence"
     # where W_ξ ξ enters: the embedding of every [MASK] position (mask), the same with a ξ of its own for each

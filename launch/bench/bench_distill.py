@@ -24,14 +24,15 @@ the peak is restarted after the build).
 
 compares, on ZeRO-3 without tensor parallelism, the baseline iteration with the frozen teacher offloaded to host
 memory (``distill.teacher_offload``), with per-block activation checkpointing (``model.activation_checkpointing``)
-with the latent-conditioned student (``distill.latent: 16``), and with it as the latent ablation's ``positions_every``
-arm (``latent_match``: a ξ_i per position, the mixture match at every step), each as a ratio to the baseline of the
-same run. Every variant runs in its own rank processes (a peak resident set is per process), in interleaved rounds
-(baseline, offload, checkpointing, baseline, ...) so that a change in the machine's load falls on all of them
-alike; a round is one repeat and the table gives medians (the one-process reference runs once, before the rounds). On a CPU, offloading moves the
-teacher from one region of host memory to another: its saving shows as the teacher's device-resident tensor bytes,
-not necessarily in the resident set. Beside each variant: what the memory planner (``pipeline.measure.memory``) predicts
-per rank, to hold against the measured peak (on a GPU, ranks that each have one run there over NCCL).
+with the latent-conditioned student (``distill.latent: 16``), and with it as the latent ablation's
+``positions_every`` arm (``latent_match``: a ξ_i per position, the mixture match at every step), each as a ratio to
+the baseline of the same run. Every variant runs in its own rank processes (a peak resident set is per process), in
+interleaved rounds (baseline, offload, checkpointing, baseline, ...) so that a change in the machine's load falls on
+all of them alike; a round is one repeat and the table gives medians (the one-process reference runs once, before
+the rounds). On a CPU, offloading moves the teacher from one region of host memory to another: its saving shows as
+the teacher's device-resident tensor bytes, not necessarily in the resident set. Beside each variant: what the
+memory planner (``pipeline.measure.memory``) predicts per rank, to hold against the measured peak (on a GPU, ranks
+that each have one run there over NCCL).
 """
 from __future__ import annotations
 
